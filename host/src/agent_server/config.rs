@@ -1,0 +1,92 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tls::TlsConfig;
+
+/// The `[agents]` table: the port agents dial.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentListenerConfig {
+    /// Address to listen on. Default `0.0.0.0:8081`.
+    pub listen: SocketAddr,
+    /// TLS for `grpcs://` and `wss://` agents. When set, the port speaks only TLS
+    /// (ALPN `h2` → gRPC, `http/1.1` → WebSocket). Default: cleartext.
+    pub tls: Option<TlsConfig>,
+    /// How long a new connection may take to send its HTTP/2 preface, HTTP/1.1 request
+    /// line or TLS handshake. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub preface_timeout: Duration,
+    /// How long an agent may take to send `Hello` after opening `Control`. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How long the host waits for an agent to answer a `Dial`. Default 15s (above the
+    /// agent's default 10 s dial timeout, so the agent's own error wins).
+    #[serde(with = "humantime_serde")]
+    pub dial_answer_timeout: Duration,
+    /// HTTP/2 streams one agent connection may hold (parked + active tunnels + control).
+    /// Default 2048: above the agent's default `max_streams` of 1000.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 receive window per tunnel. Default 1 MiB.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 receive window per agent connection: the most one agent can have in flight
+    /// towards the host. Default 16 MiB.
+    pub connection_window_bytes: u32,
+    /// HTTP/2 PING interval to detect dead agents. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long an unanswered PING may wait before the connection is closed. Default 20s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for AgentListenerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 8081).into(),
+            tls: None,
+            preface_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            dial_answer_timeout: Duration::from_secs(15),
+            max_streams_per_connection: 2048,
+            stream_window_bytes: 1024 * 1024,
+            connection_window_bytes: 16 * 1024 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl AgentListenerConfig {
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            tls.validate("agents.tls")?;
+        }
+        for (key, value) in [
+            ("agents.preface_timeout", self.preface_timeout),
+            ("agents.handshake_timeout", self.handshake_timeout),
+            ("agents.dial_answer_timeout", self.dial_answer_timeout),
+            ("agents.keepalive_interval", self.keepalive_interval),
+            ("agents.keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key}: must be greater than zero"));
+            }
+        }
+        if self.max_streams_per_connection < 2 {
+            return Err("agents.max_streams_per_connection: must be at least 2 (control + one tunnel)".into());
+        }
+        // RFC 9113 §6.9.2: windows are 31-bit; below 64 KiB throughput collapses.
+        for (key, value) in [
+            ("agents.stream_window_bytes", self.stream_window_bytes),
+            ("agents.connection_window_bytes", self.connection_window_bytes),
+        ] {
+            if !(65_535..=(1u32 << 31) - 1).contains(&value) {
+                return Err(format!("{key}: must be between 65535 and 2147483647"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,291 @@
+//! The agent port: one listener for every agent transport.
+//!
+//! Cleartext connections are sniffed (HTTP/2 preface → gRPC; HTTP/1.1 → must be a
+//! WebSocket upgrade carrying gRPC); TLS connections are routed by ALPN. Every accepted
+//! transport ends up as an [`io::AgentConn`] on one channel feeding one tonic server, so
+//! the RPC code never knows how the agent arrived.
+
+mod config;
+mod grpc;
+pub mod io;
+pub mod sniff;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentListenerConfig;
+use io::{AgentConn, AgentConnInfo, Io, Prefixed, Transport};
+use sniff::{classify, Sniff};
+
+use crate::context::HostContext;
+
+/// The agent port failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentServerError {
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The gRPC server stopped with an error.
+    #[error("agent gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+type ConnSender = mpsc::Sender<Result<AgentConn, std::io::Error>>;
+
+struct Acceptor {
+    config: Arc<AgentListenerConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    conns: ConnSender,
+}
+
+/// Serves agents on `listener` until `shutdown` is cancelled, then drains: agents are
+/// told to go away, parked tunnels are dropped, and tunnels in use get `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<AgentListenerConfig>,
+    ctx: Arc<HostContext>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), AgentServerError> {
+    let tls = match &config.tls {
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls, &[b"h2", b"http/1.1"])?)),
+        None => None,
+    };
+    let (conns, incoming) = mpsc::channel(64);
+    let acceptor = Arc::new(Acceptor { config: config.clone(), tls, conns });
+
+    let service = pb_server(ctx.clone(), &config);
+    let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .initial_stream_window_size(config.stream_window_bytes)
+        .initial_connection_window_size(config.connection_window_bytes)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .add_service(service);
+    let grpc_shutdown = shutdown.clone();
+    let mut grpc_task = tokio::spawn(async move {
+        grpc.serve_with_incoming_shutdown(ReceiverStream::new(incoming), grpc_shutdown.cancelled_owned()).await
+    });
+
+    let sweeper = {
+        let registry = ctx.registry.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => registry.sweep(),
+                }
+            }
+        })
+    };
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move { acceptor.handle(stream, remote).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!(error = %e, "agent port accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    sweeper.abort();
+    // Parked tunnels would otherwise hold the graceful shutdown open forever.
+    ctx.registry.close();
+    tracing::info!(grace = ?grace, "agent port draining");
+    match tokio::time::timeout(grace, &mut grpc_task).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(error = %join, "agent gRPC server task failed"),
+        Err(_) => {
+            tracing::warn!("agent tunnels still open after the grace period; closing them");
+            grpc_task.abort();
+        }
+    }
+    Ok(())
+}
+
+fn pb_server(
+    ctx: Arc<HostContext>,
+    config: &AgentListenerConfig,
+) -> burrow_proto::pb::agent_tunnel_server::AgentTunnelServer<grpc::TunnelService> {
+    burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
+        ctx,
+        handshake_timeout: config.handshake_timeout,
+    })
+    .max_decoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
+}
+
+impl Acceptor {
+    async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let result = match &self.tls {
+            Some(tls) => self.handle_tls(tls.clone(), stream, remote).await,
+            None => self.handle_cleartext(stream, remote).await,
+        };
+        if let Err(reason) = result {
+            tracing::info!(%remote, %reason, "agent port: closed connection");
+        }
+    }
+
+    async fn handle_cleartext(&self, mut stream: TcpStream, remote: SocketAddr) -> Result<(), String> {
+        let mut buf = BytesMut::with_capacity(64);
+        let sniffed = tokio::time::timeout(self.config.preface_timeout, async {
+            loop {
+                match classify(&buf) {
+                    Sniff::NeedMore => {}
+                    decided => return Ok(decided),
+                }
+                if stream.read_buf(&mut buf).await.map_err(|e| format!("read failed: {e}"))? == 0 {
+                    return Err("connection closed before a protocol preface".to_owned());
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("no protocol preface within {:?}", self.config.preface_timeout))??;
+        let io = Prefixed::new(buf.freeze(), stream);
+        match sniffed {
+            Sniff::Http2 => self.hand_to_grpc(io, remote, Transport::Grpc).await,
+            Sniff::Http1 => self.serve_websocket(io, remote, Transport::Ws).await,
+            Sniff::Garbage(why) => Err(format!("rejected: {why}")),
+            Sniff::NeedMore => unreachable!("the loop only returns a decision"),
+        }
+    }
+
+    async fn handle_tls(
+        &self,
+        tls: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> Result<(), String> {
+        let stream = tokio::time::timeout(self.config.preface_timeout, tls.accept(stream))
+            .await
+            .map_err(|_| format!("no TLS handshake within {:?}", self.config.preface_timeout))?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        if h2 {
+            self.hand_to_grpc(stream, remote, Transport::Grpcs).await
+        } else {
+            self.serve_websocket(stream, remote, Transport::Wss).await
+        }
+    }
+
+    async fn hand_to_grpc(&self, io: impl Io, remote: SocketAddr, transport: Transport) -> Result<(), String> {
+        let conn = AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
+        self.conns.send(Ok(conn)).await.map_err(|_| "host is shutting down".to_owned())
+    }
+
+    /// Serves one HTTP/1.1 connection that must upgrade to a WebSocket with Burrow's
+    /// subprotocol; the upgraded socket then carries HTTP/2 to the gRPC server.
+    async fn serve_websocket(&self, io: impl Io, remote: SocketAddr, transport: Transport) -> Result<(), String> {
+        let conns = self.conns.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let conns = conns.clone();
+            async move { Ok::<_, std::convert::Infallible>(websocket_upgrade(req, conns, remote, transport)) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.preface_timeout)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades()
+            .await
+            .map_err(|e| format!("HTTP/1.1 on the agent port: {e}"))
+    }
+}
+
+fn plain(status: StatusCode, message: &str) -> Response<Full<bytes::Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(bytes::Bytes::from(format!("{message}\n"))))
+        .expect("static response parts are valid")
+}
+
+fn header_has_token(req: &Request<Incoming>, name: http::header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn websocket_upgrade(
+    mut req: Request<Incoming>,
+    conns: ConnSender,
+    remote: SocketAddr,
+    transport: Transport,
+) -> Response<Full<bytes::Bytes>> {
+    let path = req.uri().path();
+    if path.trim_end_matches('/') != burrow_proto::WS_PATH {
+        return plain(
+            StatusCode::NOT_FOUND,
+            &format!("this is a Burrow agent port: agents connect to ws(s)://<host>:<port>{}", burrow_proto::WS_PATH),
+        );
+    }
+    let upgrade_ok = header_has_token(&req, http::header::CONNECTION, "upgrade")
+        && header_has_token(&req, http::header::UPGRADE, "websocket")
+        && req.headers().get(http::header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned().filter(|_| upgrade_ok) else {
+        return plain(
+            StatusCode::UPGRADE_REQUIRED,
+            "this port accepts Burrow agents only: gRPC over HTTP/2, or a WebSocket (version 13) upgrade",
+        );
+    };
+    if !header_has_token(&req, http::header::SEC_WEBSOCKET_PROTOCOL, burrow_proto::WS_SUBPROTOCOL) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            &format!("missing WebSocket subprotocol {:?}; is this a Burrow agent?", burrow_proto::WS_SUBPROTOCOL),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(burrow_proto::ws::ws_config()),
+                )
+                .await;
+                let io = burrow_proto::ws::WsIo::new(ws);
+                let conn = AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
+                let _ = conns.send(Ok(conn)).await;
+            }
+            Err(e) => tracing::info!(%remote, error = %e, "agent WebSocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .header(http::header::SEC_WEBSOCKET_PROTOCOL, burrow_proto::WS_SUBPROTOCOL)
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,176 @@
+//! The host's configuration file: one TOML document, strictly checked.
+//!
+//! Every table and key is optional; what is left out takes the documented default.
+//! Unknown keys are errors (a typo never silently falls back to a default).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::agent_server::AgentListenerConfig;
+use crate::ingress::IngressConfig;
+use crate::plugins::PluginsConfig;
+
+/// The whole host configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This replica's id, shown to agents and in logs. Default: `host-` plus 8 random hex digits.
+    pub replica_id: Option<String>,
+    /// `[agents]`: the port agents dial.
+    pub agents: AgentListenerConfig,
+    /// `[ingress]`: the port users' HTTP(S) requests arrive on.
+    pub ingress: IngressConfig,
+    /// `[plugins]`: authorizer and router components.
+    pub plugins: PluginsConfig,
+    /// `[shutdown]`: how the host stops.
+    pub shutdown: ShutdownConfig,
+    /// `[log]`: log output.
+    pub log: LogConfig,
+}
+
+/// The `[shutdown]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM/ctrl-c, how long requests and tunnels in flight may take to finish
+    /// before they are cut. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(30) }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `burrow_host=debug,info`; `RUST_LOG` overrides it.
+    /// Default `info`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+/// The configuration is unreadable or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type (the message names the key and line).
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A value is out of range or inconsistent; the message starts with the key.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config = Self::from_toml(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without validating.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks every value serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.replica_id {
+            if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid(
+                    "replica_id: must be 1-128 printable ASCII characters without spaces".into(),
+                ));
+            }
+        }
+        self.agents.validate().map_err(ConfigError::Invalid)?;
+        self.ingress.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.plugins.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.agents.tls.is_none() && self.ingress.listen == self.agents.listen {
+            return Err(ConfigError::Invalid("ingress.listen: must differ from agents.listen".into()));
+        }
+        if self.shutdown.grace > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid("shutdown.grace: at most 1h".into()));
+        }
+        Ok(())
+    }
+
+    /// The effective replica id.
+    pub fn replica_id(&self) -> String {
+        self.replica_id.clone().unwrap_or_else(|| format!("host-{}", hex::encode(rand::random::<[u8; 4]>())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.agents, AgentListenerConfig::default());
+        assert_eq!(config.shutdown.grace, Duration::from_secs(30));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[agents]\nlissten = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        assert!(err.contains("lissten"), "{err}");
+        let err = Config::from_toml("bogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let config = Config::from_toml("[agents]\npreface_timeout = \"250ms\"\n[shutdown]\ngrace = \"2m\"\n").unwrap();
+        assert_eq!(config.agents.preface_timeout, Duration::from_millis(250));
+        assert_eq!(config.shutdown.grace, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let config = Config::from_toml("[agents]\nkeepalive_interval = \"0s\"\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("agents.keepalive_interval"), "{err}");
+        let config = Config::from_toml("[agents]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("agents.tls.cert"), "{err}");
+        let config = Config::from_toml("replica_id = \"has space\"\n").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("replica_id"));
+    }
+}

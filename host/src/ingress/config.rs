@@ -1,0 +1,166 @@
+//! The `[ingress]` table of the host configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tls::TlsConfig;
+
+/// Settings of the user-facing HTTP(S) proxy (`[ingress]` in the host's TOML file).
+///
+/// ```toml
+/// [ingress]
+/// listen = "0.0.0.0:8080"
+/// stream_wait = "20s"
+/// idle_connection_timeout = "30s"
+/// max_idle_per_workload = 32
+/// header_read_timeout = "30s"
+/// trust_forwarded = false
+/// # tls = { cert = "/etc/burrow/ingress.crt", key = "/etc/burrow/ingress.key" }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// Address the ingress listens on for users' HTTP(S) traffic. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Serve HTTPS instead of cleartext HTTP: PEM certificate chain and private key.
+    /// ALPN offers `h2` and `http/1.1`. Default: none (cleartext HTTP/1.1 and h2c).
+    pub tls: Option<TlsConfig>,
+    /// How long a request waits for an idle tunnel of the target agent (the agent may be
+    /// connecting, or all its tunnels busy) before failing with 504. Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub stream_wait: Duration,
+    /// How long a keep-alive HTTP connection to a workload (one tunnel) stays in the pool
+    /// unused before it is closed and its tunnel released. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub idle_connection_timeout: Duration,
+    /// Most idle keep-alive connections (tunnels) kept per (agent, service); extra ones are
+    /// closed when their request ends. `0` disables reuse. Default `32`.
+    pub max_idle_per_workload: usize,
+    /// How long a client may take to send a request's headers (HTTP/1.1), and to finish the
+    /// TLS handshake, before the connection is closed. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Whether the ingress sits behind a proxy you trust. `false` (default): incoming
+    /// `X-Forwarded-For/-Proto/-Host`, `Forwarded` and `X-Request-Id` are discarded and
+    /// replaced by what this host sees. `true`: the client address is appended to
+    /// `X-Forwarded-For`, incoming `X-Forwarded-Proto/-Host` and `Forwarded` are kept, and an
+    /// incoming `X-Request-Id` is reused.
+    pub trust_forwarded: bool,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
+            stream_wait: Duration::from_secs(20),
+            idle_connection_timeout: Duration::from_secs(30),
+            max_idle_per_workload: 32,
+            header_read_timeout: Duration::from_secs(30),
+            trust_forwarded: false,
+        }
+    }
+}
+
+/// An invalid `[ingress]` setting; `Display` names the key, e.g. `ingress.stream_wait: ...`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ingress.{key}: {message}")]
+pub struct IngressConfigError {
+    /// The offending key below `ingress.`, e.g. `stream_wait` or `tls.cert`.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl IngressConfigError {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self { key, message: message.into() }
+    }
+}
+
+impl IngressConfig {
+    /// Checks values serde cannot: non-zero durations and that the TLS files exist.
+    pub fn validate(&self) -> Result<(), IngressConfigError> {
+        let positive = [
+            ("stream_wait", self.stream_wait),
+            ("idle_connection_timeout", self.idle_connection_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(IngressConfigError::new(key, "must be greater than zero"));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            // Checked here so `check-config` catches a typo before the ingress starts.
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(IngressConfigError::new(key, format!("file not found: {}", path.display())));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table_gives_documented_defaults() {
+        let config: IngressConfig = toml::from_str("").unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.stream_wait, Duration::from_secs(20));
+        assert_eq!(config.idle_connection_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_idle_per_workload, 32);
+        assert_eq!(config.header_read_timeout, Duration::from_secs(30));
+        assert!(!config.trust_forwarded);
+        assert!(config.tls.is_none());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let config: IngressConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:9443"
+            tls = { cert = "c.pem", key = "k.pem" }
+            stream_wait = "1m 30s"
+            idle_connection_timeout = "5s"
+            max_idle_per_workload = 0
+            header_read_timeout = "250ms"
+            trust_forwarded = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9443".parse().unwrap());
+        assert_eq!(config.tls.as_ref().unwrap().cert, std::path::PathBuf::from("c.pem"));
+        assert_eq!(config.stream_wait, Duration::from_secs(90));
+        assert_eq!(config.idle_connection_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_idle_per_workload, 0);
+        assert_eq!(config.header_read_timeout, Duration::from_millis(250));
+        assert!(config.trust_forwarded);
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.to_string(), "ingress.tls.cert: file not found: c.pem");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<IngressConfig>("max_body = 10").unwrap_err();
+        assert!(err.to_string().contains("max_body"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let config = IngressConfig { stream_wait: Duration::ZERO, ..Default::default() };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key, "stream_wait");
+        assert!(err.to_string().starts_with("ingress.stream_wait: "), "{err}");
+
+        let config = IngressConfig { header_read_timeout: Duration::ZERO, ..Default::default() };
+        assert_eq!(config.validate().unwrap_err().key, "header_read_timeout");
+    }
+}

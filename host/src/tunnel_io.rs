@@ -1,0 +1,214 @@
+//! A claimed tunnel as a plain byte stream (`AsyncRead + AsyncWrite`), so any protocol
+//! client (hyper for HTTP, later SSH or raw TCP) can run over it unchanged.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use burrow_proto::pb::{self, RefusalCode, ResetCode};
+use burrow_proto::tunnel::{frames, Event, Role, Tunnel};
+use bytes::{Buf, Bytes};
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::PollSender;
+use tonic::{Status, Streaming};
+
+use crate::registry::{IdleTunnel, Session};
+
+/// Why a dial over a claimed tunnel failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DialError {
+    /// The agent answered with a refusal.
+    #[error("agent refused: {message} ({code:?})")]
+    Refused { code: RefusalCode, message: String },
+    /// The tunnel ended before the agent answered: another tunnel may work.
+    #[error("tunnel closed before the agent answered: {0}")]
+    Gone(String),
+    /// The agent did not answer in time.
+    #[error("agent did not answer the dial within {0:?}")]
+    Timeout(Duration),
+    /// The agent broke the protocol.
+    #[error("agent broke the tunnel protocol: {0}")]
+    Protocol(String),
+}
+
+/// Sends `Dial(service)` on a parked tunnel and waits for the agent's answer.
+pub async fn dial(
+    idle: IdleTunnel,
+    service: &str,
+    request_id: &str,
+    answer_timeout: Duration,
+) -> Result<TunnelStream, DialError> {
+    let IdleTunnel { mut inbound, outbound, session } = idle;
+    let mut state = Tunnel::new(Role::Host);
+    state.send_dial().map_err(|e| DialError::Protocol(e.to_string()))?;
+    outbound
+        .send(Ok(frames::dial(service, request_id)))
+        .await
+        .map_err(|_| DialError::Gone("tunnel RPC already ended".into()))?;
+    let first = tokio::time::timeout(answer_timeout, inbound.message())
+        .await
+        .map_err(|_| DialError::Timeout(answer_timeout))?;
+    let frame = match first {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(DialError::Gone("agent ended the tunnel".into())),
+        Err(status) => return Err(DialError::Gone(status.message().to_owned())),
+    };
+    match state.receive_agent_frame(frame) {
+        Ok(Event::DialAccepted) => Ok(TunnelStream::new(inbound, outbound, state, session)),
+        Ok(Event::DialRefused(refusal)) => {
+            Err(DialError::Refused { code: refusal.code(), message: refusal.message })
+        }
+        Ok(Event::Reset(reset)) => Err(DialError::Gone(format!("agent reset the tunnel: {}", reset.message))),
+        Ok(other) => Err(DialError::Protocol(format!("expected DialResult, got {other:?}"))),
+        Err(e) => {
+            let _ = outbound.try_send(Ok(frames::host_reset(ResetCode::ProtocolError, e.to_string())));
+            Err(DialError::Protocol(e.to_string()))
+        }
+    }
+}
+
+/// An open tunnel to a workload's service.
+pub struct TunnelStream {
+    inbound: Streaming<pb::AgentFrame>,
+    outbound: PollSender<Result<pb::HostFrame, Status>>,
+    state: Tunnel,
+    read_buf: Bytes,
+    session: Arc<Session>,
+}
+
+impl TunnelStream {
+    fn new(
+        inbound: Streaming<pb::AgentFrame>,
+        outbound: crate::registry::HostFrameSender,
+        state: Tunnel,
+        session: Arc<Session>,
+    ) -> Self {
+        Self { inbound, outbound: PollSender::new(outbound), state, read_buf: Bytes::new(), session }
+    }
+
+    /// The agent session serving this tunnel.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    fn send_reset(&mut self, code: ResetCode, message: String) {
+        self.state.send_reset();
+        if let Some(tx) = self.outbound.get_ref() {
+            let _ = tx.try_send(Ok(frames::host_reset(code, message)));
+        }
+        self.outbound.close();
+    }
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("agent_id", &self.session.agent_id)
+            .field("phase", &self.state.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.read_buf.is_empty() {
+                let n = this.read_buf.len().min(buf.remaining());
+                buf.put_slice(&this.read_buf[..n]);
+                this.read_buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if !this.state.can_receive() {
+                // Eof received (clean end of the read side) or the tunnel is closed.
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
+                Some(Ok(frame)) => match this.state.receive_agent_frame(frame) {
+                    Ok(Event::Data(data)) => this.read_buf = data,
+                    Ok(Event::Eof) => return Poll::Ready(Ok(())),
+                    Ok(Event::Reset(reset)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            format!("agent reset the tunnel: {}", reset.message),
+                        )))
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        this.send_reset(ResetCode::ProtocolError, e.to_string());
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                    }
+                },
+                Some(Err(status)) => {
+                    this.state.stream_ended();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("tunnel RPC failed: {}", status.message()),
+                    )));
+                }
+                None => {
+                    let clean = this.state.stream_ended();
+                    return Poll::Ready(if clean {
+                        Ok(())
+                    } else {
+                        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "agent closed the tunnel without Eof"))
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.state.send_data().is_err() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel is closed for writing")));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if ready!(this.outbound.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel RPC ended")));
+        }
+        let n = buf.len().min(burrow_proto::MAX_DATA_FRAME);
+        let frame = frames::host_data(Bytes::copy_from_slice(&buf[..n]));
+        if this.outbound.send_item(Ok(frame)).is_err() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel RPC ended")));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Frames go straight into the RPC's channel; HTTP/2 flushes them.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.state.can_send() {
+            return Poll::Ready(Ok(()));
+        }
+        if ready!(this.outbound.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel RPC ended")));
+        }
+        let _ = this.state.send_eof();
+        if this.outbound.send_item(Ok(frames::host_eof())).is_err() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel RPC ended")));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        if self.state.phase() != burrow_proto::tunnel::Phase::Closed {
+            // The user went away (or the proxy gave up): tell the agent to drop its socket
+            // to the workload rather than leave it half-open.
+            self.send_reset(ResetCode::Cancelled, "the host closed the tunnel".into());
+        }
+    }
+}

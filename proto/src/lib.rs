@@ -1,0 +1,44 @@
+//! Burrow's reverse-tunnel protocol.
+//!
+//! - [`pb`]: the protobuf messages and the tonic client/server for `AgentTunnel`.
+//! - [`tunnel`]: the per-tunnel state machine, free of I/O so every ordering rule is
+//!   tested deterministically (in the spirit of `quinn-proto`). Host and agent drive
+//!   their sockets and consult it before acting on each frame.
+//! - [`ws`]: a WebSocket as a byte stream, so HTTP/2 can ride inside it (`ws://`, `wss://`).
+//! - Constants both sides must agree on.
+
+pub mod tunnel;
+pub mod ws;
+
+/// Generated protobuf and gRPC code for `burrow.tunnel.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("burrow.tunnel.v1");
+}
+
+/// Major protocol version. A host refuses agents that speak another major.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Minor protocol version: additions only.
+pub const PROTOCOL_MINOR: u32 = 0;
+
+/// Largest `data` payload either side sends in one frame. Small frames keep per-stream
+/// buffering bounded and let HTTP/2 flow control do the backpressure.
+pub const MAX_DATA_FRAME: usize = 32 * 1024;
+
+/// Largest gRPC message either side accepts on the tunnel service: a data frame plus
+/// protobuf overhead, with room for the small control messages. Anything larger is a
+/// malformed or hostile peer and fails that RPC alone.
+pub const MAX_MESSAGE_SIZE: usize = MAX_DATA_FRAME + 4 * 1024;
+
+/// Metadata key carrying `Welcome.session_id` on every `Tunnel` RPC.
+pub const SESSION_METADATA: &str = "burrow-session";
+
+/// WebSocket subprotocol an agent must request when it tunnels gRPC through WebSocket.
+pub const WS_SUBPROTOCOL: &str = "burrow-tunnel.v1";
+
+/// HTTP path of the WebSocket endpoint on the agent port.
+pub const WS_PATH: &str = "/burrow/agent";
+
+/// The 24-byte HTTP/2 client connection preface (RFC 9113 §3.4); the host sniffs it to
+/// tell gRPC from WebSocket on one cleartext port.
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
