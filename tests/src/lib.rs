@@ -1,1 +1,211 @@
+//! Harness for Burrow's end-to-end tests: a real host (`burrow_host::run`) on
+//! `127.0.0.1:0`, real agents (`burrow_agent::spawn`) over real sockets, a real workload
+//! server, and real HTTP / WebSocket clients. Nothing is mocked.
 
+pub mod clients;
+pub mod tls;
+pub mod workload;
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use burrow_host::{Config, HostError, Listeners};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Logs go to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// Hex SHA-256, as the static authorizer's config stores tokens.
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The agent id / token pair most tests use.
+pub const AGENT: &str = "a1";
+/// Its token.
+pub const TOKEN: &str = "token-for-a1-0123456789";
+
+/// The pieces of a test host config. Each string is TOML placed inside its table
+/// (`authorizer` inside `[plugins.authorizer]`, `agents` inside `[agents]`, `ingress`
+/// inside `[ingress]`); `extra` holds whole further tables.
+#[derive(Debug, Clone)]
+pub struct ConfigParts {
+    pub authorizer: String,
+    pub agents: String,
+    pub ingress: String,
+    pub extra: String,
+}
+
+impl Default for ConfigParts {
+    fn default() -> Self {
+        Self { authorizer: static_authorizer("open", ""), agents: String::new(), ingress: String::new(), extra: String::new() }
+    }
+}
+
+impl ConfigParts {
+    /// Agent `a1` with [`TOKEN`], `*.localhost` names, short waits so failure paths finish
+    /// quickly, plus the parts.
+    pub fn build(&self) -> Config {
+        let text = format!(
+            r#"
+[agents]
+listen = "127.0.0.1:0"
+preface_timeout = "2s"
+{agents}
+[ingress]
+listen = "127.0.0.1:0"
+stream_wait = "3s"
+{ingress}
+[shutdown]
+grace = "5s"
+[plugins.authorizer]
+{authorizer}
+[plugins.router]
+source = "builtin:router-hostname"
+config = {{ root_domains = ["localhost"] }}
+{extra}
+"#,
+            agents = self.agents,
+            ingress = self.ingress,
+            authorizer = self.authorizer,
+            extra = self.extra,
+        );
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        config.validate().unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        config
+    }
+}
+
+/// The static authorizer with agent `a1`, a default access (`open` or `deny`) and extra
+/// fields for its config table.
+pub fn static_authorizer(default_access: &str, extra_fields: &str) -> String {
+    let sep = if extra_fields.is_empty() { "" } else { ", " };
+    format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{{ id = \"{AGENT}\", token_sha256 = \"{}\" }}], default_access = \"{default_access}\"{sep}{extra_fields} }}",
+        sha256_hex(TOKEN)
+    )
+}
+
+/// The most common config: static authorizer, open access.
+pub fn default_config() -> Config {
+    ConfigParts::default().build()
+}
+
+/// A running host.
+pub struct TestHost {
+    /// Where agents connect.
+    pub agent_addr: SocketAddr,
+    /// Where users connect.
+    pub ingress_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), HostError>>,
+}
+
+impl TestHost {
+    /// Starts a host on fresh `127.0.0.1:0` ports.
+    pub async fn start(config: Config) -> TestHost {
+        let agents = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(config, agents, ingress).await
+    }
+
+    /// Starts a host on the given listeners (to restart on the same ports).
+    pub async fn start_on(config: Config, agents: TcpListener, ingress: TcpListener) -> TestHost {
+        init_tracing();
+        let agent_addr = agents.local_addr().unwrap();
+        let ingress_addr = ingress.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(burrow_host::run(config, Listeners { agents, ingress }, async move {
+            let _ = stopped.await;
+        }));
+        TestHost { agent_addr, ingress_addr, stop: Some(stop), task }
+    }
+
+    /// The agent URL for a scheme (`grpc`, `ws`, `grpcs`, `wss`).
+    pub fn agent_url(&self, scheme: &str) -> String {
+        match scheme {
+            "grpcs" | "wss" => format!("{scheme}://localhost:{}", self.agent_addr.port()),
+            _ => format!("{scheme}://{}", self.agent_addr),
+        }
+    }
+
+    /// Graceful stop; returns the host's result.
+    pub async fn stop(mut self) -> Result<(), HostError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("host stops within 30 s")
+            .expect("host task did not panic")
+    }
+
+    /// Whether the host task has ended (it must not, while serving).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An agent config for `url` offering `services` (`name=addr`), with the test token.
+pub fn agent_config(url: &str, token: &str, services: &[String]) -> burrow_agent::AgentConfig {
+    let mut config = burrow_agent::AgentConfig::new(url, token.to_owned()).expect("agent URL");
+    config.services = services.iter().map(|s| burrow_agent::ServiceSpec::parse(s).expect("service spec")).collect();
+    config.replica_id = format!("test-{}", hex::encode(rand_bytes()));
+    config
+}
+
+fn rand_bytes() -> [u8; 4] {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    nanos.to_le_bytes()
+}
+
+/// Waits until `check` holds, failing the test after `limit`. For readiness only (never to
+/// assert speed).
+pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut check: F) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the agent reports a connected session with its idle pool filled.
+pub async fn wait_connected(agent: &burrow_agent::AgentHandle) {
+    let mut status = agent.status();
+    let result = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            {
+                let s = status.borrow_and_update();
+                if matches!(s.state, burrow_agent::ConnState::Connected { .. }) && s.idle_streams > 0 {
+                    return;
+                }
+            }
+            if status.changed().await.is_err() {
+                panic!("agent stopped before connecting");
+            }
+        }
+    })
+    .await;
+    if result.is_err() {
+        panic!("agent did not connect within 20 s; last status: {:?}", *agent.status().borrow());
+    }
+}

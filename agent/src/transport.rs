@@ -1,0 +1,237 @@
+//! Reaching the host: TCP, optional TLS, optional WebSocket, then one HTTP/2 connection
+//! that every RPC of a session shares.
+//!
+//! All four schemes produce a byte stream that tonic drives through one custom
+//! connector. The connector hands out the stream exactly once: if the connection drops,
+//! tonic's channel cannot silently dial a second one behind the session's back (its
+//! `Tunnel` RPCs would carry a session id the new connection never announced). Instead
+//! the control stream fails and the agent reconnects deliberately, with backoff.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_proto::ws::{ws_config, WsIo};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::config::{AgentConfig, HostUrl};
+use crate::AgentError;
+
+/// Receive window per stream: one tunnel can have this much in flight, enough for
+/// high single-stream throughput on long links without buffering much per tunnel.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Receive window for the whole connection, shared by all tunnels.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// A byte stream to the host, whatever the scheme.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+/// Everything needed to open a connection to the host, prepared once at start-up.
+pub(crate) struct Transport {
+    url: HostUrl,
+    tls: Option<tokio_rustls::TlsConnector>,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+}
+
+impl Transport {
+    /// Build the TLS settings (loading `ca_file`) for TLS schemes.
+    pub(crate) fn new(config: &AgentConfig) -> Result<Self, AgentError> {
+        let tls = if config.host.scheme().is_tls() {
+            let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            if let Some(path) = &config.ca_file {
+                let ca_err = |reason: String| AgentError::CaFile { path: path.clone(), reason };
+                let mut added = 0;
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
+                    let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                    roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+                    added += 1;
+                }
+                if added == 0 {
+                    return Err(ca_err("no PEM certificates found".to_owned()));
+                }
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| AgentError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            // ALPN is how the host's single TLS port tells gRPC from WebSocket.
+            tls.alpn_protocols =
+                vec![if config.host.scheme().is_websocket() { b"http/1.1".to_vec() } else { b"h2".to_vec() }];
+            Some(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+        } else {
+            None
+        };
+        Ok(Self {
+            url: config.host.clone(),
+            tls,
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
+        })
+    }
+
+    /// Open the byte stream: TCP, then TLS and/or the WebSocket upgrade.
+    async fn dial(&self) -> Result<BoxIo, String> {
+        let host = self.url.host();
+        let tcp = TcpStream::connect((host, self.url.port()))
+            .await
+            .map_err(|e| format!("could not connect to {}: {e}", self.url.authority()))?;
+        tcp.set_nodelay(true).map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
+        let io: BoxIo = match &self.tls {
+            None => Box::new(tcp),
+            Some(connector) => {
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with {} failed: {e}", self.url.authority()))?;
+                let want: &[u8] = if self.url.scheme().is_websocket() { b"http/1.1" } else { b"h2" };
+                match tls.get_ref().1.alpn_protocol() {
+                    Some(got) if got != want => {
+                        return Err(format!(
+                            "host negotiated ALPN {:?}, expected {:?}",
+                            String::from_utf8_lossy(got),
+                            String::from_utf8_lossy(want)
+                        ))
+                    }
+                    _ => Box::new(tls),
+                }
+            }
+        };
+        if !self.url.scheme().is_websocket() {
+            return Ok(io);
+        }
+        let ws_scheme = if self.url.scheme().is_tls() { "wss" } else { "ws" };
+        let mut request = format!("{ws_scheme}://{}{}", self.url.authority(), burrow_proto::WS_PATH)
+            .into_client_request()
+            .map_err(|e| format!("building the WebSocket request: {e}"))?;
+        let headers = request.headers_mut();
+        headers.insert("sec-websocket-protocol", HeaderValue::from_static(burrow_proto::WS_SUBPROTOCOL));
+        if let Ok(ua) = HeaderValue::try_from(user_agent()) {
+            headers.insert("user-agent", ua);
+        }
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(request, io, Some(ws_config()))
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                    let body = resp
+                        .body()
+                        .as_deref()
+                        .map(String::from_utf8_lossy)
+                        .map(|b| b.trim().chars().take(200).collect::<String>())
+                        .unwrap_or_default();
+                    format!("host refused the WebSocket upgrade with HTTP {}: {body}", resp.status())
+                }
+                other => format!("WebSocket upgrade failed: {other}"),
+            })?;
+        Ok(Box::new(WsIo::new(ws)))
+    }
+
+    /// Dial the host and start HTTP/2 on the connection. The returned channel is bound
+    /// to this one connection for its whole life.
+    pub(crate) async fn connect(&self) -> Result<Channel, String> {
+        let io = self.dial().await?;
+        let authority = self.url.authority();
+        // The connector below bypasses tonic's own TLS, so the endpoint URI stays
+        // `http`; the `:scheme` the host sees follows the real transport.
+        let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|e| format!("invalid host address {authority:?}: {e}"))?;
+        let origin_scheme = if self.url.scheme().is_tls() { "https" } else { "http" };
+        let origin: Uri = format!("{origin_scheme}://{authority}")
+            .parse()
+            .map_err(|e| format!("invalid host address {authority:?}: {e}"))?;
+        let endpoint = endpoint
+            .origin(origin)
+            .user_agent(user_agent())
+            .map_err(|e| format!("invalid user agent: {e}"))?
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(self.keepalive_interval)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let mut io = Some(io);
+        let connector = tower::service_fn(move |_: Uri| {
+            let io = io.take();
+            async move {
+                io.map(TokioIo::new).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "the connection to the host is gone; the agent reconnects with a new session",
+                    )
+                })
+            }
+        });
+        endpoint.connect_with_connector(connector).await.map_err(|e| format!("HTTP/2 setup failed: {}", chain(&e)))
+    }
+}
+
+fn user_agent() -> String {
+    format!("burrow-agent/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An error and its sources, `a: b: c`, skipping repeats (tonic nests identical texts).
+pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_or_empty_ca_file_is_a_clear_error() {
+        let mut config = AgentConfig::new("grpcs://localhost:1", "t").unwrap();
+        config.ca_file = Some("/nonexistent/burrow-ca.pem".into());
+        let err = Transport::new(&config).err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/burrow-ca.pem"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("burrow-agent-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        config.ca_file = Some(empty);
+        let err = Transport::new(&config).err().unwrap().to_string();
+        assert!(err.contains("no PEM certificates"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cleartext_schemes_need_no_tls() {
+        for url in ["grpc://127.0.0.1:1", "ws://127.0.0.1:1"] {
+            let mut config = AgentConfig::new(url, "t").unwrap();
+            // Ignored without TLS.
+            config.ca_file = Some("/nonexistent".into());
+            assert!(Transport::new(&config).unwrap().tls.is_none());
+        }
+    }
+
+    #[test]
+    fn error_chain_skips_repeats() {
+        let inner = std::io::Error::other("refused");
+        let outer = std::io::Error::new(std::io::ErrorKind::Other, Box::new(inner));
+        assert_eq!(chain(&outer), "refused");
+    }
+}

@@ -1,0 +1,278 @@
+//! Error types of the ingress and the error pages (text or JSON) users see.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use super::headers::{HostError, X_REQUEST_ID};
+use crate::context::OpenError;
+
+/// The ingress could not start or stopped on a fatal error.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The `[ingress]` table is invalid.
+    #[error(transparent)]
+    Config(#[from] super::config::IngressConfigError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("ingress.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The listener's address could not be read.
+    #[error("ingress listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// Why a user request was not proxied; each maps to one status and a message naming the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// No usable host in the request (400).
+    #[error("{0}")]
+    BadHost(HostError),
+    /// The router plugin maps the host to nothing (404).
+    #[error("no workload is served at {host}")]
+    NoRoute { host: String },
+    /// A plugin trapped, ran out of time or memory, or misbehaved (503, fail closed).
+    #[error("the {stage} plugin failed: {message}")]
+    Plugin { stage: &'static str, message: String },
+    /// The authorizer denied the request (401, 403 or another 4xx the plugin chose).
+    #[error("access denied: {reason}")]
+    Denied { status: StatusCode, reason: String },
+    /// No tunnel could be opened to the workload (504, 502 or 503, see [`open_error_status`]).
+    #[error("{}", describe_open_error(.agent_id, .service, .error))]
+    Open { agent_id: String, service: String, error: OpenError },
+    /// The tunnel opened but the workload's HTTP exchange failed (502).
+    #[error("service {service:?} of agent {agent_id:?} did not answer: {message}")]
+    Workload { agent_id: String, service: String, message: String },
+    /// `CONNECT` (tunnelling, including HTTP/2 extended CONNECT) is not offered (501).
+    #[error("CONNECT is not supported: send plain HTTP requests or an HTTP/1.1 Upgrade")]
+    ConnectUnsupported,
+    /// The forwarded request could not be built (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe_open_error(agent_id: &str, service: &str, error: &OpenError) -> String {
+    match error {
+        OpenError::Refused { code, message } => format!(
+            "agent {agent_id:?} refused to connect to service {service:?}: {message} ({})",
+            refusal_code_name(*code)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// `REFUSAL_CODE_UNKNOWN_SERVICE` becomes `unknown_service`, for humans and JSON clients.
+fn refusal_code_name(code: burrow_proto::pb::RefusalCode) -> String {
+    let name = code.as_str_name();
+    name.strip_prefix("REFUSAL_CODE_").unwrap_or(name).to_ascii_lowercase()
+}
+
+/// The status a failed tunnel open maps to.
+pub fn open_error_status(error: &OpenError) -> StatusCode {
+    match error {
+        OpenError::NoTunnel { .. } => StatusCode::GATEWAY_TIMEOUT,
+        OpenError::Refused { .. } | OpenError::Broken(_) => StatusCode::BAD_GATEWAY,
+        OpenError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl ProxyError {
+    /// The HTTP status sent to the user.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadHost(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::Plugin { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Denied { status, .. } => *status,
+            Self::Open { error, .. } => open_error_status(error),
+            Self::Workload { .. } => StatusCode::BAD_GATEWAY,
+            Self::ConnectUnsupported => StatusCode::NOT_IMPLEMENTED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable name of the cause (the JSON `error` field).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadHost(_) => "bad_host",
+            Self::NoRoute { .. } => "no_route",
+            Self::Plugin { .. } => "plugin_failed",
+            Self::Denied { status, .. } if *status == StatusCode::UNAUTHORIZED => "unauthenticated",
+            Self::Denied { .. } => "forbidden",
+            Self::Open { error: OpenError::NoTunnel { .. }, .. } => "no_tunnel",
+            Self::Open { error: OpenError::Refused { .. }, .. } => "agent_refused",
+            Self::Open { error: OpenError::Broken(_), .. } => "tunnel_broken",
+            Self::Open { error: OpenError::ShuttingDown, .. } => "shutting_down",
+            Self::Workload { .. } => "workload_failed",
+            Self::ConnectUnsupported => "connect_unsupported",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Renders the error page: JSON when the client accepts it, else `text/plain`. Always
+    /// carries the request id, in the body and in `X-Request-Id`.
+    pub fn to_response(&self, request_id: &str, json: bool) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let message = self.to_string();
+        let (content_type, body) = if json {
+            let mut value = serde_json::json!({
+                "error": self.code(),
+                "status": status.as_u16(),
+                "message": message,
+                "request_id": request_id,
+            });
+            if let Self::Open { error: OpenError::Refused { code, .. }, .. } = self {
+                value["refusal_code"] = refusal_code_name(*code).into();
+            }
+            ("application/json", format!("{value}\n"))
+        } else {
+            let reason = status.canonical_reason().unwrap_or("Error");
+            let text = format!("{} {reason}\n\n{message}\n\nrequest id: {request_id}\n", status.as_u16());
+            ("text/plain; charset=utf-8", text)
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(&X_REQUEST_ID, id);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"burrow\""));
+        }
+        response
+    }
+}
+
+/// Whether the client prefers JSON error bodies: it accepts `application/json` (or a `+json`
+/// type) with a quality at least as high as any `text/*` type it lists. Wildcards alone mean
+/// text, which suits browsers and curl.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    let mut best_json = 0.0_f32;
+    let mut best_text = 0.0_f32;
+    let ranges = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    for range in ranges {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, q)| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if media == "application/json" || (media.starts_with("application/") && media.ends_with("+json")) {
+            best_json = best_json.max(quality);
+        } else if media.starts_with("text/") {
+            best_text = best_text.max(quality);
+        }
+    }
+    best_json > 0.0 && best_json >= best_text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use burrow_proto::pb::RefusalCode;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().unwrap());
+        headers
+    }
+
+    fn open(error: OpenError) -> ProxyError {
+        ProxyError::Open { agent_id: "demo".into(), service: "web".into(), error }
+    }
+
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn open_errors_map_to_gateway_statuses() {
+        let no_tunnel = OpenError::NoTunnel { agent_id: "demo".into(), waited: Duration::from_secs(20) };
+        assert_eq!(open_error_status(&no_tunnel), StatusCode::GATEWAY_TIMEOUT);
+        let refused = OpenError::Refused { code: RefusalCode::UnknownService, message: "no db".into() };
+        assert_eq!(open_error_status(&refused), StatusCode::BAD_GATEWAY);
+        assert_eq!(open_error_status(&OpenError::Broken("reset".into())), StatusCode::BAD_GATEWAY);
+        assert_eq!(open_error_status(&OpenError::ShuttingDown), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(open(no_tunnel).status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(open(refused).code(), "agent_refused");
+    }
+
+    #[test]
+    fn other_errors_map_to_their_statuses() {
+        let cases = [
+            (ProxyError::BadHost(HostError::Missing), 400),
+            (ProxyError::NoRoute { host: "x".into() }, 404),
+            (ProxyError::Plugin { stage: "router", message: "trap".into() }, 503),
+            (ProxyError::Denied { status: StatusCode::UNAUTHORIZED, reason: "r".into() }, 401),
+            (ProxyError::Denied { status: StatusCode::FORBIDDEN, reason: "r".into() }, 403),
+            (ProxyError::Workload { agent_id: "a".into(), service: "s".into(), message: "m".into() }, 502),
+            (ProxyError::ConnectUnsupported, 501),
+            (ProxyError::Internal("x".into()), 500),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        assert!(wants_json(&accept("application/json")));
+        assert!(wants_json(&accept("application/problem+json, text/plain;q=0.5")));
+        assert!(wants_json(&accept("text/plain;q=0.1, application/json")));
+        assert!(!wants_json(&accept("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")));
+        assert!(!wants_json(&accept("*/*")));
+        assert!(!wants_json(&accept("application/json;q=0")));
+        assert!(!wants_json(&accept("text/plain, application/json;q=0.5")));
+        assert!(!wants_json(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn json_error_body_names_cause_and_request_id() {
+        let error = open(OpenError::Refused { code: RefusalCode::UnknownService, message: "no db".into() });
+        let response = error.to_response("abc123", true);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()[&X_REQUEST_ID], "abc123");
+        let value: serde_json::Value = serde_json::from_str(&body(response).await).unwrap();
+        assert_eq!(value["error"], "agent_refused");
+        assert_eq!(value["status"], 502);
+        assert_eq!(value["request_id"], "abc123");
+        assert_eq!(value["refusal_code"], "unknown_service");
+        let message = value["message"].as_str().unwrap();
+        assert!(message.contains("\"demo\"") && message.contains("\"web\"") && message.contains("no db"));
+    }
+
+    #[tokio::test]
+    async fn text_error_body_names_cause_and_request_id() {
+        let error = open(OpenError::NoTunnel { agent_id: "demo".into(), waited: Duration::from_secs(20) });
+        let response = error.to_response("abc123", false);
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(response.headers()[&X_REQUEST_ID], "abc123");
+        let text = body(response).await;
+        assert!(text.starts_with("504 Gateway Timeout\n"), "{text}");
+        assert!(text.contains("\"demo\"") && text.contains("20s"), "{text}");
+        assert!(text.contains("request id: abc123"), "{text}");
+    }
+
+    #[test]
+    fn unauthorized_asks_for_a_bearer_token() {
+        let denied = ProxyError::Denied { status: StatusCode::UNAUTHORIZED, reason: "token required".into() };
+        let response = denied.to_response("id", false);
+        assert!(response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+        let forbidden = ProxyError::Denied { status: StatusCode::FORBIDDEN, reason: "no".into() };
+        assert!(!forbidden.to_response("id", false).headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

@@ -1,0 +1,270 @@
+//! The user-facing HTTP(S) proxy.
+//!
+//! hyper serves HTTP/1.1 and h2 (cleartext, or TLS with ALPN `h2`/`http/1.1`). Each request is
+//! routed by its host through the router plugin, checked by the authorizer plugin, and sent as
+//! HTTP/1.1 over an agent tunnel: ordinary requests through a pool of keep-alive connections per
+//! (agent, service), upgrades over a dedicated tunnel that becomes a raw byte pipe after `101`.
+//! Bodies stream both ways; nothing is buffered whole.
+
+mod config;
+mod connector;
+mod errors;
+mod headers;
+mod proxy;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{IngressConfig, IngressConfigError};
+pub use errors::{IngressError, ProxyError};
+
+use crate::context::HostContext;
+use proxy::{ConnInfo, Proxy};
+
+/// ALPN protocols offered to TLS clients, preferred first.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// How long to pause after a failed `accept` (e.g. out of file descriptors) before retrying,
+/// so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves users on `listener` until `shutdown` is cancelled, then stops accepting, lets requests
+/// and upgraded connections in flight finish for up to `grace`, closes whatever remains and
+/// returns.
+///
+/// Fails only at start-up (invalid config, unreadable TLS files); per-connection and
+/// per-request failures are logged and answered, never fatal.
+pub async fn serve(
+    listener: TcpListener,
+    config: Arc<IngressConfig>,
+    ctx: Arc<HostContext>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), IngressError> {
+    config.validate()?;
+    let tls = match &config.tls {
+        Some(tls) => Some(TlsAcceptor::from(crate::tls::server_config(tls, ALPN)?)),
+        None => None,
+    };
+    let local_addr = listener.local_addr().map_err(IngressError::Listener)?;
+    let in_flight = Arc::new(InFlight::default());
+    let force_close = CancellationToken::new();
+    let proxy = Arc::new(Proxy::new(config.clone(), ctx, in_flight.clone(), force_close.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let server = Arc::new(Server { builder, proxy, tls, config, shutdown: shutdown.clone(), force_close });
+    tracing::info!(%local_addr, tls = server.tls.is_some(), "ingress listening");
+
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Small writes (SSE events, WebSocket frames) must leave at once.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+                }
+                let guard = in_flight.enter();
+                tokio::spawn(server.clone().serve_connection(stream, peer, guard));
+            }
+            Err(error) => {
+                tracing::warn!(%local_addr, %error, "ingress accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+
+    let open = in_flight.count();
+    tracing::info!(%local_addr, connections = open, ?grace, "ingress stopped accepting; draining");
+    if tokio::time::timeout(grace, in_flight.wait_idle()).await.is_err() {
+        tracing::warn!(
+            connections = in_flight.count(),
+            ?grace,
+            "ingress grace period over; closing remaining connections"
+        );
+        server.force_close.cancel();
+        in_flight.wait_idle().await;
+    }
+    tracing::info!(%local_addr, "ingress stopped");
+    Ok(())
+}
+
+/// Everything a connection task needs.
+struct Server {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    tls: Option<TlsAcceptor>,
+    config: Arc<IngressConfig>,
+    shutdown: CancellationToken,
+    force_close: CancellationToken,
+}
+
+impl Server {
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, _guard: InFlightGuard) {
+        let conn = ConnInfo { peer, tls: self.tls.is_some() };
+        // Set by the first request: until then the connection may be a client that connects
+        // and sends nothing, which hyper's header timeout does not cover while it sniffs the
+        // protocol version, nor for h2.
+        let first_request = Arc::new(AtomicBool::new(false));
+        let proxy = self.proxy.clone();
+        let seen = first_request.clone();
+        let service = service_fn(move |request| {
+            seen.store(true, Ordering::Relaxed);
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
+        });
+        let deadline = self.config.header_read_timeout;
+        let idle_guard = async move {
+            tokio::time::sleep(deadline).await;
+            if first_request.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        };
+
+        match &self.tls {
+            None => {
+                let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                self.drive(connection, idle_guard, peer).await;
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(deadline, acceptor.accept(stream));
+                let tls_stream = tokio::select! {
+                    result = handshake => match result {
+                        Ok(Ok(tls_stream)) => tls_stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "ingress TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, ?deadline, "ingress TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    () = self.shutdown.cancelled() => return,
+                };
+                let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                self.drive(connection, idle_guard, peer).await;
+            }
+        }
+    }
+
+    /// Runs one HTTP connection: closes it if no request arrives in time, asks it to finish
+    /// gracefully on shutdown (h1: after the request in flight; h2: GOAWAY), and drops it when
+    /// the grace period ends.
+    async fn drive<C>(&self, connection: C, idle_guard: impl Future<Output = ()>, peer: SocketAddr)
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        let mut connection = std::pin::pin!(connection);
+        let finished = tokio::select! {
+            result = connection.as_mut() => Some(result),
+            () = idle_guard => {
+                tracing::debug!(%peer, "ingress connection sent no request in time; closing");
+                return;
+            }
+            () = self.shutdown.cancelled() => None,
+        };
+        let result = match finished {
+            Some(result) => result,
+            None => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = self.force_close.cancelled() => return,
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "ingress connection ended with an error");
+        }
+    }
+}
+
+/// Counts connections and upgraded pipes still running, so shutdown can wait for them.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a guard dropped in between still wakes us.
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by each connection task and upgraded pipe; dropping it may wake the shutdown.
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_waits_for_every_guard() {
+        let in_flight = Arc::new(InFlight::default());
+        in_flight.wait_idle().await;
+        let a = in_flight.enter();
+        let b = in_flight.enter();
+        assert_eq!(in_flight.count(), 2);
+        let waiter = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { in_flight.wait_idle().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        waiter.await.unwrap();
+        assert_eq!(in_flight.count(), 0);
+    }
+}

@@ -1,0 +1,299 @@
+//! One user request: route, authorize, forward over a tunnel, stream the answer back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::Uri;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
+
+use super::config::IngressConfig;
+use super::connector::{find_connect_error, with_request_id, workload_uri, ConnectError, TunnelConnector};
+use super::errors::{wants_json, ProxyError};
+use super::headers::{self, ForwardedInfo, X_REQUEST_ID};
+use super::upgrade;
+use super::InFlight;
+use crate::context::HostContext;
+use crate::plugins::{AccessDecision, AccessRequest, Protocol, Route, RouteRequest};
+
+/// Body of every response the ingress sends: the workload's streamed body or a small error page.
+pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// TCP peer of the user connection.
+    pub peer: SocketAddr,
+    /// Whether the ingress terminated TLS on it.
+    pub tls: bool,
+}
+
+/// State shared by every request of one ingress.
+pub struct Proxy {
+    config: Arc<IngressConfig>,
+    ctx: Arc<HostContext>,
+    connector: TunnelConnector,
+    client: Client<TunnelConnector, Incoming>,
+    /// Upgraded byte pipes outlive their HTTP connection; they are counted here so shutdown
+    /// waits for them, and cut when the grace period ends.
+    pub(super) in_flight: Arc<InFlight>,
+    pub(super) force_close: CancellationToken,
+}
+
+/// The plugins' verdict on a request.
+struct Admitted {
+    route: Route,
+    principal: String,
+    strip_credentials: bool,
+}
+
+impl Proxy {
+    /// Builds the pooled workload client from `config`.
+    pub fn new(
+        config: Arc<IngressConfig>,
+        ctx: Arc<HostContext>,
+        in_flight: Arc<InFlight>,
+        force_close: CancellationToken,
+    ) -> Self {
+        let connector = TunnelConnector::new(ctx.clone(), config.stream_wait);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.idle_connection_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_workload)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // The Host header is always set from the user's request; never from the synthetic URI.
+            .set_host(false)
+            .build(connector.clone());
+        Self { config, ctx, connector, client, in_flight, force_close }
+    }
+
+    /// Serves one request; never fails: errors become error pages. Every response carries
+    /// `X-Request-Id`.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = headers::request_id(request.headers(), self.config.trust_forwarded);
+        let json = wants_json(request.headers());
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let raw_host = raw_host(&request).unwrap_or_default().to_owned();
+
+        let mut response = match self.proxy(request, conn, &request_id, &raw_host).await {
+            Ok(response) => response,
+            Err(error) => {
+                let status = error.status();
+                if status.is_server_error() {
+                    tracing::warn!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request failed");
+                } else {
+                    tracing::info!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request refused");
+                }
+                error.to_response(&request_id, json).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(&X_REQUEST_ID, id);
+        }
+        tracing::debug!(
+            %request_id,
+            %method,
+            host = %raw_host,
+            %path,
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn proxy(
+        &self,
+        mut request: Request<Incoming>,
+        conn: ConnInfo,
+        request_id: &str,
+        raw_host: &str,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        if request.method() == Method::CONNECT {
+            return Err(ProxyError::ConnectUnsupported);
+        }
+        if raw_host.is_empty() {
+            return Err(ProxyError::BadHost(headers::HostError::Missing));
+        }
+        let host = headers::parse_host(raw_host).map_err(ProxyError::BadHost)?;
+        // Only HTTP/1.1 can upgrade; h2 clients would need extended CONNECT, which is not offered.
+        let upgrade = if request.version() == Version::HTTP_11 {
+            headers::upgrade_protocol(request.headers())
+        } else {
+            None
+        };
+        let protocol = match &upgrade {
+            None => Protocol::Http,
+            Some(value) if value.as_bytes().eq_ignore_ascii_case(b"websocket") => Protocol::WebSocket,
+            Some(_) => Protocol::Upgrade,
+        };
+
+        let admitted = self.admit(&request, conn, host, protocol).await?;
+        let Admitted { route, principal, strip_credentials } = admitted;
+        tracing::debug!(request_id, agent_id = %route.agent_id, service = %route.service, %principal, "admitted");
+
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if strip_credentials {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        let proto = if conn.tls { "https" } else { "http" };
+        let forwarded = ForwardedInfo { client_ip: conn.peer.ip(), proto, host: raw_host };
+        headers::apply_forwarded(&mut parts.headers, forwarded, self.config.trust_forwarded);
+        let host_value = HeaderValue::from_str(raw_host).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        parts.headers.insert(header::HOST, host_value);
+        let id_value = HeaderValue::from_str(request_id).map_err(|e| ProxyError::Internal(e.to_string()))?;
+        parts.headers.insert(&X_REQUEST_ID, id_value);
+        // The workload always speaks HTTP/1.1, whatever the user spoke.
+        parts.version = Version::HTTP_11;
+
+        if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, protocol);
+            parts.uri = origin_form(&parts.uri);
+            let request = Request::from_parts(parts, body);
+            return upgrade::forward(self, &route, request, client_upgrade, request_id).await;
+        }
+
+        parts.uri = workload_uri(&route.agent_id, &route.service, parts.uri.path_and_query())
+            .map_err(|e| ProxyError::Internal(format!("cannot build the workload URI: {e}")))?;
+        let request = Request::from_parts(parts, body);
+        let response = with_request_id(request_id.to_owned(), self.client.request(request))
+            .await
+            .map_err(|error| workload_error(&route, &error))?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::Workload {
+                agent_id: route.agent_id,
+                service: route.service,
+                message: "answered 101 Switching Protocols to a request that asked for no upgrade".into(),
+            });
+        }
+        Ok(relay_response(response))
+    }
+
+    /// Runs the router, then the authorizer, off the async workers: plugin calls are
+    /// synchronous and may run up to their epoch deadline.
+    async fn admit(
+        &self,
+        request: &Request<Incoming>,
+        conn: ConnInfo,
+        host: String,
+        protocol: Protocol,
+    ) -> Result<Admitted, ProxyError> {
+        let plugins = self.ctx.plugins.clone();
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        let bearer_token = headers::bearer_token(request.headers());
+        let client_addr = conn.peer.ip().to_canonical().to_string();
+        let verdict = tokio::task::spawn_blocking(move || {
+            let route_request = RouteRequest { host: host.clone(), path: path.clone(), method: method.clone() };
+            let route = match plugins.route(&route_request) {
+                Ok(Some(route)) => route,
+                Ok(None) => return Err(ProxyError::NoRoute { host }),
+                Err(error) => return Err(ProxyError::Plugin { stage: "router", message: error.to_string() }),
+            };
+            let access = AccessRequest {
+                agent_id: route.agent_id.clone(),
+                service: route.service.clone(),
+                workload_id: route.workload_id.clone(),
+                host,
+                method,
+                path,
+                protocol,
+                client_addr,
+                bearer_token,
+            };
+            match plugins.authorize(&access) {
+                Ok(AccessDecision::Allow { principal, strip_credentials }) => {
+                    Ok(Admitted { route, principal, strip_credentials })
+                }
+                Ok(AccessDecision::Deny { status, reason }) => Err(ProxyError::Denied { status: deny_status(status), reason }),
+                Err(error) => Err(ProxyError::Plugin { stage: "authorizer", message: error.to_string() }),
+            }
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(format!("plugin task failed: {e}")))?;
+        verdict
+    }
+
+    pub(super) fn connector(&self) -> &TunnelConnector {
+        &self.connector
+    }
+}
+
+/// The host the request names: the URI authority (h2 `:authority`, or an HTTP/1.1 absolute-form
+/// target, which RFC 9112 §3.2.2 says wins) or else the `Host` header.
+fn raw_host(request: &Request<Incoming>) -> Option<&str> {
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST)?.to_str().ok(),
+    }
+}
+
+/// Denials are client errors; anything else a plugin returns becomes 403 so a buggy plugin
+/// cannot turn a denial into a success or a server error.
+fn deny_status(status: u16) -> StatusCode {
+    match StatusCode::from_u16(status) {
+        Ok(status) if status.is_client_error() => status,
+        _ => {
+            tracing::warn!(status, "authorizer denied with a non-4xx status; answering 403");
+            StatusCode::FORBIDDEN
+        }
+    }
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Maps a pooled-client failure to the user-facing error: a failed tunnel open keeps its
+/// precise status (504/502/503); anything after that is the workload's fault (502).
+fn workload_error(route: &Route, error: &hyper_util::client::legacy::Error) -> ProxyError {
+    match find_connect_error(error) {
+        Some(ConnectError::Open { agent_id, service, error }) => {
+            ProxyError::Open { agent_id: agent_id.clone(), service: service.clone(), error: error.clone() }
+        }
+        Some(bad @ ConnectError::BadDestination(_)) => ProxyError::Internal(bad.to_string()),
+        None => ProxyError::Workload {
+            agent_id: route.agent_id.clone(),
+            service: route.service.clone(),
+            message: error_chain(error),
+        },
+    }
+}
+
+/// `outer: inner: innermost`, since hyper's top-level messages alone are vague.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
+}
+
+/// The workload's response with hop-by-hop headers removed and its body streamed as is.
+pub(super) fn relay_response(response: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+pub(super) fn empty_body() -> ResponseBody {
+    Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync()
+}

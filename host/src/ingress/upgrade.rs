@@ -1,0 +1,91 @@
+//! `Connection: upgrade` requests (WebSocket, SPDY/3.1 for `kubectl exec`, anything else): sent
+//! on a dedicated tunnel connection; after a `101` both sides become one raw byte pipe.
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::connector::ConnectError;
+use super::errors::ProxyError;
+use super::headers;
+use super::proxy::{empty_body, error_chain, relay_response, Proxy, ResponseBody};
+use crate::plugins::Route;
+
+/// Sends an upgrade request (headers already prepared, origin-form URI) to the workload over
+/// its own tunnel, outside the pool: an upgraded connection must never serve another request.
+/// On `101` the client gets the workload's `101` and a task splices the two upgraded streams.
+pub(super) async fn forward(
+    proxy: &Proxy,
+    route: &Route,
+    request: Request<Incoming>,
+    client_upgrade: OnUpgrade,
+    request_id: &str,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let io = proxy.connector().open(&route.agent_id, &route.service, request_id).await.map_err(|e| match e {
+        ConnectError::Open { agent_id, service, error } => ProxyError::Open { agent_id, service, error },
+        bad @ ConnectError::BadDestination(_) => ProxyError::Internal(bad.to_string()),
+    })?;
+    let workload_error = |error: hyper::Error| ProxyError::Workload {
+        agent_id: route.agent_id.clone(),
+        service: route.service.clone(),
+        message: error_chain(&error),
+    };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::Builder::new().handshake::<_, Incoming>(io).await.map_err(workload_error)?;
+    let id = request_id.to_owned();
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(request_id = %id, error = %error_chain(&error), "upgrade connection to workload failed");
+        }
+    });
+    let mut response = sender.send_request(request).await.map_err(workload_error)?;
+    // No second request ever goes on this connection; dropping the sender lets it close once
+    // a non-101 response has been read.
+    drop(sender);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(relay_response(response));
+    }
+
+    let workload_upgrade = hyper::upgrade::on(&mut response);
+    let protocol = response.headers().get(header::UPGRADE).cloned();
+    let (mut parts, _empty) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(protocol) = protocol {
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+
+    let guard = proxy.in_flight.enter();
+    let force_close = proxy.force_close.clone();
+    let id = request_id.to_owned();
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::select! {
+            () = splice(client_upgrade, workload_upgrade, &id) => {}
+            () = force_close.cancelled() => {
+                tracing::debug!(request_id = %id, "upgraded connection cut at the end of the shutdown grace period");
+            }
+        }
+    });
+    Ok(Response::from_parts(parts, empty_body()))
+}
+
+/// Pipes bytes both ways until both directions have ended; an EOF on one side is passed on as
+/// a half-close (write shutdown) to the other.
+async fn splice(client: OnUpgrade, workload: OnUpgrade, request_id: &str) {
+    let (client, workload) = match tokio::try_join!(client, workload) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(request_id, error = %error_chain(&error), "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut workload = TokioIo::new(workload);
+    match tokio::io::copy_bidirectional(&mut client, &mut workload).await {
+        Ok((up, down)) => tracing::debug!(request_id, up, down, "upgraded connection closed"),
+        Err(error) => tracing::debug!(request_id, %error, "upgraded connection ended with an error"),
+    }
+}

@@ -1,0 +1,65 @@
+//! Misbehaving plugins fail closed (503) and the host keeps serving.
+
+use burrow_tests::clients;
+use burrow_tests::workload::Workload;
+use burrow_tests::*;
+use http::StatusCode;
+
+const HOST: &str = "web-a1.localhost";
+
+fn misbehaving(mode: &str) -> burrow_host::Config {
+    let wasm = std::path::Path::new(burrow_host::plugins::ARTIFACTS_DIR).join("test_misbehave.wasm");
+    assert!(wasm.is_file(), "test plugin not built: {}", wasm.display());
+    let authorizer = format!(
+        "source = {:?}\ncall_timeout = \"100ms\"\nmax_memory_mb = 16\nconfig = {{ agent_id = \"{AGENT}\", agent_token_sha256 = \"{}\", mode = \"{mode}\" }}",
+        wasm.display().to_string(),
+        sha256_hex(TOKEN)
+    );
+    ConfigParts { authorizer, ..Default::default() }.build()
+}
+
+async fn fails_closed(mode: &str) {
+    let host = TestHost::start(misbehaving(mode)).await;
+    let workload = Workload::start(mode).await;
+    let agent = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));
+    wait_connected(&agent).await;
+    for _ in 0..3 {
+        let (status, headers, body) = clients::get(host.ingress_addr, HOST, "/hello").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{mode}: {body}");
+        assert!(headers.contains_key("x-request-id"));
+        assert!(body.contains("plugin"), "{mode}: the error names the plugin failure: {body}");
+        assert!(!body.contains("hello from"), "{mode}: nothing reached the workload");
+    }
+    assert!(!host.is_finished(), "{mode}: host keeps running");
+    // Routing (a different plugin) still answers.
+    let (status, _, _) = clients::get(host.ingress_addr, "unknown.example", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(workload.connections(), 0);
+}
+
+#[tokio::test]
+async fn trapping_authorizer_fails_closed() {
+    fails_closed("trap").await;
+}
+
+#[tokio::test]
+async fn looping_authorizer_is_stopped_and_fails_closed() {
+    fails_closed("loop").await;
+}
+
+#[tokio::test]
+async fn memory_bomb_authorizer_fails_closed() {
+    fails_closed("memory").await;
+}
+
+#[tokio::test]
+async fn well_behaved_external_plugin_allows() {
+    let host = TestHost::start(misbehaving("allow")).await;
+    let workload = Workload::start("ok").await;
+    let agent = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));
+    wait_connected(&agent).await;
+    let (status, _, body) = clients::get(host.ingress_addr, HOST, "/hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"hello from ok");
+}
