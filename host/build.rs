@@ -31,7 +31,8 @@ const STRIPPED_ENV: &[&str] = &[
 ];
 
 fn main() -> ExitCode {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ lives inside the workspace root").to_path_buf();
     let plugins = root.join("plugins");
     rerun_if_changed(&root, &plugins);

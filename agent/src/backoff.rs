@@ -158,7 +158,11 @@ mod tests {
         b.next_delay_with(0.5);
         b.next_delay_with(0.5);
         b.connection_ended_after(Duration::from_secs(3));
-        assert_eq!(b.next_delay_with(0.5), Duration::from_secs_f64(2.56), "short-lived connection keeps growing");
+        assert_eq!(
+            b.next_delay_with(0.5),
+            Duration::from_secs_f64(2.56),
+            "short-lived connection keeps growing"
+        );
         b.connection_ended_after(Duration::from_secs(25));
         assert_eq!(b.next_delay_with(0.5), Duration::from_secs(1));
     }

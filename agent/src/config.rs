@@ -127,7 +127,9 @@ impl HostUrl {
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains(['/', '?', '#']) {
-            return Err(err("paths, queries and fragments are not supported; give only SCHEME://HOST[:PORT]"));
+            return Err(err(
+                "paths, queries and fragments are not supported; give only SCHEME://HOST[:PORT]",
+            ));
         }
         if authority.contains('@') {
             return Err(err("credentials in the URL are not supported; the token comes from BURROW_AGENT_TOKEN or --token-file"));
@@ -199,7 +201,9 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     if host.is_empty() {
         return Err("missing host".to_owned());
     }
-    if !host.contains(':') && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+    if !host.contains(':')
+        && !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
         return Err(format!("{host:?} is not a valid host name"));
     }
     let port = match port {
@@ -271,6 +275,15 @@ impl ServiceSpec {
         Ok(Self { name: name.to_owned(), host, port })
     }
 
+    /// Parse `NAME=HOST:PORT`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let (name, addr) = spec.split_once('=').ok_or_else(|| ConfigError::Service {
+            spec: spec.to_owned(),
+            reason: "expected NAME=HOST:PORT, e.g. web=127.0.0.1:3000".to_owned(),
+        })?;
+        Self::new(name.trim(), addr.trim())
+    }
+
     /// Service name, as the host asks for it in `Dial`.
     pub fn name(&self) -> &str {
         &self.name
@@ -301,11 +314,7 @@ impl FromStr for ServiceSpec {
 
     /// Parse `NAME=HOST:PORT`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, addr) = s.split_once('=').ok_or_else(|| ConfigError::Service {
-            spec: s.to_owned(),
-            reason: "expected NAME=HOST:PORT, e.g. web=127.0.0.1:3000".to_owned(),
-        })?;
-        Self::new(name.trim(), addr.trim())
+        Self::parse(s)
     }
 }
 
@@ -576,11 +585,20 @@ mod tests {
             msg(&|c| c.services.push("web=10.0.0.1:80".parse().unwrap())),
             "service \"web\" is listed twice; service names must be unique"
         );
-        assert_eq!(msg(&|c| c.min_idle = 0), "invalid min-idle: must be at least 1, or the host could never reach this agent");
+        assert_eq!(
+            msg(&|c| c.min_idle = 0),
+            "invalid min-idle: must be at least 1, or the host could never reach this agent"
+        );
         assert_eq!(msg(&|c| c.min_idle = 2000), "invalid min-idle: 2000 is above --max-streams 1000");
         assert_eq!(msg(&|c| c.max_streams = 0), "invalid max-streams: must be at least 1");
-        assert_eq!(msg(&|c| c.idle_timeout = Duration::ZERO), "invalid idle-timeout: must be greater than zero");
-        assert_eq!(msg(&|c| c.replica_id = "a b".into()), "invalid replica-id: may only contain printable ASCII without spaces");
+        assert_eq!(
+            msg(&|c| c.idle_timeout = Duration::ZERO),
+            "invalid idle-timeout: must be greater than zero"
+        );
+        assert_eq!(
+            msg(&|c| c.replica_id = "a b".into()),
+            "invalid replica-id: may only contain printable ASCII without spaces"
+        );
         assert_eq!(msg(&|c| c.token = Secret::new(" ")), "the agent token is empty");
         assert!(msg(&|c| c.backoff.multiplier = 0.5).starts_with("invalid backoff"));
         assert_eq!(AgentConfig::new("grpc://h", "").unwrap_err(), ConfigError::EmptyToken);

@@ -1,1 +1,270 @@
-fn main(){}
+//! `burrow-agent`: command-line front end for the `burrow_agent` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use burrow_agent::{AgentConfig, HostUrl, ServiceSpec};
+use clap::{Parser, ValueEnum};
+use tracing::{info, warn};
+
+const TOKEN_ENV: &str = "BURROW_AGENT_TOKEN";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Burrow agent: runs beside a workload, dials out to a Burrow host and serves the
+/// reverse tunnels the host hands user connections to.
+///
+/// The agent token is read from the BURROW_AGENT_TOKEN environment variable or from
+/// --token-file, never from a command-line argument (those show in `ps`).
+///
+/// Pool defaults differ from GitLab KAS (2 idle, +10 per step, 500 max): 4 idle streams
+/// absorb small bursts with no round trip, a claim that empties the pool doubles the idle
+/// target instead of ramping 10 at a time, and the ceiling is 1000 because users with
+/// more than 500 parallel watches hit KAS's limit.
+///
+/// Logging: RUST_LOG sets the filter (default "info").
+#[derive(Debug, Parser)]
+#[command(name = "burrow-agent", version, verbatim_doc_comment)]
+struct Cli {
+    /// Host agent endpoint: grpc://, grpcs://, ws:// or wss://HOST[:PORT].
+    /// grpc = cleartext HTTP/2, grpcs = TLS (ALPN h2), ws/wss = the same gRPC inside one
+    /// WebSocket for proxies that pass only HTTP/1.1. Default port 80, or 443 with TLS.
+    #[arg(long, value_name = "URL", value_parser = parse_host, verbatim_doc_comment)]
+    host: HostUrl,
+
+    /// A service the agent may dial, as NAME=HOST:PORT (repeat for more). The agent
+    /// dials these and nothing else. NAME: [a-z0-9][a-z0-9_]*, at most 63 characters.
+    #[arg(long = "service", value_name = "NAME=HOST:PORT", required = true, value_parser = parse_service, verbatim_doc_comment)]
+    services: Vec<ServiceSpec>,
+
+    /// File holding the agent token (surrounding whitespace is trimmed). Without it the
+    /// token comes from the BURROW_AGENT_TOKEN environment variable.
+    #[arg(long, value_name = "PATH", verbatim_doc_comment)]
+    token_file: Option<PathBuf>,
+
+    /// PEM file of extra CA certificates to trust for grpcs:// and wss://, in addition to
+    /// the built-in web PKI roots.
+    #[arg(long, value_name = "PATH", verbatim_doc_comment)]
+    ca_file: Option<PathBuf>,
+
+    /// Identifies this process among agents sharing one token.
+    /// [default: $HOSTNAME, else a random id]
+    #[arg(long, value_name = "ID", verbatim_doc_comment)]
+    replica_id: Option<String>,
+
+    /// Parked tunnel streams kept ready at the host.
+    #[arg(long, value_name = "N", default_value_t = burrow_agent::DEFAULT_MIN_IDLE)]
+    min_idle: usize,
+
+    /// Ceiling on tunnel streams, parked plus active.
+    #[arg(long, value_name = "N", default_value_t = burrow_agent::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
+
+    /// Parked streams above --min-idle close after this long unused.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
+    /// Time allowed to connect to a service.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    dial_timeout: Duration,
+
+    /// Time allowed to reach the host and finish the handshake.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+
+    /// On SIGTERM or ctrl-c, how long active tunnels may finish before they are reset.
+    /// A second signal stops at once.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, verbatim_doc_comment)]
+    shutdown_grace: Duration,
+
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn parse_host(s: &str) -> Result<HostUrl, String> {
+    HostUrl::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_service(s: &str) -> Result<ServiceSpec, String> {
+    s.parse().map_err(|e: burrow_agent::ConfigError| e.to_string())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn read_token(token_file: Option<&PathBuf>) -> anyhow::Result<String> {
+    let from_env = std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    let token = match token_file {
+        Some(path) => {
+            if from_env.is_some() {
+                warn!("both --token-file and {TOKEN_ENV} are set; using --token-file");
+            }
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the agent token from {}", path.display()))?
+        }
+        None => match from_env {
+            Some(token) => token,
+            None => bail!("no agent token: set {TOKEN_ENV} or pass --token-file PATH"),
+        },
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        bail!("the agent token is empty");
+    }
+    Ok(token)
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the agent");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Print the cause chain on one line; a backtrace is noise for a configuration error.
+    match runtime.block_on(agent_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent_main(cli: Cli) -> anyhow::Result<()> {
+    let token = read_token(cli.token_file.as_ref())?;
+
+    let mut config = AgentConfig::new(&cli.host.to_string(), token)?;
+    config.services = cli.services;
+    config.ca_file = cli.ca_file;
+    if let Some(id) = cli.replica_id {
+        config.replica_id = id;
+    }
+    config.min_idle = cli.min_idle;
+    config.max_streams = cli.max_streams;
+    config.idle_timeout = cli.idle_timeout;
+    config.dial_timeout = cli.dial_timeout;
+    config.connect_timeout = cli.connect_timeout;
+    config.shutdown_grace = cli.shutdown_grace;
+    config.validate()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = burrow_agent::run(config, async move {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(agent);
+    tokio::select! {
+        result = &mut agent => return Ok(result?),
+        _ = signal() => {
+            info!("shutting down; signal again to stop at once");
+            let _ = stop_tx.send(());
+        }
+    }
+    tokio::select! {
+        result = &mut agent => Ok(result?),
+        _ = signal() => {
+            warn!("second signal: stopping without waiting for active tunnels");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_has_documented_defaults() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["burrow-agent", "--host", "wss://h", "--service", "web=127.0.0.1:3000"])
+                .unwrap();
+        assert_eq!((cli.min_idle, cli.max_streams), (4, 1000));
+        assert_eq!(cli.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cli.services.len(), 1);
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--host",
+            "--service",
+            "--token-file",
+            "--ca-file",
+            "--replica-id",
+            "--min-idle",
+            "--max-streams",
+            "--idle-timeout",
+            "--log-format",
+            "BURROW_AGENT_TOKEN",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
+
+    #[test]
+    fn token_is_never_a_flag_and_a_service_is_required() {
+        assert!(Cli::try_parse_from([
+            "burrow-agent",
+            "--host",
+            "grpc://h",
+            "--service",
+            "a=h:1",
+            "--token",
+            "x"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from(["burrow-agent", "--host", "grpc://h"]).is_err());
+    }
+
+    #[test]
+    fn token_file_is_trimmed() {
+        let path = std::env::temp_dir().join(format!("burrow-agent-token-{}", std::process::id()));
+        std::fs::write(&path, "  s3cret\n").unwrap();
+        assert_eq!(read_token(Some(&path)).unwrap(), "s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_token(Some(&path)).unwrap_err().to_string().contains("empty"));
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -74,9 +74,8 @@ impl Shared {
         status: watch::Sender<AgentStatus>,
         kill: CancellationToken,
     ) -> Result<Arc<Self>, crate::AgentError> {
-        let mut auth_header: MetadataValue<Ascii> = format!("Bearer {}", config.token.expose())
-            .parse()
-            .map_err(|_| crate::ConfigError::Invalid {
+        let mut auth_header: MetadataValue<Ascii> =
+            format!("Bearer {}", config.token.expose()).parse().map_err(|_| crate::ConfigError::Invalid {
                 field: "token",
                 reason: "must be printable ASCII".to_owned(),
             })?;
@@ -86,7 +85,10 @@ impl Shared {
             dial_timeout: config.dial_timeout,
             idle_timeout: config.idle_timeout,
             auth_header,
-            slot: Mutex::new(PoolSlot { pool: Pool::new(config.min_idle, config.max_streams), session: None }),
+            slot: Mutex::new(PoolSlot {
+                pool: Pool::new(config.min_idle, config.max_streams),
+                session: None,
+            }),
             status,
             tracker: TaskTracker::new(),
             kill,

@@ -174,7 +174,10 @@ impl Transport {
                 })
             }
         });
-        endpoint.connect_with_connector(connector).await.map_err(|e| format!("HTTP/2 setup failed: {}", chain(&e)))
+        endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| format!("HTTP/2 setup failed: {}", chain(&e)))
     }
 }
 
@@ -229,9 +232,23 @@ mod tests {
     }
 
     #[test]
-    fn error_chain_skips_repeats() {
-        let inner = std::io::Error::other("refused");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, Box::new(inner));
-        assert_eq!(chain(&outer), "refused");
+    fn error_chain_joins_sources_and_skips_repeats() {
+        #[derive(Debug)]
+        struct Wrap(&'static str, std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl StdError for Wrap {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.1)
+            }
+        }
+        assert_eq!(
+            chain(&Wrap("transport error", std::io::Error::other("refused"))),
+            "transport error: refused"
+        );
+        assert_eq!(chain(&Wrap("refused", std::io::Error::other("refused"))), "refused");
     }
 }

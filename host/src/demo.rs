@@ -200,7 +200,7 @@ async fn workload_request(mut req: Request<Incoming>, stop: CancellationToken) -
             Response::builder()
                 .header(http::header::CONTENT_TYPE, "text/event-stream")
                 .header(http::header::CACHE_CONTROL, "no-cache")
-                .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+                .body(BodyExt::boxed(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))))
                 .expect("static response parts are valid")
         }
         "/ws" => {

@@ -154,7 +154,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
         }
         ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(ws_to_io)?;
         let n = buf.len().min(WS_MAX_WRITE);
-        Pin::new(&mut this.ws).start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).map_err(ws_to_io)?;
+        Pin::new(&mut this.ws)
+            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+            .map_err(ws_to_io)?;
         // Any queued pong went out together with this message.
         this.flush_control = false;
         Poll::Ready(Ok(n))
@@ -311,8 +313,10 @@ mod tests {
         let accept = tokio::spawn(async move { listener.accept().await.unwrap().0 });
         let a = TcpStream::connect(addr).await.unwrap();
         let b = accept.await.unwrap();
-        let mut client = WsIo::new(WebSocketStream::from_raw_socket(a, Role::Client, Some(ws_config())).await);
-        let mut server = WsIo::new(WebSocketStream::from_raw_socket(b, Role::Server, Some(ws_config())).await);
+        let mut client =
+            WsIo::new(WebSocketStream::from_raw_socket(a, Role::Client, Some(ws_config())).await);
+        let mut server =
+            WsIo::new(WebSocketStream::from_raw_socket(b, Role::Server, Some(ws_config())).await);
         client.write_all(b"x").await.unwrap();
         client.flush().await.unwrap();
         let mut got = [0u8; 1];

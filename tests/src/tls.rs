@@ -33,12 +33,11 @@ impl TestPki {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Burrow test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf_params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key).unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         let pki = TestPki {
             ca_cert: dir.join("ca.pem"),
             cert: dir.join("cert.pem"),

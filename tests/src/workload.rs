@@ -117,7 +117,7 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, hyper::Error>(Frame::data(b)));
-    StreamBody::new(stream).boxed()
+    BodyExt::boxed(StreamBody::new(stream))
 }
 
 fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {

@@ -38,7 +38,11 @@ pub fn with_request_id<F: Future>(request_id: String, future: F) -> impl Future<
 
 /// The absolute URI the pooled client is given for a request to `service` of `agent_id`; the
 /// client sends only its path and query (origin-form) to the workload.
-pub fn workload_uri(agent_id: &str, service: &str, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+pub fn workload_uri(
+    agent_id: &str,
+    service: &str,
+    path_and_query: Option<&PathAndQuery>,
+) -> Result<Uri, http::Error> {
     let authority = format!("a{}.s{}{SYNTHETIC_SUFFIX}", hex::encode(agent_id), hex::encode(service));
     let authority = Authority::try_from(authority)?;
     let path_and_query = path_and_query.cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -95,12 +99,21 @@ impl TunnelConnector {
 
     /// Opens a tunnel to `service` of `agent_id` outside the pool (used for upgrades, whose
     /// connection becomes a raw byte pipe and must never be reused).
-    pub async fn open(&self, agent_id: &str, service: &str, request_id: &str) -> Result<TunnelConnection, ConnectError> {
+    pub async fn open(
+        &self,
+        agent_id: &str,
+        service: &str,
+        request_id: &str,
+    ) -> Result<TunnelConnection, ConnectError> {
         self.ctx
             .open_tunnel(agent_id, service, request_id, self.stream_wait)
             .await
             .map(TunnelConnection::new)
-            .map_err(|error| ConnectError::Open { agent_id: agent_id.to_owned(), service: service.to_owned(), error })
+            .map_err(|error| ConnectError::Open {
+                agent_id: agent_id.to_owned(),
+                service: service.to_owned(),
+                error,
+            })
     }
 }
 
@@ -215,7 +228,8 @@ mod tests {
         #[error("client error")]
         struct Outer(#[source] Box<dyn StdError + Send + Sync>);
 
-        let inner = ConnectError::Open { agent_id: "a".into(), service: "s".into(), error: OpenError::ShuttingDown };
+        let inner =
+            ConnectError::Open { agent_id: "a".into(), service: "s".into(), error: OpenError::ShuttingDown };
         let outer = Outer(Box::new(inner));
         let found = find_connect_error(&outer).unwrap();
         assert!(matches!(found, ConnectError::Open { error: OpenError::ShuttingDown, .. }));

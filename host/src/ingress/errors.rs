@@ -34,7 +34,7 @@ pub enum ProxyError {
     /// A plugin trapped, ran out of time or memory, or misbehaved (503, fail closed).
     #[error("the {stage} plugin failed: {message}")]
     Plugin { stage: &'static str, message: String },
-    /// The authorizer denied the request (401, 403 or another 4xx the plugin chose).
+    /// The authorizer denied the request (401 or 403).
     #[error("access denied: {reason}")]
     Denied { status: StatusCode, reason: String },
     /// No tunnel could be opened to the workload (504, 502 or 503, see [`open_error_status`]).

@@ -164,7 +164,8 @@ impl Server {
                     },
                     () = self.shutdown.cancelled() => return,
                 };
-                let connection = self.builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
+                let connection =
+                    self.builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service);
                 self.drive(connection, idle_guard, peer).await;
             }
         }

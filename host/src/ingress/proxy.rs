@@ -1,6 +1,7 @@
 //! One user request: route, authorize, forward over a tunnel, stream the answer back.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -78,7 +79,11 @@ impl Proxy {
 
     /// Serves one request; never fails: errors become error pages. Every response carries
     /// `X-Request-Id`.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers(), self.config.trust_forwarded);
         let json = wants_json(request.headers());
@@ -95,7 +100,9 @@ impl Proxy {
                 } else {
                     tracing::info!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request refused");
                 }
-                error.to_response(&request_id, json).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+                error
+                    .to_response(&request_id, json)
+                    .map(|body| body.map_err(|never| match never {}).boxed_unsync())
             }
         };
         if let Ok(id) = HeaderValue::from_str(&request_id) {
@@ -184,21 +191,24 @@ impl Proxy {
     }
 
     /// Runs the router, then the authorizer, off the async workers: plugin calls are
-    /// synchronous and may run up to their epoch deadline.
-    async fn admit(
+    /// synchronous and may run up to their epoch deadline. Takes what it needs from the request
+    /// up front so the returned future does not borrow it.
+    fn admit(
         &self,
         request: &Request<Incoming>,
         conn: ConnInfo,
         host: String,
         protocol: Protocol,
-    ) -> Result<Admitted, ProxyError> {
+    ) -> impl Future<Output = Result<Admitted, ProxyError>> + Send + 'static {
         let plugins = self.ctx.plugins.clone();
         let method = request.method().as_str().to_owned();
-        let path = request.uri().path().to_owned();
+        let path =
+            request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
         let bearer_token = headers::bearer_token(request.headers());
-        let client_addr = conn.peer.ip().to_canonical().to_string();
-        let verdict = tokio::task::spawn_blocking(move || {
-            let route_request = RouteRequest { host: host.clone(), path: path.clone(), method: method.clone() };
+        let client_addr = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port()).to_string();
+        let decide = move || {
+            let route_request =
+                RouteRequest { host: host.clone(), path: path.clone(), method: method.clone() };
             let route = match plugins.route(&route_request) {
                 Ok(Some(route)) => route,
                 Ok(None) => return Err(ProxyError::NoRoute { host }),
@@ -219,13 +229,17 @@ impl Proxy {
                 Ok(AccessDecision::Allow { principal, strip_credentials }) => {
                     Ok(Admitted { route, principal, strip_credentials })
                 }
-                Ok(AccessDecision::Deny { status, reason }) => Err(ProxyError::Denied { status: deny_status(status), reason }),
+                Ok(AccessDecision::Deny { status, reason }) => {
+                    Err(ProxyError::Denied { status: deny_status(status)?, reason })
+                }
                 Err(error) => Err(ProxyError::Plugin { stage: "authorizer", message: error.to_string() }),
             }
-        })
-        .await
-        .map_err(|e| ProxyError::Internal(format!("plugin task failed: {e}")))?;
-        verdict
+        };
+        async move {
+            tokio::task::spawn_blocking(decide)
+                .await
+                .map_err(|e| ProxyError::Internal(format!("plugin task failed: {e}")))?
+        }
     }
 
     pub(super) fn connector(&self) -> &TunnelConnector {
@@ -242,15 +256,15 @@ fn raw_host(request: &Request<Incoming>) -> Option<&str> {
     }
 }
 
-/// Denials are client errors; anything else a plugin returns becomes 403 so a buggy plugin
-/// cannot turn a denial into a success or a server error.
-fn deny_status(status: u16) -> StatusCode {
+/// The WIT contract allows only 401 and 403; anything else is the plugin's bug and fails
+/// closed like any other plugin failure.
+fn deny_status(status: u16) -> Result<StatusCode, ProxyError> {
     match StatusCode::from_u16(status) {
-        Ok(status) if status.is_client_error() => status,
-        _ => {
-            tracing::warn!(status, "authorizer denied with a non-4xx status; answering 403");
-            StatusCode::FORBIDDEN
-        }
+        Ok(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)) => Ok(status),
+        _ => Err(ProxyError::Plugin {
+            stage: "authorizer",
+            message: format!("denied with status {status}, but only 401 or 403 are allowed"),
+        }),
     }
 }
 

@@ -23,17 +23,20 @@ pub(super) async fn forward(
     client_upgrade: OnUpgrade,
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let io = proxy.connector().open(&route.agent_id, &route.service, request_id).await.map_err(|e| match e {
-        ConnectError::Open { agent_id, service, error } => ProxyError::Open { agent_id, service, error },
-        bad @ ConnectError::BadDestination(_) => ProxyError::Internal(bad.to_string()),
-    })?;
+    let io =
+        proxy.connector().open(&route.agent_id, &route.service, request_id).await.map_err(|e| match e {
+            ConnectError::Open { agent_id, service, error } => ProxyError::Open { agent_id, service, error },
+            bad @ ConnectError::BadDestination(_) => ProxyError::Internal(bad.to_string()),
+        })?;
     let workload_error = |error: hyper::Error| ProxyError::Workload {
         agent_id: route.agent_id.clone(),
         service: route.service.clone(),
         message: error_chain(&error),
     };
-    let (mut sender, connection) =
-        hyper::client::conn::http1::Builder::new().handshake::<_, Incoming>(io).await.map_err(workload_error)?;
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Incoming>(io)
+        .await
+        .map_err(workload_error)?;
     let id = request_id.to_owned();
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {

@@ -23,4 +23,4 @@ pub(crate) mod router {
 
 pub(crate) use authorizer::burrow::plugin::{host, types};
 pub(crate) use authorizer::{AuthorizerPlugin, AuthorizerPluginPre};
-pub(crate) use router::{RouterPlugin, RouterPluginPre};
+pub(crate) use router::RouterPluginPre;

@@ -195,7 +195,10 @@ impl PluginSlotConfig {
                 None => {
                     return Err(PluginConfigError::new(
                         key("source"),
-                        format!("unknown built-in plugin \"builtin:{name}\" (known: {})", super::builtin_names()),
+                        format!(
+                            "unknown built-in plugin \"builtin:{name}\" (known: {})",
+                            super::builtin_names()
+                        ),
                     ))
                 }
                 Some(builtin) if builtin.kind != kind => {

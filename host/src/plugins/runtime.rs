@@ -99,7 +99,9 @@ impl Runtime {
             .table_elements(TABLE_ELEMENTS)
             // Per-call limits are enforced by `CallLimiter`; the pool only needs room
             // for the largest one a config may ask for.
-            .max_memory_size(usize::try_from(super::config::MAX_MEMORY_MB as u64 * 1024 * 1024).unwrap_or(usize::MAX));
+            .max_memory_size(
+                usize::try_from(super::config::MAX_MEMORY_MB as u64 * 1024 * 1024).unwrap_or(usize::MAX),
+            );
 
         let mut config = Config::new();
         config
@@ -191,7 +193,9 @@ impl Runtime {
         if self.jobs.send(job).is_err() {
             return Err(unavailable(slot, "the plugin threads have stopped".into()));
         }
-        answer.recv().unwrap_or_else(|_| Err(unavailable(slot, "the call panicked inside the runtime".into())))
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(unavailable(slot, "the call panicked inside the runtime".into())))
     }
 
     fn run<I, R>(
@@ -238,7 +242,12 @@ fn unavailable(slot: &SlotInfo, reason: String) -> PluginError {
 }
 
 /// Turns a failed call into the error that names the limit the plugin hit.
-fn classify(slot: &SlotInfo, store: &Store<CallState>, stderr: &StderrCapture, err: wasmtime::Error) -> PluginError {
+fn classify(
+    slot: &SlotInfo,
+    store: &Store<CallState>,
+    stderr: &StderrCapture,
+    err: wasmtime::Error,
+) -> PluginError {
     let plugin = slot.label.clone();
     let sha256 = slot.sha256_short.clone();
     // The memory check comes first: a guest whose allocation failed may trap in many
@@ -335,7 +344,12 @@ struct CallLimiter {
 }
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
@@ -350,7 +364,12 @@ impl ResourceLimiter for CallLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= TABLE_ELEMENTS && maximum.is_none_or(|max| desired <= max))
     }
 }

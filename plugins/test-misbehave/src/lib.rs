@@ -15,8 +15,7 @@ use std::hint::black_box;
 
 use burrow::plugin::host;
 use burrow::plugin::types::{
-    AccessAllowed, AccessDecision, AccessRequest, AgentAuthOutcome, AgentAuthRequest, AgentIdentity,
-    LogLevel,
+    AccessAllowed, AccessDecision, AccessRequest, AgentAuthOutcome, AgentAuthRequest, AgentIdentity, LogLevel,
 };
 use exports::burrow::plugin::authorizer::Guest;
 use serde::Deserialize;
@@ -46,12 +45,14 @@ fn config() -> Config {
         .unwrap_or_else(|err| panic!("test-misbehave: invalid config: {err}"))
 }
 
-/// Recurses forever; the stack array and `black_box` keep every frame alive so the
-/// compiler cannot turn this into a loop.
+/// Recurses forever. Only scalars cross each call, so every level costs wasm stack
+/// (the engine's limit) and none of the shadow stack in linear memory; the work after
+/// the call keeps it from becoming a loop.
 #[allow(unconditional_recursion, reason = "the point of this mode is a stack overflow")]
-fn recurse(depth: u64) -> u64 {
-    let frame = black_box([depth as u8; 256]);
-    recurse(black_box(depth + 1)).wrapping_add(u64::from(frame[0]))
+#[inline(never)]
+fn recurse(a: u64, b: u64) -> u64 {
+    // A rotate, unlike `+` or `^`, is no accumulator LLVM could turn into a loop.
+    recurse(b.wrapping_mul(31), a ^ b).rotate_left((a & 63) as u32)
 }
 
 struct Misbehave;
@@ -85,8 +86,8 @@ impl Guest for Misbehave {
                 }
             }
             Mode::Recursion => {
-                let depth = recurse(0);
-                panic!("test-misbehave: recursion returned {depth}")
+                let result = recurse(black_box(1), black_box(2));
+                panic!("test-misbehave: recursion returned {result}")
             }
             Mode::Allow => AccessDecision::Allow(AccessAllowed {
                 principal: "misbehave".to_string(),

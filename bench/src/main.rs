@@ -1,0 +1,166 @@
+//! `burrow-bench`: measures, in one process and one run, what the tunnel adds over a
+//! direct connection to the same workload, and what the plugin path costs per request.
+//!
+//! Every figure is the median of `--runs` runs; ratios compare against the direct baseline
+//! measured in the same run. Run it with `bench/run.sh` (release build).
+
+use std::time::{Duration, Instant};
+
+use burrow_host::plugins::{AccessRequest, Plugins, Protocol, RouteRequest};
+use burrow_tests::clients::{self, Client, Mode};
+use burrow_tests::workload::Workload;
+use burrow_tests::{agent_config, default_config, wait_connected, TestHost, TOKEN};
+use clap::Parser;
+use http_body_util::BodyExt;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Repetitions of each measurement; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Sequential small requests per latency run.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Bytes per throughput run.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    bytes: u64,
+    /// Plugin calls per plugin run.
+    #[arg(long, default_value_t = 5000)]
+    calls: usize,
+    /// Agent transport for the tunnel runs: grpc or ws.
+    #[arg(long, default_value = "grpc")]
+    transport: String,
+}
+
+const HOST: &str = "web-a1.localhost";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn latency_run(client: &mut Client, host: &str, n: usize) -> Latency {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let (status, _, body) = client.get(host, "/hello").await;
+        samples.push(start.elapsed());
+        assert!(status.is_success() && !body.is_empty());
+    }
+    samples.sort();
+    Latency { p50_us: percentile(&samples, 0.5), p99_us: percentile(&samples, 0.99) }
+}
+
+async fn throughput_run(client: &mut Client, host: &str, bytes: u64) -> f64 {
+    let start = Instant::now();
+    let resp = client.request("GET", host, &format!("/download?bytes={bytes}"), &[], clients::empty()).await;
+    assert!(resp.status().is_success());
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(d) = frame.unwrap().data_ref() {
+            got += d.len() as u64;
+        }
+    }
+    assert_eq!(got, bytes);
+    (bytes as f64 / (1024.0 * 1024.0)) / start.elapsed().as_secs_f64()
+}
+
+fn plugin_run(plugins: &Plugins, calls: usize) -> (f64, f64) {
+    let route_req = RouteRequest { host: HOST.into(), path: "/".into(), method: "GET".into() };
+    let access = AccessRequest {
+        agent_id: "a1".into(),
+        service: "web".into(),
+        workload_id: "a1/web".into(),
+        host: HOST.into(),
+        method: "GET".into(),
+        path: "/".into(),
+        protocol: Protocol::Http,
+        client_addr: "127.0.0.1".into(),
+        bearer_token: None,
+    };
+    let mut route = Vec::with_capacity(calls);
+    let mut authorize = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        plugins.route(&route_req).unwrap().expect("route");
+        route.push(t.elapsed());
+        let t = Instant::now();
+        plugins.authorize(&access).unwrap();
+        authorize.push(t.elapsed());
+    }
+    route.sort();
+    authorize.sort();
+    (percentile(&route, 0.5), percentile(&authorize, 0.5))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = default_config();
+    let host = TestHost::start(config.clone()).await;
+    let workload = Workload::start("bench").await;
+    let agent = burrow_agent::spawn(agent_config(&host.agent_url(&args.transport), TOKEN, &[workload.service("web")]));
+    wait_connected(&agent).await;
+
+    let mut direct = clients::connect(workload.addr, &Mode::h1()).await;
+    let mut tunnel = clients::connect(host.ingress_addr, &Mode::h1()).await;
+    // Warm-up: connection pools, allocator, plugin instances.
+    latency_run(&mut direct, HOST, 200).await;
+    latency_run(&mut tunnel, HOST, 200).await;
+
+    let (mut d50, mut d99, mut t50, mut t99) = (vec![], vec![], vec![], vec![]);
+    let (mut dtp, mut ttp) = (vec![], vec![]);
+    for _ in 0..args.runs {
+        let d = latency_run(&mut direct, HOST, args.requests).await;
+        let t = latency_run(&mut tunnel, HOST, args.requests).await;
+        d50.push(d.p50_us);
+        d99.push(d.p99_us);
+        t50.push(t.p50_us);
+        t99.push(t.p99_us);
+        dtp.push(throughput_run(&mut direct, HOST, args.bytes).await);
+        ttp.push(throughput_run(&mut tunnel, HOST, args.bytes).await);
+    }
+    let plugins = tokio::task::spawn_blocking(move || Plugins::load(&config.plugins)).await??;
+    let (mut r50, mut a50) = (vec![], vec![]);
+    for _ in 0..args.runs {
+        let (r, a) = plugin_run(&plugins, args.calls);
+        r50.push(r);
+        a50.push(a);
+    }
+
+    let (d50, d99, t50, t99) = (median(d50), median(d99), median(t50), median(t99));
+    let (dtp, ttp) = (median(dtp), median(ttp));
+    let (r50, a50) = (median(r50), median(a50));
+    println!("burrow-bench: {} runs, transport {}, medians of per-run figures", args.runs, args.transport);
+    println!();
+    println!("| measurement | direct | through Burrow | ratio |");
+    println!("|---|---|---|---|");
+    println!("| small GET latency p50 (µs, {} sequential, keep-alive) | {d50:.1} | {t50:.1} | {:.2}× |", args.requests, t50 / d50);
+    println!("| small GET latency p99 (µs) | {d99:.1} | {t99:.1} | {:.2}× |", t99 / d99);
+    println!("| single-stream download ({} MiB) MiB/s | {dtp:.0} | {ttp:.0} | {:.2}× |", args.bytes >> 20, ttp / dtp);
+    println!();
+    println!("| plugin call (fresh instance per call) | p50 µs |");
+    println!("|---|---|");
+    println!("| router-hostname `route` | {r50:.1} |");
+    println!("| authorizer-static `authorize` | {a50:.1} |");
+    println!("| both, per request | {:.1} |", r50 + a50);
+    agent.shutdown().await;
+    host.stop().await?;
+    Ok(())
+}
