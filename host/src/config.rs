@@ -120,7 +120,7 @@ impl Config {
         self.agents.validate().map_err(ConfigError::Invalid)?;
         self.ingress.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.plugins.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if self.agents.tls.is_none() && self.ingress.listen == self.agents.listen {
+        if self.ingress.listen.port() != 0 && self.ingress.listen == self.agents.listen {
             return Err(ConfigError::Invalid("ingress.listen: must differ from agents.listen".into()));
         }
         if self.shutdown.grace > Duration::from_secs(3600) {

@@ -49,7 +49,13 @@ pub struct ConfigParts {
 
 impl Default for ConfigParts {
     fn default() -> Self {
-        Self { authorizer: static_authorizer("open", ""), agents: String::new(), ingress: String::new(), extra: String::new() }
+        Self {
+            authorizer: static_authorizer("open", ""),
+            agents: String::new(),
+            // Short enough that failure paths finish quickly.
+            ingress: "stream_wait = \"3s\"".into(),
+            extra: String::new(),
+        }
     }
 }
 
@@ -65,7 +71,6 @@ preface_timeout = "2s"
 {agents}
 [ingress]
 listen = "127.0.0.1:0"
-stream_wait = "3s"
 {ingress}
 [shutdown]
 grace = "5s"

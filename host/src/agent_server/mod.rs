@@ -209,8 +209,9 @@ impl Acceptor {
         });
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            // Not keep_alive(false): hyper would then overwrite `Connection: Upgrade` on the
+            // 101 with `close`. An idle keep-alive connection is cut by the header timeout.
             .header_read_timeout(self.config.preface_timeout)
-            .keep_alive(false)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
             .await

@@ -20,13 +20,13 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig, ResourceLimiter, Store,
     Trap,
 };
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{host, types, AuthorizerPlugin};
@@ -60,8 +60,8 @@ pub(crate) fn shared() -> Result<&'static Runtime, String> {
     RUNTIME.get_or_init(Runtime::new).as_ref().map_err(Clone::clone)
 }
 
-/// What every call into one loaded plugin needs to know.
-#[derive(Debug)]
+/// What every call into one loaded plugin needs to know. (No `Debug`: the config
+/// JSON may hold a third-party plugin's credentials.)
 pub(crate) struct SlotInfo {
     /// `authorizer (builtin:authorizer-static)`: names the plugin in logs and errors.
     pub label: String,
@@ -115,6 +115,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("cannot link WASI: {e:#}"))?;
+        forbid_clock_waits(&mut linker).map_err(|e| format!("cannot restrict WASI clocks: {e:#}"))?;
         // Both worlds import the same `types` and `host` interfaces (see bindings.rs).
         AuthorizerPlugin::add_to_linker::<_, HasSelf<CallState>>(&mut linker, |state| state)
             .map_err(|e| format!("cannot link the host interface: {e:#}"))?;
@@ -211,7 +212,7 @@ impl Runtime {
             table: ResourceTable::new(),
             limiter: CallLimiter { limit: slot.max_memory_bytes, used: 0, hit: false },
             slot: slot.clone(),
-            log_lines_left: LOG_LINES_PER_CALL,
+            log_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -225,6 +226,27 @@ impl Runtime {
         };
         invoke(instance, &mut store).map_err(|err| classify(slot, &store, &stderr, err))
     }
+}
+
+/// The WASI monotonic clock interface as wasmtime-wasi defines it; the
+/// `sleeping_plugin_traps` test fails if an upgrade changes it.
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// Replaces the clock subscriptions (how a guest sleeps or waits) with a trap: a guest
+/// blocked inside a host call is out of reach of the epoch deadline and would hold a
+/// worker thread for as long as it asked.
+fn forbid_clock_waits(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    for name in ["subscribe-instant", "subscribe-duration"] {
+        clock.func_wrap(name, move |_, (_,): (u64,)| -> wasmtime::Result<(Resource<DynPollable>,)> {
+            wasmtime::bail!(
+                "{MONOTONIC_CLOCK}.{name} is not available to plugins: a plugin call must not sleep or wait"
+            )
+        })?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Ticks until the deadline: one extra because the first tick may come at once.
@@ -286,7 +308,8 @@ pub(crate) struct CallState {
     table: ResourceTable,
     limiter: CallLimiter,
     slot: Arc<SlotInfo>,
-    log_lines_left: u32,
+    /// `host.log` calls so far in this call.
+    log_lines: u32,
 }
 
 impl WasiView for CallState {
@@ -299,13 +322,15 @@ impl types::Host for CallState {}
 
 impl host::Host for CallState {
     fn log(&mut self, level: types::LogLevel, message: String) {
-        if self.log_lines_left == 0 {
-            return;
-        }
-        self.log_lines_left -= 1;
         let plugin = self.slot.label.as_str();
-        if self.log_lines_left == 0 {
-            tracing::warn!(plugin, "plugin logged {LOG_LINES_PER_CALL} lines in one call; dropping the rest");
+        self.log_lines = self.log_lines.saturating_add(1);
+        if self.log_lines > LOG_LINES_PER_CALL {
+            if self.log_lines == LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(
+                    plugin,
+                    "plugin logged more than {LOG_LINES_PER_CALL} lines in one call; dropping the rest"
+                );
+            }
             return;
         }
         let message = truncate(&message, LOG_LINE_BYTES);
@@ -353,7 +378,7 @@ impl ResourceLimiter for CallLimiter {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
-        let used = self.used.saturating_add((desired - current) as u64);
+        let used = self.used.saturating_add(desired.saturating_sub(current) as u64);
         if used > self.limit {
             self.hit = true;
             // An error (rather than `Ok(false)`) traps at once instead of letting the

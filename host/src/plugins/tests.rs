@@ -105,6 +105,12 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 #[test]
+fn plugins_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Plugins>();
+}
+
+#[test]
 fn builtin_authorizer_authenticates_agents() {
     let plugins = Plugins::load(&static_config()).unwrap();
     assert_eq!(plugins.authenticate_agent(&agent("agent-secret")).unwrap(), accepted("demo"));
@@ -205,6 +211,15 @@ fn unbounded_recursion_overflows_the_stack() {
     let plugins = Plugins::load(&misbehave_config("recursion")).unwrap();
     let err = plugins.authorize(&access("demo", "web", None)).unwrap_err();
     assert!(matches!(err, PluginError::StackOverflow { .. }), "expected a stack overflow, got {err}");
+    assert_still_serving(&plugins);
+}
+
+#[test]
+fn sleeping_plugin_traps() {
+    let plugins = Plugins::load(&misbehave_config("sleep")).unwrap();
+    let err = plugins.authorize(&access("demo", "web", None)).unwrap_err();
+    let PluginError::Trap { message, .. } = &err else { panic!("expected a trap, got {err}") };
+    assert!(message.contains("must not sleep"), "{message}");
     assert_still_serving(&plugins);
 }
 

@@ -1,10 +1,10 @@
 //! Test-only authorizer (never embedded in the host): authenticates one agent like
 //! `authorizer-static`, then misbehaves in `authorize` as its config asks, so tests
-//! can check that the host contains traps, runaway loops, memory bombs and stack
-//! overflows and keeps serving.
+//! can check that the host contains traps, runaway loops, memory bombs, stack
+//! overflows and sleeps, and keeps serving.
 //!
 //! Config: `{ "agent_id": "...", "agent_token_sha256": "<hex>",
-//!            "mode": "trap" | "loop" | "memory" | "recursion" | "allow" }`
+//!            "mode": "trap" | "loop" | "memory" | "recursion" | "sleep" | "allow" }`
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -37,6 +37,7 @@ enum Mode {
     Loop,
     Memory,
     Recursion,
+    Sleep,
     Allow,
 }
 
@@ -88,6 +89,11 @@ impl Guest for Misbehave {
             Mode::Recursion => {
                 let result = recurse(black_box(1), black_box(2));
                 panic!("test-misbehave: recursion returned {result}")
+            }
+            Mode::Sleep => {
+                // Blocks in a host call, where the epoch deadline cannot reach.
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                panic!("test-misbehave: woke up")
             }
             Mode::Allow => AccessDecision::Allow(AccessAllowed {
                 principal: "misbehave".to_string(),
