@@ -115,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
     let config = default_config();
     let host = TestHost::start(config.clone()).await;
     let workload = Workload::start("bench").await;
-    let agent = burrow_agent::spawn(agent_config(&host.agent_url(&args.transport), TOKEN, &[workload.service("web")]));
+    let agent = burrow_agent::spawn(agent_config(
+        &host.agent_url(&args.transport),
+        TOKEN,
+        &[workload.service("web")],
+    ));
     wait_connected(&agent).await;
 
     let mut direct = clients::connect(workload.addr, &Mode::h1()).await;
@@ -151,9 +155,17 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| measurement | direct | through Burrow | ratio |");
     println!("|---|---|---|---|");
-    println!("| small GET latency p50 (µs, {} sequential, keep-alive) | {d50:.1} | {t50:.1} | {:.2}× |", args.requests, t50 / d50);
+    println!(
+        "| small GET latency p50 (µs, {} sequential, keep-alive) | {d50:.1} | {t50:.1} | {:.2}× |",
+        args.requests,
+        t50 / d50
+    );
     println!("| small GET latency p99 (µs) | {d99:.1} | {t99:.1} | {:.2}× |", t99 / d99);
-    println!("| single-stream download ({} MiB) MiB/s | {dtp:.0} | {ttp:.0} | {:.2}× |", args.bytes >> 20, ttp / dtp);
+    println!(
+        "| single-stream download ({} MiB) MiB/s | {dtp:.0} | {ttp:.0} | {:.2}× |",
+        args.bytes >> 20,
+        ttp / dtp
+    );
     println!();
     println!("| plugin call (fresh instance per call) | p50 µs |");
     println!("|---|---|");

@@ -157,7 +157,8 @@ mod tests {
 
     #[test]
     fn durations_are_human() {
-        let config = Config::from_toml("[agents]\npreface_timeout = \"250ms\"\n[shutdown]\ngrace = \"2m\"\n").unwrap();
+        let config =
+            Config::from_toml("[agents]\npreface_timeout = \"250ms\"\n[shutdown]\ngrace = \"2m\"\n").unwrap();
         assert_eq!(config.agents.preface_timeout, Duration::from_millis(250));
         assert_eq!(config.shutdown.grace, Duration::from_secs(120));
     }
@@ -167,7 +168,10 @@ mod tests {
         let config = Config::from_toml("[agents]\nkeepalive_interval = \"0s\"\n").unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("agents.keepalive_interval"), "{err}");
-        let config = Config::from_toml("[agents]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n").unwrap();
+        let config = Config::from_toml(
+            "[agents]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+        )
+        .unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("agents.tls.cert"), "{err}");
         let config = Config::from_toml("replica_id = \"has space\"\n").unwrap();

@@ -68,7 +68,9 @@ impl HostContext {
             })?;
             match tunnel_io::dial(idle, service, request_id, self.dial_answer_timeout).await {
                 Ok(stream) => return Ok(stream),
-                Err(DialError::Refused { code, message }) => return Err(OpenError::Refused { code, message }),
+                Err(DialError::Refused { code, message }) => {
+                    return Err(OpenError::Refused { code, message })
+                }
                 Err(DialError::Gone(why)) => {
                     tracing::debug!(agent_id, request_id, %why, "claimed tunnel was gone; claiming another");
                     if Instant::now() >= deadline {

@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
@@ -92,8 +91,11 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
     let ingress = bind(([127, 0, 0, 1], options.port).into()).await?;
     let agents = bind(([127, 0, 0, 1], options.agent_port).into()).await?;
     let workload = bind(([127, 0, 0, 1], 0).into()).await?;
-    let agent_addr = agents.local_addr().map_err(|source| DemoError::Bind { addr: ([127, 0, 0, 1], 0).into(), source })?;
-    let workload_addr = workload.local_addr().map_err(|source| DemoError::Bind { addr: ([127, 0, 0, 1], 0).into(), source })?;
+    let agent_addr =
+        agents.local_addr().map_err(|source| DemoError::Bind { addr: ([127, 0, 0, 1], 0).into(), source })?;
+    let workload_addr = workload
+        .local_addr()
+        .map_err(|source| DemoError::Bind { addr: ([127, 0, 0, 1], 0).into(), source })?;
     let ingress_port = ingress.local_addr().map(|a| a.port()).unwrap_or(options.port);
 
     let token = hex::encode(rand::random::<[u8; 24]>());
@@ -102,16 +104,14 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
 
     let workload_task = tokio::spawn(serve_workload(workload, stop.clone()));
     let host_stop = stop.clone();
-    let mut host = tokio::spawn(crate::run(
-        config,
-        crate::Listeners { agents, ingress },
-        async move { host_stop.cancelled().await },
-    ));
+    let mut host = tokio::spawn(crate::run(config, crate::Listeners { agents, ingress }, async move {
+        host_stop.cancelled().await
+    }));
 
     let mut agent_config = burrow_agent::AgentConfig::new(&format!("{scheme}://{agent_addr}"), token)
         .map_err(|e| DemoError::Agent(e.to_string()))?;
-    agent_config.services =
-        vec![burrow_agent::ServiceSpec::parse(&format!("web={workload_addr}")).map_err(|e| DemoError::Agent(e.to_string()))?];
+    agent_config.services = vec![burrow_agent::ServiceSpec::parse(&format!("web={workload_addr}"))
+        .map_err(|e| DemoError::Agent(e.to_string()))?];
     agent_config.replica_id = "demo-agent".into();
     let agent = burrow_agent::spawn(agent_config);
 
@@ -173,12 +173,18 @@ pub async fn serve_workload(listener: TcpListener, stop: CancellationToken) {
     }
 }
 
-async fn workload_request(mut req: Request<Incoming>, stop: CancellationToken) -> Result<Response<Body>, Infallible> {
+async fn workload_request(
+    mut req: Request<Incoming>,
+    stop: CancellationToken,
+) -> Result<Response<Body>, Infallible> {
     Ok(match req.uri().path() {
         "/" => {
-            let forwarded_for = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let forwarded_for =
+                req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("-");
             let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-            let page = PAGE.replace("{forwarded_for}", &html_escape(forwarded_for)).replace("{request_id}", &html_escape(request_id));
+            let page = PAGE
+                .replace("{forwarded_for}", &html_escape(forwarded_for))
+                .replace("{request_id}", &html_escape(request_id));
             full(StatusCode::OK, "text/html; charset=utf-8", page)
         }
         "/health" => full(StatusCode::OK, "text/plain", "ok\n"),
@@ -210,16 +216,14 @@ async fn workload_request(mut req: Request<Incoming>, stop: CancellationToken) -
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let Ok(upgraded) = on_upgrade.await else { return };
-                let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let mut ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
-                        }
-                        Message::Close(_) => break,
-                        _ => {}
+                    if msg.is_close() {
+                        break;
+                    }
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
                     }
                 }
             });

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -90,7 +90,11 @@ pub trait TunnelRegistry: Send + Sync + 'static {
     /// Parks a tunnel, or hands it straight to the oldest waiting claim.
     fn register(&self, tunnel: IdleTunnel);
     /// Takes a parked tunnel of `agent_id`, waiting up to `wait` for one to appear.
-    fn claim<'a>(&'a self, agent_id: &'a str, wait: Duration) -> BoxFuture<'a, Result<IdleTunnel, ClaimError>>;
+    fn claim<'a>(
+        &'a self,
+        agent_id: &'a str,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<IdleTunnel, ClaimError>>;
     /// Drops every parked tunnel and fails every waiter; later claims fail at once.
     fn close(&self);
     /// Drops parked tunnels whose RPC has ended.
@@ -141,16 +145,17 @@ impl LocalRegistry {
     }
 
     fn stripe(&self, agent_id: &str) -> std::sync::MutexGuard<'_, Stripe> {
-        let mut h = self.hasher.build_hasher();
-        agent_id.hash(&mut h);
-        let i = (h.finish() as usize) % self.stripes.len();
+        let i = (self.hasher.hash_one(agent_id) as usize) % self.stripes.len();
         // A panic while holding a stripe lock cannot leave an entry half-updated in a way
         // that matters (every mutation is a single push/pop), so poisoning is ignored.
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Pops a live parked tunnel, or parks a waiter and returns its receiver.
-    fn take_or_wait(&self, agent_id: &str) -> Result<Result<IdleTunnel, oneshot::Receiver<IdleTunnel>>, ClaimError> {
+    fn take_or_wait(
+        &self,
+        agent_id: &str,
+    ) -> Result<Result<IdleTunnel, oneshot::Receiver<IdleTunnel>>, ClaimError> {
         let mut stripe = self.stripe(agent_id);
         if stripe.closed {
             return Err(ClaimError::ShuttingDown);
@@ -197,7 +202,11 @@ impl TunnelRegistry for LocalRegistry {
         entry.idle.push_back(tunnel);
     }
 
-    fn claim<'a>(&'a self, agent_id: &'a str, wait: Duration) -> BoxFuture<'a, Result<IdleTunnel, ClaimError>> {
+    fn claim<'a>(
+        &'a self,
+        agent_id: &'a str,
+        wait: Duration,
+    ) -> BoxFuture<'a, Result<IdleTunnel, ClaimError>> {
         Box::pin(async move {
             let deadline = Instant::now() + wait;
             loop {

@@ -113,7 +113,11 @@ impl std::fmt::Debug for TunnelStream {
 }
 
 impl AsyncRead for TunnelStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if !this.read_buf.is_empty() {
@@ -154,7 +158,10 @@ impl AsyncRead for TunnelStream {
                     return Poll::Ready(if clean {
                         Ok(())
                     } else {
-                        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "agent closed the tunnel without Eof"))
+                        Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "agent closed the tunnel without Eof",
+                        ))
                     });
                 }
             }
@@ -166,7 +173,10 @@ impl AsyncWrite for TunnelStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.state.send_data().is_err() {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel is closed for writing")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel is closed for writing",
+            )));
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));

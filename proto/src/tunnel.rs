@@ -317,7 +317,9 @@ mod tests {
         let mut host = Tunnel::new(Role::Host);
         let mut agent = Tunnel::new(Role::Agent);
         host.send_dial().unwrap();
-        assert!(matches!(agent.receive_host_frame(dial("web", "r1")).unwrap(), Event::Dial(d) if d.service == "web"));
+        assert!(
+            matches!(agent.receive_host_frame(dial("web", "r1")).unwrap(), Event::Dial(d) if d.service == "web")
+        );
         agent.send_dial_result(true).unwrap();
         assert_eq!(host.receive_agent_frame(dial_ok()).unwrap(), Event::DialAccepted);
         (host, agent)
@@ -327,14 +329,20 @@ mod tests {
     fn full_life_with_half_close_each_way() {
         let (mut host, mut agent) = open_pair();
         host.send_data().unwrap();
-        assert_eq!(agent.receive_host_frame(host_data(Bytes::from_static(b"GET"))).unwrap(), Event::Data(Bytes::from_static(b"GET")));
+        assert_eq!(
+            agent.receive_host_frame(host_data(Bytes::from_static(b"GET"))).unwrap(),
+            Event::Data(Bytes::from_static(b"GET"))
+        );
         // Host half-closes; the agent may keep sending.
         assert!(!host.send_eof().unwrap());
         assert_eq!(agent.receive_host_frame(host_eof()).unwrap(), Event::Eof);
         assert!(!agent.can_receive());
         assert!(agent.can_send());
         agent.send_data().unwrap();
-        assert_eq!(host.receive_agent_frame(agent_data(Bytes::from_static(b"200"))).unwrap(), Event::Data(Bytes::from_static(b"200")));
+        assert_eq!(
+            host.receive_agent_frame(agent_data(Bytes::from_static(b"200"))).unwrap(),
+            Event::Data(Bytes::from_static(b"200"))
+        );
         assert!(agent.send_eof().unwrap(), "both directions closed finishes the agent side");
         assert_eq!(host.receive_agent_frame(agent_eof()).unwrap(), Event::Eof);
         assert_eq!(host.phase(), Phase::Closed);
@@ -358,7 +366,10 @@ mod tests {
         host.send_dial().unwrap();
         assert!(host.receive_agent_frame(agent_data(Bytes::from_static(b"x"))).is_err());
         let mut agent = Tunnel::new(Role::Agent);
-        assert!(agent.receive_host_frame(host_data(Bytes::from_static(b"x"))).is_err(), "data on a parked tunnel");
+        assert!(
+            agent.receive_host_frame(host_data(Bytes::from_static(b"x"))).is_err(),
+            "data on a parked tunnel"
+        );
         assert!(agent.send_data().is_err());
     }
 
@@ -380,7 +391,10 @@ mod tests {
     fn refusal_closes() {
         let mut host = Tunnel::new(Role::Host);
         host.send_dial().unwrap();
-        match host.receive_agent_frame(dial_refused(RefusalCode::UnknownService, "no such service: db")).unwrap() {
+        match host
+            .receive_agent_frame(dial_refused(RefusalCode::UnknownService, "no such service: db"))
+            .unwrap()
+        {
             Event::DialRefused(r) => {
                 assert_eq!(r.code(), RefusalCode::UnknownService);
                 assert_eq!(r.message, "no such service: db");
@@ -398,13 +412,18 @@ mod tests {
     #[test]
     fn reset_closes_from_any_live_phase_once() {
         let (mut host, mut agent) = open_pair();
-        assert!(matches!(host.receive_agent_frame(agent_reset(ResetCode::IoError, "boom")).unwrap(), Event::Reset(r) if r.message == "boom"));
+        assert!(
+            matches!(host.receive_agent_frame(agent_reset(ResetCode::IoError, "boom")).unwrap(), Event::Reset(r) if r.message == "boom")
+        );
         assert_eq!(host.phase(), Phase::Closed);
         assert!(host.receive_agent_frame(agent_reset(ResetCode::IoError, "again")).is_err());
         agent.send_reset();
         assert_eq!(agent.phase(), Phase::Closed);
         let mut parked = Tunnel::new(Role::Agent);
-        assert!(matches!(parked.receive_host_frame(host_reset(ResetCode::Shutdown, "bye")).unwrap(), Event::Reset(_)));
+        assert!(matches!(
+            parked.receive_host_frame(host_reset(ResetCode::Shutdown, "bye")).unwrap(),
+            Event::Reset(_)
+        ));
     }
 
     #[test]
@@ -426,7 +445,10 @@ mod tests {
     fn chunks_split_without_exceeding_max() {
         let payload = Bytes::from(vec![7u8; crate::MAX_DATA_FRAME * 2 + 5]);
         let parts: Vec<Bytes> = chunks(payload).collect();
-        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![crate::MAX_DATA_FRAME, crate::MAX_DATA_FRAME, 5]);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![crate::MAX_DATA_FRAME, crate::MAX_DATA_FRAME, 5]
+        );
         assert_eq!(chunks(Bytes::new()).count(), 0);
     }
 }

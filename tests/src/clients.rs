@@ -79,7 +79,8 @@ pub async fn connect(addr: SocketAddr, mode: &Mode) -> Client {
         Client::H2(sender)
     } else {
         let io = dial(addr, mode.tls.clone(), b"http/1.1").await;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("h1 handshake");
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("h1 handshake");
         tokio::spawn(conn.with_upgrades());
         Client::H1(sender)
     }
@@ -152,7 +153,8 @@ pub async fn websocket(
 /// plus the response head.
 pub async fn raw_upgrade(addr: SocketAddr, host: &str) -> (TcpStream, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET /raw HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: burrow-raw\r\n\r\n");
+    let request =
+        format!("GET /raw HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: burrow-raw\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];

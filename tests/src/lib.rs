@@ -171,7 +171,8 @@ impl Drop for TestHost {
 /// An agent config for `url` offering `services` (`name=addr`), with the test token.
 pub fn agent_config(url: &str, token: &str, services: &[String]) -> burrow_agent::AgentConfig {
     let mut config = burrow_agent::AgentConfig::new(url, token.to_owned()).expect("agent URL");
-    config.services = services.iter().map(|s| burrow_agent::ServiceSpec::parse(s).expect("service spec")).collect();
+    config.services =
+        services.iter().map(|s| burrow_agent::ServiceSpec::parse(s).expect("service spec")).collect();
     config.replica_id = format!("test-{}", hex::encode(rand_bytes()));
     config
 }

@@ -27,7 +27,11 @@ impl Drop for TestPki {
 impl TestPki {
     /// Generates fresh keys.
     pub fn generate() -> TestPki {
-        let dir = std::env::temp_dir().join(format!("burrow-pki-{}-{}", std::process::id(), hex::encode(rand_id())));
+        let dir = std::env::temp_dir().join(format!(
+            "burrow-pki-{}-{}",
+            std::process::id(),
+            hex::encode(rand_id())
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -52,7 +56,11 @@ impl TestPki {
 
     /// `tls = { cert = ..., key = ... }` for a host config table.
     pub fn tls_toml(&self) -> String {
-        format!("tls = {{ cert = {:?}, key = {:?} }}", self.cert.display().to_string(), self.key.display().to_string())
+        format!(
+            "tls = {{ cert = {:?}, key = {:?} }}",
+            self.cert.display().to_string(),
+            self.key.display().to_string()
+        )
     }
 
     /// A client config trusting only this CA.

@@ -116,7 +116,8 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 fn channel_body(rx: mpsc::Receiver<Bytes>) -> Body {
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, hyper::Error>(Frame::data(b)));
+    let stream =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, hyper::Error>(Frame::data(b)));
     BodyExt::boxed(StreamBody::new(stream))
 }
 
@@ -217,7 +218,8 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let Ok(upgraded) = on_upgrade.await else { return };
-                let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let mut ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_close() {
                         break;

@@ -99,19 +99,22 @@ async fn handshake_rejects_incompatible_versions_and_bad_sessions() {
     let err = client.control(tokio_stream::iter(vec![hello(1)])).await.expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-    let err = client.control(with_token(tokio_stream::iter(vec![hello(1)]), "wrong")).await.expect_err("bad token");
+    let err =
+        client.control(with_token(tokio_stream::iter(vec![hello(1)]), "wrong")).await.expect_err("bad token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     // A tunnel with a made-up session is refused.
     let mut req = with_token(tokio_stream::iter(Vec::<pb::AgentFrame>::new()), TOKEN);
-    req.metadata_mut().insert(burrow_proto::SESSION_METADATA, "0123456789abcdef0123456789abcdef".parse().unwrap());
+    req.metadata_mut()
+        .insert(burrow_proto::SESSION_METADATA, "0123456789abcdef0123456789abcdef".parse().unwrap());
     let err = client.tunnel(req).await.expect_err("unknown session");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     // The good handshake works on the same connection afterwards.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(hello(1)).await.unwrap();
-    let resp = client.control(with_token(tokio_stream::wrappers::ReceiverStream::new(rx), TOKEN)).await.unwrap();
+    let resp =
+        client.control(with_token(tokio_stream::wrappers::ReceiverStream::new(rx), TOKEN)).await.unwrap();
     let mut inbound = resp.into_inner();
     match inbound.message().await.unwrap().unwrap().msg {
         Some(pb::host_control::Msg::Welcome(w)) => {
@@ -126,7 +129,10 @@ async fn handshake_rejects_incompatible_versions_and_bad_sessions() {
 #[tokio::test]
 async fn agent_breaking_the_tunnel_protocol_fails_one_request_only() {
     // A hand-driven agent answers a Dial with data before any DialResult.
-    let host = TestHost::start(ConfigParts { ingress: "stream_wait = \"10s\"".into(), ..Default::default() }.build()).await;
+    let host = TestHost::start(
+        ConfigParts { ingress: "stream_wait = \"10s\"".into(), ..Default::default() }.build(),
+    )
+    .await;
     let mut client = raw_client(&host).await;
     let (ctl_tx, ctl_rx) = tokio::sync::mpsc::channel(1);
     ctl_tx
@@ -141,8 +147,11 @@ async fn agent_breaking_the_tunnel_protocol_fails_one_request_only() {
         })
         .await
         .unwrap();
-    let mut control =
-        client.control(with_token(tokio_stream::wrappers::ReceiverStream::new(ctl_rx), TOKEN)).await.unwrap().into_inner();
+    let mut control = client
+        .control(with_token(tokio_stream::wrappers::ReceiverStream::new(ctl_rx), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
     let Some(pb::host_control::Msg::Welcome(welcome)) = control.message().await.unwrap().unwrap().msg else {
         panic!("no Welcome")
     };
@@ -155,7 +164,10 @@ async fn agent_breaking_the_tunnel_protocol_fails_one_request_only() {
     let user = tokio::spawn(async move { clients::get(addr, HOST, "/").await });
     let dial = tunnel.message().await.unwrap().unwrap();
     assert!(matches!(dial.frame, Some(pb::host_frame::Frame::Dial(ref d)) if d.service == "web"), "{dial:?}");
-    tun_tx.send(burrow_proto::tunnel::frames::agent_data(bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"))).await.unwrap();
+    tun_tx
+        .send(burrow_proto::tunnel::frames::agent_data(bytes::Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n")))
+        .await
+        .unwrap();
     let (status, _, _) = user.await.unwrap();
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(!host.is_finished());

@@ -47,7 +47,12 @@ async fn forwarded_headers_and_request_id_reach_the_workload() {
             "GET",
             HOST,
             "/headers",
-            &[("x-forwarded-for", "6.6.6.6"), ("connection", "x-secret"), ("x-secret", "hop"), ("x-request-id", "spoofed")],
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("connection", "x-secret"),
+                ("x-secret", "hop"),
+                ("x-request-id", "spoofed"),
+            ],
             clients::empty(),
         )
         .await;
@@ -81,7 +86,12 @@ async fn unlisted_service_is_502_with_the_agents_reason() {
     request_id(&headers);
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("db"), "the refusal names the service: {body}");
-    assert!(body.to_lowercase().contains("not offered") || body.contains("UNKNOWN_SERVICE") || body.contains("UnknownService"), "{body}");
+    assert!(
+        body.to_lowercase().contains("not offered")
+            || body.contains("UNKNOWN_SERVICE")
+            || body.contains("UnknownService"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -99,7 +109,9 @@ async fn service_that_cannot_be_dialed_is_502() {
 async fn json_errors_when_asked() {
     let (host, _workload, _agent) = setup(default_config()).await;
     let mut client = clients::connect(host.ingress_addr, &Mode::h1()).await;
-    let resp = client.request("GET", "nope.localhost.invalid", "/", &[("accept", "application/json")], clients::empty()).await;
+    let resp = client
+        .request("GET", "nope.localhost.invalid", "/", &[("accept", "application/json")], clients::empty())
+        .await;
     let (status, headers, body) = clients::collect(resp).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(headers[http::header::CONTENT_TYPE].to_str().unwrap().starts_with("application/json"));
@@ -122,7 +134,8 @@ async fn user_access_rules_401_403_and_allow() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers.contains_key(http::header::WWW_AUTHENTICATE));
 
-    let resp = client.request("GET", HOST, "/hello", &[("authorization", "Bearer wrong")], clients::empty()).await;
+    let resp =
+        client.request("GET", HOST, "/hello", &[("authorization", "Bearer wrong")], clients::empty()).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     clients::collect(resp).await;
 
@@ -131,7 +144,10 @@ async fn user_access_rules_401_403_and_allow() {
     let (status, _, body) = clients::collect(resp).await;
     assert_eq!(status, StatusCode::OK);
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(seen.get("authorization").is_none(), "the user's Burrow token is not passed to the workload: {seen}");
+    assert!(
+        seen.get("authorization").is_none(),
+        "the user's Burrow token is not passed to the workload: {seen}"
+    );
 
     // default_access = deny covers workloads without a rule.
     let (status, _, _) = client.get("other-a1.localhost", "/").await;
@@ -158,7 +174,8 @@ async fn request_waiting_for_an_agent_succeeds_when_it_connects() {
     // The request is parked before the agent exists.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!request.is_finished());
-    let _agent = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));
+    let _agent =
+        burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));
     let (status, _, body) = request.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(&body[..], b"hello from late");
@@ -181,7 +198,10 @@ async fn five_hundred_concurrent_requests_over_one_agent() {
             let resp = if i % 2 == 0 {
                 h2.as_mut().unwrap().request("POST", HOST, "/echo", &[], clients::full(payload.clone())).await
             } else {
-                clients::connect(addr, &Mode::h1()).await.request("POST", HOST, "/echo", &[], clients::full(payload.clone())).await
+                clients::connect(addr, &Mode::h1())
+                    .await
+                    .request("POST", HOST, "/echo", &[], clients::full(payload.clone()))
+                    .await
             };
             let (status, _, body) = clients::collect(resp).await;
             assert_eq!(status, StatusCode::OK);

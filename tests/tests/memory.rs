@@ -65,7 +65,10 @@ async fn two_hundred_megabytes_each_way_with_flat_memory() {
     while let Some(frame) = body.frame().await {
         let frame = frame.unwrap();
         if let Some(data) = frame.data_ref() {
-            assert!(data.iter().enumerate().all(|(i, b)| *b == pattern_byte(received + i as u64)), "corrupt byte near {received}");
+            assert!(
+                data.iter().enumerate().all(|(i, b)| *b == pattern_byte(received + i as u64)),
+                "corrupt byte near {received}"
+            );
             received += data.len() as u64;
             frames += 1;
             if frames < 200 {

@@ -102,7 +102,10 @@ async fn client_disconnect_closes_the_workload_stream() {
         body.frame().await.unwrap().unwrap();
         drop(body);
         drop(client);
-        eventually(Duration::from_secs(10), "the workload sees the user go away", || workload.disconnects() > before).await;
+        eventually(Duration::from_secs(10), "the workload sees the user go away", || {
+            workload.disconnects() > before
+        })
+        .await;
     }
 }
 
@@ -120,7 +123,10 @@ async fn bodies_stream_both_ways() {
     let resp = client.request("POST", HOST, "/upload", &[], clients::full(upload.clone())).await;
     let (status, _, body) = clients::collect(resp).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(String::from_utf8_lossy(&body), format!("{size} {}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&upload))));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{size} {}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&upload)))
+    );
 }
 
 use burrow_tests::workload;

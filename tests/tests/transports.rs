@@ -77,13 +77,20 @@ async fn tls_agent_refuses_an_untrusted_host() {
     .expect("agent backs off after the TLS failure");
     let s = agent.status().borrow().clone();
     assert!(!matches!(s.state, burrow_agent::ConnState::Connected { .. }));
-    assert!(s.last_error.unwrap_or_default().to_lowercase().contains("certificate"), "the error names the certificate problem");
+    assert!(
+        s.last_error.unwrap_or_default().to_lowercase().contains("certificate"),
+        "the error names the certificate problem"
+    );
 }
 
 #[tokio::test]
 async fn wrong_agent_token_is_rejected_and_the_agent_backs_off() {
     let host = TestHost::start(default_config()).await;
-    let agent = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), "not-the-token", &["web=127.0.0.1:9".into()]));
+    let agent = burrow_agent::spawn(agent_config(
+        &host.agent_url("grpc"),
+        "not-the-token",
+        &["web=127.0.0.1:9".into()],
+    ));
     let mut status = agent.status();
     let s = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

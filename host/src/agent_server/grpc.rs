@@ -31,9 +31,9 @@ pub(crate) struct TunnelService {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn bearer_token(metadata: &MetadataMap) -> Result<String, Status> {
-    let value = metadata
-        .get("authorization")
-        .ok_or_else(|| Status::unauthenticated("missing authorization metadata (expected: Bearer <agent token>)"))?;
+    let value = metadata.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("missing authorization metadata (expected: Bearer <agent token>)")
+    })?;
     let value = value.to_str().map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
@@ -62,7 +62,10 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
     type ControlStream = BoxStream<HostControl>;
     type TunnelStream = BoxStream<pb::HostFrame>;
 
-    async fn control(&self, request: Request<Streaming<AgentControl>>) -> Result<Response<Self::ControlStream>, Status> {
+    async fn control(
+        &self,
+        request: Request<Streaming<AgentControl>>,
+    ) -> Result<Response<Self::ControlStream>, Status> {
         if self.ctx.shutdown.is_cancelled() {
             return Err(Status::unavailable("host is shutting down; reconnect"));
         }
@@ -75,7 +78,9 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             Ok(Err(status)) => return Err(status),
             Ok(Ok(None)) => return Err(Status::cancelled("agent closed the control stream before Hello")),
             Ok(Ok(Some(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) }))) => hello,
-            Ok(Ok(Some(_))) => return Err(Status::invalid_argument("the first Control message must be Hello")),
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument("the first Control message must be Hello"))
+            }
         };
         if hello.protocol_version != PROTOCOL_VERSION {
             tracing::warn!(%remote, agent_version = %hello.agent_version, protocol = hello.protocol_version, "agent speaks an unsupported protocol version");
@@ -156,7 +161,10 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn tunnel(&self, request: Request<Streaming<pb::AgentFrame>>) -> Result<Response<Self::TunnelStream>, Status> {
+    async fn tunnel(
+        &self,
+        request: Request<Streaming<pb::AgentFrame>>,
+    ) -> Result<Response<Self::TunnelStream>, Status> {
         if self.ctx.shutdown.is_cancelled() {
             return Err(Status::unavailable("host is shutting down; reconnect"));
         }
@@ -166,14 +174,10 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             .get(SESSION_METADATA)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated(format!("missing {SESSION_METADATA} metadata")))?;
-        let session = self
-            .ctx
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(session_id)
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("unknown or expired session; reconnect the control stream"))?;
+        let session =
+            self.ctx.sessions.read().unwrap_or_else(|p| p.into_inner()).get(session_id).cloned().ok_or_else(
+                || Status::unauthenticated("unknown or expired session; reconnect the control stream"),
+            )?;
         if !bool::from(sha256(&token).ct_eq(&session.token_sha256)) {
             return Err(Status::unauthenticated("token does not match the session"));
         }

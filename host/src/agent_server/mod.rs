@@ -63,7 +63,9 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), AgentServerError> {
     let tls = match &config.tls {
-        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls, &[b"h2", b"http/1.1"])?)),
+        Some(tls) => {
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls, &[b"h2", b"http/1.1"])?))
+        }
         None => None,
     };
     let (conns, incoming) = mpsc::channel(64);
@@ -79,7 +81,8 @@ pub async fn serve(
         .add_service(service);
     let grpc_shutdown = shutdown.clone();
     let mut grpc_task = tokio::spawn(async move {
-        grpc.serve_with_incoming_shutdown(ReceiverStream::new(incoming), grpc_shutdown.cancelled_owned()).await
+        grpc.serve_with_incoming_shutdown(ReceiverStream::new(incoming), grpc_shutdown.cancelled_owned())
+            .await
     });
 
     let sweeper = {
@@ -194,14 +197,24 @@ impl Acceptor {
         }
     }
 
-    async fn hand_to_grpc(&self, io: impl Io, remote: SocketAddr, transport: Transport) -> Result<(), String> {
+    async fn hand_to_grpc(
+        &self,
+        io: impl Io,
+        remote: SocketAddr,
+        transport: Transport,
+    ) -> Result<(), String> {
         let conn = AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
         self.conns.send(Ok(conn)).await.map_err(|_| "host is shutting down".to_owned())
     }
 
     /// Serves one HTTP/1.1 connection that must upgrade to a WebSocket with Burrow's
     /// subprotocol; the upgraded socket then carries HTTP/2 to the gRPC server.
-    async fn serve_websocket(&self, io: impl Io, remote: SocketAddr, transport: Transport) -> Result<(), String> {
+    async fn serve_websocket(
+        &self,
+        io: impl Io,
+        remote: SocketAddr,
+        transport: Transport,
+    ) -> Result<(), String> {
         let conns = self.conns.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let conns = conns.clone();
@@ -246,7 +259,10 @@ fn websocket_upgrade(
     if path.trim_end_matches('/') != burrow_proto::WS_PATH {
         return plain(
             StatusCode::NOT_FOUND,
-            &format!("this is a Burrow agent port: agents connect to ws(s)://<host>:<port>{}", burrow_proto::WS_PATH),
+            &format!(
+                "this is a Burrow agent port: agents connect to ws(s)://<host>:<port>{}",
+                burrow_proto::WS_PATH
+            ),
         );
     }
     let upgrade_ok = header_has_token(&req, http::header::CONNECTION, "upgrade")
@@ -261,7 +277,10 @@ fn websocket_upgrade(
     if !header_has_token(&req, http::header::SEC_WEBSOCKET_PROTOCOL, burrow_proto::WS_SUBPROTOCOL) {
         return plain(
             StatusCode::BAD_REQUEST,
-            &format!("missing WebSocket subprotocol {:?}; is this a Burrow agent?", burrow_proto::WS_SUBPROTOCOL),
+            &format!(
+                "missing WebSocket subprotocol {:?}; is this a Burrow agent?",
+                burrow_proto::WS_SUBPROTOCOL
+            ),
         );
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -275,7 +294,8 @@ fn websocket_upgrade(
                 )
                 .await;
                 let io = burrow_proto::ws::WsIo::new(ws);
-                let conn = AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
+                let conn =
+                    AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
                 let _ = conns.send(Ok(conn)).await;
             }
             Err(e) => tracing::info!(%remote, error = %e, "agent WebSocket upgrade failed"),

@@ -29,7 +29,9 @@ pub fn classify(prefix: &[u8]) -> Sniff {
         return if n == H2_PREFACE.len() { Sniff::Http2 } else { Sniff::NeedMore };
     }
     if prefix[0] == 0x16 {
-        return Sniff::Garbage("a TLS handshake on the cleartext agent port (configure [agents.tls] or use grpc:// / ws://)");
+        return Sniff::Garbage(
+            "a TLS handshake on the cleartext agent port (configure [agents.tls] or use grpc:// / ws://)",
+        );
     }
     for (i, &b) in prefix.iter().enumerate() {
         match b {
