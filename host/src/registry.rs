@@ -271,3 +271,124 @@ impl TunnelRegistry for LocalRegistry {
         stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::codec::Codec;
+
+    /// A parked tunnel whose RPC is represented by a live channel; the returned receiver
+    /// plays the agent's side (dropping it "ends the RPC").
+    fn tunnel(agent: &str, tag: &str) -> (IdleTunnel, mpsc::Receiver<Result<pb::HostFrame, Status>>) {
+        let mut codec = tonic_prost::ProstCodec::<pb::HostFrame, pb::AgentFrame>::default();
+        let inbound =
+            Streaming::new_request(codec.decoder(), http_body_util::Empty::<bytes::Bytes>::new(), None, None);
+        let (tx, rx) = mpsc::channel(1);
+        let session = Arc::new(Session {
+            agent_id: agent.into(),
+            agent_replica_id: tag.into(),
+            session_id: tag.into(),
+            remote_addr: String::new(),
+            token_sha256: [0; 32],
+        });
+        (IdleTunnel { inbound, outbound: tx, session }, rx)
+    }
+
+    fn tag(t: &IdleTunnel) -> &str {
+        &t.session.agent_replica_id
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_tunnels_are_claimed_in_order() {
+        let reg = LocalRegistry::new();
+        let (t1, _r1) = tunnel("a", "1");
+        let (t2, _r2) = tunnel("a", "2");
+        let (other, _r3) = tunnel("b", "3");
+        reg.register(t1);
+        reg.register(t2);
+        reg.register(other);
+        assert_eq!(reg.stats(), RegistryStats { agents: 2, idle_tunnels: 3, waiters: 0 });
+        assert_eq!(tag(&reg.claim("a", Duration::ZERO).await.unwrap()), "1");
+        assert_eq!(tag(&reg.claim("a", Duration::ZERO).await.unwrap()), "2");
+        assert_eq!(tag(&reg.claim("b", Duration::ZERO).await.unwrap()), "3");
+        assert_eq!(reg.stats(), RegistryStats::default(), "empty entries are removed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_claim_is_handed_the_next_tunnel_without_polling() {
+        let reg = Arc::new(LocalRegistry::new());
+        let r = reg.clone();
+        let claim = tokio::spawn(async move { r.claim("a", Duration::from_secs(20)).await });
+        tokio::task::yield_now().await;
+        assert_eq!(reg.stats().waiters, 1);
+        let (t, _rx) = tunnel("a", "late");
+        let before = Instant::now();
+        reg.register(t);
+        let got = claim.await.unwrap().unwrap();
+        assert_eq!(tag(&got), "late");
+        assert_eq!(Instant::now(), before, "handed over at once: paused time did not move");
+        assert_eq!(reg.stats().idle_tunnels, 0, "went straight to the waiter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_served_first_come_first_served() {
+        let reg = Arc::new(LocalRegistry::new());
+        let mut claims = Vec::new();
+        for _ in 0..3 {
+            let r = reg.clone();
+            claims.push(tokio::spawn(async move { r.claim("a", Duration::from_secs(5)).await }));
+            tokio::task::yield_now().await;
+        }
+        let mut keep = Vec::new();
+        for i in 0..3 {
+            let (t, rx) = tunnel("a", &i.to_string());
+            keep.push(rx);
+            reg.register(t);
+        }
+        for (i, c) in claims.into_iter().enumerate() {
+            assert_eq!(tag(&c.await.unwrap().unwrap()), i.to_string());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn claim_times_out_and_leaves_no_waiter_behind() {
+        let reg = LocalRegistry::new();
+        let err = reg.claim("a", Duration::from_millis(300)).await.unwrap_err();
+        assert_eq!(err, ClaimError::Timeout { agent_id: "a".into(), waited: Duration::from_millis(300) });
+        assert_eq!(reg.stats(), RegistryStats::default());
+        // A tunnel registered later is parked, not handed to the expired claim.
+        let (t, _rx) = tunnel("a", "x");
+        reg.register(t);
+        assert_eq!(reg.stats().idle_tunnels, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_tunnels_are_skipped_and_swept() {
+        let reg = LocalRegistry::new();
+        let (dead, dead_rx) = tunnel("a", "dead");
+        let (live, _live_rx) = tunnel("a", "live");
+        reg.register(dead);
+        reg.register(live);
+        drop(dead_rx);
+        assert_eq!(tag(&reg.claim("a", Duration::ZERO).await.unwrap()), "live");
+        let (dead2, dead2_rx) = tunnel("b", "dead2");
+        reg.register(dead2);
+        drop(dead2_rx);
+        reg.sweep();
+        assert_eq!(reg.stats(), RegistryStats::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_fails_waiters_and_later_claims() {
+        let reg = Arc::new(LocalRegistry::new());
+        let r = reg.clone();
+        let waiting = tokio::spawn(async move { r.claim("a", Duration::from_secs(20)).await });
+        tokio::task::yield_now().await;
+        reg.close();
+        assert_eq!(waiting.await.unwrap().unwrap_err(), ClaimError::ShuttingDown);
+        assert_eq!(reg.claim("a", Duration::from_secs(1)).await.unwrap_err(), ClaimError::ShuttingDown);
+        let (t, mut rx) = tunnel("a", "after");
+        reg.register(t);
+        assert!(rx.recv().await.is_none(), "a tunnel registered after close is dropped, ending its RPC");
+    }
+}

@@ -38,8 +38,9 @@ pub struct IngressConfig {
     /// Most idle keep-alive connections (tunnels) kept per (agent, service); extra ones are
     /// closed when their request ends. `0` disables reuse. Default `32`.
     pub max_idle_per_workload: usize,
-    /// How long a client may take to send a request's headers (HTTP/1.1), and to finish the
-    /// TLS handshake, before the connection is closed. Default `30s`.
+    /// How long a client may take to finish the TLS handshake, to send its first request,
+    /// and (HTTP/1.1) to send each request's headers; an idle HTTP/1.1 keep-alive connection
+    /// is also closed after this long. Slow or silent clients cannot hold sockets. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Whether the ingress sits behind a proxy you trust. `false` (default): incoming
