@@ -28,6 +28,11 @@ pub fn classify(prefix: &[u8]) -> Sniff {
     if prefix[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() { Sniff::Http2 } else { Sniff::NeedMore };
     }
+    // "PRI * " followed by anything but the rest of the preface is a broken HTTP/2 client,
+    // never a WebSocket upgrade: say so instead of letting the HTTP/1 parser guess.
+    if prefix.starts_with(b"PRI * ") {
+        return Sniff::Garbage("a malformed HTTP/2 client preface");
+    }
     if prefix[0] == 0x16 {
         return Sniff::Garbage(
             "a TLS handshake on the cleartext agent port (configure [agents.tls] or use grpc:// / ws://)",
@@ -83,7 +88,8 @@ mod tests {
         assert!(matches!(classify(b"\x00\x01\x02"), Sniff::Garbage(_)));
         assert!(matches!(classify(b"get / HTTP/1.1"), Sniff::Garbage(_)));
         assert!(matches!(classify(b" GET"), Sniff::Garbage(_)));
-        assert!(matches!(classify(b"PRI * HTTP/2.0\r\n\r\nXX"), Sniff::Garbage(_)));
+        assert!(matches!(classify(b"PRI * HTTP/2.0\r\n\r\nXX"), Sniff::Garbage(r) if r.contains("HTTP/2")));
+        assert!(matches!(classify(b"PRI * HTTP/1.1\r\n"), Sniff::Garbage(r) if r.contains("HTTP/2")));
         assert!(matches!(classify(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"), Sniff::Garbage(_)));
     }
 }
