@@ -98,7 +98,12 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             remote_addr: remote.clone(),
             services: hello.services.clone(),
         };
-        let identity = match self.ctx.plugins.authenticate_agent(&auth_request) {
+        // The call blocks for up to the plugin's deadline: keep it off the async workers.
+        let plugins = self.ctx.plugins.clone();
+        let outcome = tokio::task::spawn_blocking(move || plugins.authenticate_agent(&auth_request))
+            .await
+            .map_err(|e| Status::internal(format!("authorizer call failed: {e}")))?;
+        let identity = match outcome {
             Ok(AgentAuthOutcome::Accepted(identity)) => identity,
             Ok(AgentAuthOutcome::Rejected { reason }) => {
                 tracing::info!(%remote, replica_id = %hello.replica_id, %reason, "agent rejected by the authorizer");
