@@ -125,9 +125,23 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+const PERIOD: u64 = 251;
+const CHUNK: usize = 64 * 1024;
+
 /// The repeating byte pattern `/download` sends; tests check it.
 pub fn pattern_byte(i: u64) -> u8 {
-    (i % 251) as u8
+    (i % PERIOD) as u8
+}
+
+fn pattern_buffer() -> Bytes {
+    static BUFFER: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BUFFER
+        .get_or_init(|| {
+            let mut b = BytesMut::with_capacity(CHUNK + PERIOD as usize);
+            b.extend((0..(CHUNK as u64 + PERIOD)).map(pattern_byte));
+            b.freeze()
+        })
+        .clone()
 }
 
 async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<Body>, Infallible> {
@@ -161,15 +175,17 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
             let total = query_u64(&req, "bytes").unwrap_or(0);
             let (tx, rx) = mpsc::channel(2);
             tokio::spawn(async move {
+                // The pattern repeats every PERIOD bytes, so every chunk is a zero-copy slice
+                // of one buffer: the workload must not be what limits throughput figures.
+                let pattern = pattern_buffer();
                 let mut sent = 0u64;
                 while sent < total {
-                    let n = (total - sent).min(64 * 1024);
-                    let mut chunk = BytesMut::with_capacity(n as usize);
-                    chunk.extend((sent..sent + n).map(pattern_byte));
-                    if tx.send(chunk.freeze()).await.is_err() {
+                    let n = (total - sent).min(CHUNK as u64) as usize;
+                    let offset = (sent % PERIOD) as usize;
+                    if tx.send(pattern.slice(offset..offset + n)).await.is_err() {
                         return;
                     }
-                    sent += n;
+                    sent += n as u64;
                 }
             });
             let mut resp = Response::new(channel_body(rx));
