@@ -98,11 +98,13 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             remote_addr: remote.clone(),
             services: hello.services.clone(),
         };
-        // The call blocks for up to the plugin's deadline: keep it off the async workers.
-        let plugins = self.ctx.plugins.clone();
-        let outcome = tokio::task::spawn_blocking(move || plugins.authenticate_agent(&auth_request))
+        // The call may take up to the plugin's deadline: it runs on a plugin thread.
+        let outcome = self
+            .ctx
+            .plugins
+            .run_async(move |plugins| plugins.authenticate_agent(&auth_request))
             .await
-            .map_err(|e| Status::internal(format!("authorizer call failed: {e}")))?;
+            .and_then(|outcome| outcome);
         let identity = match outcome {
             Ok(AgentAuthOutcome::Accepted(identity)) => identity,
             Ok(AgentAuthOutcome::Rejected { reason }) => {

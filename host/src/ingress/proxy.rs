@@ -206,7 +206,7 @@ impl Proxy {
             request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
         let bearer_token = headers::bearer_token(request.headers());
         let client_addr = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port()).to_string();
-        let decide = move || {
+        let decide = move |plugins: &crate::plugins::Plugins| {
             let route_request =
                 RouteRequest { host: host.clone(), path: path.clone(), method: method.clone() };
             let route = match plugins.route(&route_request) {
@@ -236,9 +236,10 @@ impl Proxy {
             }
         };
         async move {
-            tokio::task::spawn_blocking(decide)
+            plugins
+                .run_async(decide)
                 .await
-                .map_err(|e| ProxyError::Internal(format!("plugin task failed: {e}")))?
+                .map_err(|e| ProxyError::Plugin { stage: "runtime", message: e.to_string() })?
         }
     }
 

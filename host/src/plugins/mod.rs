@@ -250,6 +250,24 @@ impl Plugins {
     }
 
     /// Asks the authorizer whether an agent may connect.
+    /// Runs `work` on a plugin thread and resolves with its result, without blocking the
+    /// async caller. Plugin calls made inside `work` run inline on that thread, so a
+    /// request's route + authorize cost one thread hand-off in all.
+    pub async fn run_async<F, R>(self: &Arc<Self>, work: F) -> Result<R, PluginError>
+    where
+        F: FnOnce(&Plugins) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let submitted = self.runtime.submit(Box::new(move || {
+            let _ = reply.send(work(&this));
+        }));
+        let unavailable = |reason: &str| runtime::unavailable(&self.authorizer.info, reason.to_owned());
+        submitted.map_err(|()| unavailable("the plugin threads have stopped"))?;
+        answer.await.map_err(|_| unavailable("the plugin call panicked inside the runtime"))
+    }
+
     pub fn authenticate_agent(&self, req: &AgentAuthRequest) -> Result<AgentAuthOutcome, PluginError> {
         let wit_req = wit::AgentAuthRequest {
             token: req.token.clone(),

@@ -55,6 +55,12 @@ const TABLE_ELEMENTS: usize = 100_000;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
+thread_local! {
+    /// Set on the runtime's own threads: a call made there runs inline, so a batch of
+    /// calls submitted with [`Runtime::submit`] costs one hand-off, not one per call.
+    static ON_PLUGIN_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The shared runtime, created on first use.
 pub(crate) fn shared() -> Result<&'static Runtime, String> {
     RUNTIME.get_or_init(Runtime::new).as_ref().map_err(Clone::clone)
@@ -137,6 +143,7 @@ impl Runtime {
                 .name(format!("burrow-plugin-{i}"))
                 .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || loop {
+                    ON_PLUGIN_THREAD.set(true);
                     let job = match queue.lock() {
                         Ok(queue) => queue.recv(),
                         Err(poisoned) => poisoned.into_inner().recv(),
@@ -186,6 +193,9 @@ impl Runtime {
     where
         R: Send + 'static,
     {
+        if ON_PLUGIN_THREAD.get() {
+            return self.run(slot, instantiate, invoke);
+        }
         let (reply, answer) = mpsc::sync_channel(1);
         let job_slot = slot.clone();
         let job: Job = Box::new(move || {
@@ -197,6 +207,11 @@ impl Runtime {
         answer
             .recv()
             .unwrap_or_else(|_| Err(unavailable(slot, "the call panicked inside the runtime".into())))
+    }
+
+    /// Queues `job` for a plugin thread. Fails only when the threads are gone.
+    pub(crate) fn submit(&self, job: Box<dyn FnOnce() + Send>) -> Result<(), ()> {
+        self.jobs.send(job).map_err(|_| ())
     }
 
     fn run<I, R>(
@@ -259,7 +274,7 @@ fn is_guest_failure(store: &Store<CallState>, err: &wasmtime::Error) -> bool {
     store.data().limiter.hit || err.downcast_ref::<Trap>().is_some()
 }
 
-fn unavailable(slot: &SlotInfo, reason: String) -> PluginError {
+pub(crate) fn unavailable(slot: &SlotInfo, reason: String) -> PluginError {
     PluginError::Unavailable { plugin: slot.label.clone(), sha256: slot.sha256_short.clone(), reason }
 }
 
