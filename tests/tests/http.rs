@@ -212,3 +212,54 @@ async fn five_hundred_concurrent_requests_over_one_agent() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn tls_ingress_serves_http1_and_http2_by_alpn() {
+    let pki = burrow_tests::tls::TestPki::generate();
+    let config =
+        ConfigParts { ingress: format!("stream_wait = \"3s\"\n{}", pki.tls_toml()), ..Default::default() }
+            .build();
+    let (host, _workload, _agent) = setup(config).await;
+    for h2 in [false, true] {
+        let mode = Mode { h2, tls: Some(pki.client_config()) };
+        let mut client = clients::connect(host.ingress_addr, &mode).await;
+        let (status, _, body) = client.get(HOST, "/headers").await;
+        assert_eq!(status, StatusCode::OK, "h2={h2}");
+        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(seen["x-forwarded-proto"], "https", "h2={h2}");
+    }
+}
+
+#[tokio::test]
+async fn agent_replicas_sharing_one_identity_both_serve() {
+    let host = TestHost::start(default_config()).await;
+    let (w1, w2) = (Workload::start("replica-1").await, Workload::start("replica-2").await);
+    let a1 = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[w1.service("web")]));
+    let a2 = burrow_agent::spawn(agent_config(&host.agent_url("ws"), TOKEN, &[w2.service("web")]));
+    wait_connected(&a1).await;
+    wait_connected(&a2).await;
+    // Eight requests held open at once need eight tunnels: more than one replica parks.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut client = clients::connect(host.ingress_addr, &Mode::h1()).await;
+        let resp = client.request("GET", HOST, "/sse?n=2", &[], clients::empty()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+        held.push((client, body));
+    }
+    assert!(
+        w1.connections() > 0 && w2.connections() > 0,
+        "both replicas served: {} and {}",
+        w1.connections(),
+        w2.connections()
+    );
+    drop(held);
+    // One replica leaving does not take the identity down.
+    a1.shutdown().await;
+    for _ in 0..5 {
+        let (status, _, body) = clients::get(host.ingress_addr, HOST, "/hello").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], b"hello from replica-2");
+    }
+}
