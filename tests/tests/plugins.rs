@@ -53,6 +53,21 @@ async fn memory_bomb_authorizer_fails_closed() {
     fails_closed("memory").await;
 }
 
+// The binary runs on a multi-threaded runtime, where plugin calls run inline on the
+// request's worker thread (inside block_in_place): the same failures must be contained
+// there too, including a recursion bomb on a tokio worker's stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_fail_closed_on_worker_threads() {
+    for mode in ["trap", "loop", "memory", "recursion"] {
+        fails_closed(mode).await;
+    }
+}
+
+#[tokio::test]
+async fn recursion_bomb_fails_closed() {
+    fails_closed("recursion").await;
+}
+
 #[tokio::test]
 async fn well_behaved_external_plugin_allows() {
     let host = TestHost::start(misbehaving("allow")).await;

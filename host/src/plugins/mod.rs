@@ -250,14 +250,23 @@ impl Plugins {
     }
 
     /// Asks the authorizer whether an agent may connect.
-    /// Runs `work` on a plugin thread and resolves with its result, without blocking the
-    /// async caller. Plugin calls made inside `work` run inline on that thread, so a
-    /// request's route + authorize cost one thread hand-off in all.
+    /// Runs `work` (plugin calls) for an async caller without stalling other tasks.
+    ///
+    /// On a multi-threaded tokio runtime the calls run inline inside `block_in_place`: the
+    /// request keeps its thread and tokio moves the worker's other tasks elsewhere. Waking
+    /// another thread for each request costs more than the calls themselves on an idle
+    /// machine. Elsewhere (a current-thread runtime) `work` goes to a plugin thread in one
+    /// hand-off; calls inside it run inline there.
     pub async fn run_async<F, R>(self: &Arc<Self>, work: F) -> Result<R, PluginError>
     where
         F: FnOnce(&Plugins) -> R + Send + 'static,
         R: Send + 'static,
     {
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return Ok(tokio::task::block_in_place(|| runtime::Runtime::inline(|| work(self))));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let submitted = self.runtime.submit(Box::new(move || {

@@ -214,6 +214,16 @@ impl Runtime {
         self.jobs.send(job).map_err(|_| ())
     }
 
+    /// Runs `work` on the current thread with calls inline. Only for a thread where
+    /// wasmtime-wasi may `block_on`: a plugin thread, or a tokio worker inside
+    /// `block_in_place`.
+    pub(crate) fn inline<R>(work: impl FnOnce() -> R) -> R {
+        let was = ON_PLUGIN_THREAD.replace(true);
+        let result = work();
+        ON_PLUGIN_THREAD.set(was);
+        result
+    }
+
     fn run<I, R>(
         &self,
         slot: &Arc<SlotInfo>,
