@@ -83,9 +83,4 @@ impl HostContext {
             }
         }
     }
-
-    /// Number of live agent sessions.
-    pub fn session_count(&self) -> usize {
-        self.sessions.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
 }

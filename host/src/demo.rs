@@ -209,34 +209,39 @@ async fn workload_request(
                 .body(BodyExt::boxed(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))))
                 .expect("static response parts are valid")
         }
-        "/ws" => {
-            let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
-                return Ok(full(StatusCode::BAD_REQUEST, "text/plain", "expected a WebSocket upgrade\n"));
-            };
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
-                let mut ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(http::header::CONNECTION, "Upgrade")
-                .header(http::header::UPGRADE, "websocket")
-                .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
-                .body(Full::new(Bytes::new()).boxed())
-                .expect("static response parts are valid")
-        }
+        "/ws" => match websocket_echo(&mut req) {
+            Some(switching) => switching.map(|empty| empty.map_err(|never| match never {}).boxed()),
+            None => full(StatusCode::BAD_REQUEST, "text/plain", "expected a WebSocket upgrade\n"),
+        },
         _ => full(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     })
+}
+
+/// Answers a WebSocket upgrade with `101` and echoes every text and binary message until
+/// the client closes. `None` when the request is not a WebSocket upgrade.
+pub fn websocket_echo<B>(req: &mut Request<B>) -> Option<Response<http_body_util::Empty<Bytes>>> {
+    let key = req.headers().get(http::header::SEC_WEBSOCKET_KEY)?.clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "websocket")
+        .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .body(http_body_util::Empty::new())
+        .expect("static response parts are valid");
+    Some(response)
 }
 
 fn html_escape(s: &str) -> String {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -30,9 +30,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -227,32 +224,10 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
             });
             Response::new(channel_body(rx))
         }
-        "/ws" => {
-            let Some(key) = req.headers().get(http::header::SEC_WEBSOCKET_KEY).cloned() else {
-                return Ok(full(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade"));
-            };
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
-                let mut ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(http::header::CONNECTION, "Upgrade")
-                .header(http::header::UPGRADE, "websocket")
-                .header(http::header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
-                .body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
-                .unwrap()
-        }
+        "/ws" => match burrow_host::demo::websocket_echo(&mut req) {
+            Some(switching) => switching.map(|empty| empty.map_err(|never| match never {}).boxed()),
+            None => full(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade"),
+        },
         "/raw" => {
             let wants = req.headers().get(http::header::UPGRADE).is_some_and(|v| v == "burrow-raw");
             if !wants {
