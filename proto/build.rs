@@ -9,5 +9,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Data frames are handed between sockets without copying.
         .bytes(".burrow.tunnel.v1")
         .compile_protos(&["proto/burrow/tunnel/v1/tunnel.proto"], &["proto"])?;
+    // Own directory: generating it next to the tunnel code would overwrite that with an
+    // empty module for the extern package.
+    let cluster_out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("cluster");
+    std::fs::create_dir_all(&cluster_out)?;
+    // The cluster API relays tunnel frames: reuse the tunnel types rather than generate copies.
+    tonic_prost_build::configure()
+        .extern_path(".burrow.tunnel.v1", "crate::pb")
+        .out_dir(&cluster_out)
+        .compile_protos(&["proto/burrow/cluster/v1/cluster.proto"], &["proto"])?;
     Ok(())
 }

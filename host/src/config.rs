@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::admin::AdminConfig;
 use crate::agent_server::AgentListenerConfig;
+use crate::cluster::ClusterConfig;
 use crate::ingress::IngressConfig;
 use crate::plugins::PluginsConfig;
 
@@ -24,6 +26,10 @@ pub struct Config {
     pub ingress: IngressConfig,
     /// `[plugins]`: authorizer and router components.
     pub plugins: PluginsConfig,
+    /// `[cluster]`: many replicas sharing a registry in Redis. Absent: one process, no Redis.
+    pub cluster: Option<ClusterConfig>,
+    /// `[admin]`: health, readiness and metrics.
+    pub admin: AdminConfig,
     /// `[shutdown]`: how the host stops.
     pub shutdown: ShutdownConfig,
     /// `[log]`: log output.
@@ -120,8 +126,22 @@ impl Config {
         self.agents.validate().map_err(ConfigError::Invalid)?;
         self.ingress.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.plugins.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if self.ingress.listen.port() != 0 && self.ingress.listen == self.agents.listen {
-            return Err(ConfigError::Invalid("ingress.listen: must differ from agents.listen".into()));
+        if let Some(cluster) = &self.cluster {
+            cluster.validate().map_err(ConfigError::Invalid)?;
+        }
+        let mut ports = vec![("agents.listen", self.agents.listen), ("ingress.listen", self.ingress.listen)];
+        if self.admin.enabled {
+            ports.push(("admin.listen", self.admin.listen));
+        }
+        if let Some(cluster) = &self.cluster {
+            ports.push(("cluster.listen", cluster.listen));
+        }
+        for (i, (a, addr_a)) in ports.iter().enumerate() {
+            for (b, addr_b) in &ports[i + 1..] {
+                if addr_a.port() != 0 && addr_a == addr_b {
+                    return Err(ConfigError::Invalid(format!("{b}: must differ from {a} ({addr_a})")));
+                }
+            }
         }
         if self.shutdown.grace > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid("shutdown.grace: at most 1h".into()));

@@ -104,9 +104,11 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
 
     let workload_task = tokio::spawn(serve_workload(workload, stop.clone()));
     let host_stop = stop.clone();
-    let mut host = tokio::spawn(crate::run(config, crate::Listeners { agents, ingress }, async move {
-        host_stop.cancelled().await
-    }));
+    let mut host = tokio::spawn(crate::run(
+        config,
+        crate::Listeners { agents, ingress, admin: None, cluster: None },
+        async move { host_stop.cancelled().await },
+    ));
 
     let mut agent_config = burrow_agent::AgentConfig::new(&format!("{scheme}://{agent_addr}"), token)
         .map_err(|e| DemoError::Agent(e.to_string()))?;

@@ -4,20 +4,23 @@
 //! The binary is a thin shell around [`run`]; tests drive [`run`] with listeners bound
 //! to `127.0.0.1:0`.
 
+pub mod admin;
 pub mod agent_server;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod demo;
 pub mod ingress;
+pub mod metrics;
 pub mod plugins;
+pub mod ratelimit;
 pub mod registry;
 pub mod tls;
 pub mod tunnel_io;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +35,10 @@ pub struct Listeners {
     pub agents: TcpListener,
     /// Where users connect.
     pub ingress: TcpListener,
+    /// Health, readiness and metrics; `None` serves no admin port.
+    pub admin: Option<TcpListener>,
+    /// The private replica-to-replica API; required in cluster mode.
+    pub cluster: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -43,6 +50,14 @@ impl Listeners {
         Ok(Self {
             agents: bind(config.agents.listen, "agents.listen").await?,
             ingress: bind(config.ingress.listen, "ingress.listen").await?,
+            admin: match config.admin.enabled {
+                true => Some(bind(config.admin.listen, "admin.listen").await?),
+                false => None,
+            },
+            cluster: match &config.cluster {
+                Some(c) => Some(bind(c.listen, "cluster.listen").await?),
+                None => None,
+            },
         })
     }
 }
@@ -70,6 +85,9 @@ pub enum HostError {
     /// The ingress failed.
     #[error(transparent)]
     Ingress(#[from] ingress::IngressError),
+    /// Cluster mode could not start or its private API failed.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// A server task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -88,23 +106,54 @@ pub async fn run(
         .await
         .map_err(|e| HostError::Task(e.to_string()))??;
 
-    let token = CancellationToken::new();
     let replica_id = config.replica_id();
-    let ctx = Arc::new(HostContext {
-        plugins: Arc::new(plugins),
-        registry: Arc::new(LocalRegistry::new()),
-        replica_id: replica_id.clone(),
-        sessions: RwLock::new(HashMap::new()),
-        dial_answer_timeout: config.agents.dial_answer_timeout,
-        shutdown: token.clone(),
-    });
+    let metrics = Arc::new(metrics::Metrics::new());
+    let cluster = match (&config.cluster, &listeners.cluster) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(HostError::Task("cluster mode needs a listener for the replica API".into()))
+        }
+        (Some(cc), Some(listener)) => {
+            let advertise = match &cc.advertise {
+                Some(a) => a.clone(),
+                None => {
+                    let addr = listener.local_addr().map_err(|e| HostError::Task(e.to_string()))?;
+                    if addr.ip().is_unspecified() {
+                        return Err(config::ConfigError::Invalid(
+                            "cluster.advertise: required when cluster.listen is a wildcard address".into(),
+                        )
+                        .into());
+                    }
+                    addr.to_string()
+                }
+            };
+            Some(cluster::Cluster::new(cc.clone(), replica_id.clone(), advertise, metrics.clone())?)
+        }
+    };
+    let ctx = Arc::new(HostContext::new(
+        Arc::new(plugins),
+        Arc::new(LocalRegistry::new()),
+        replica_id.clone(),
+        config.agents.dial_answer_timeout,
+        cluster.clone(),
+        metrics,
+    ));
+    let token = ctx.shutdown.clone();
     let grace = config.shutdown.grace;
     tracing::info!(
         %replica_id,
-        agents = %listeners.agents.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        ingress = %listeners.ingress.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        agents = %addr_of(Some(&listeners.agents)),
+        ingress = %addr_of(Some(&listeners.ingress)),
+        admin = %addr_of(listeners.admin.as_ref()),
+        cluster = %cluster.as_ref().map(|c| c.advertise().to_owned()).unwrap_or_else(|| "off".into()),
         "burrow host running"
     );
+
+    // Background work that must outlive the drain: cluster bookkeeping (until we leave)
+    // and the admin port (readiness must read "draining" while we drain).
+    let background = CancellationToken::new();
+    let cluster_task = cluster.as_ref().map(|c| c.start(background.clone()));
+    let admin_task = listeners.admin.map(|l| tokio::spawn(admin::serve(l, ctx.clone(), background.clone())));
 
     let mut agents = tokio::spawn(agent_server::serve(
         listeners.agents,
@@ -120,27 +169,64 @@ pub async fn run(
         token.clone(),
         grace,
     ));
+    let mut replica_api = match (&cluster, listeners.cluster) {
+        (Some(c), Some(l)) => {
+            tokio::spawn(cluster::forward::serve(l, ctx.clone(), c.clone(), token.clone(), grace))
+        }
+        _ => tokio::spawn(async { std::future::pending::<Result<(), cluster::ClusterError>>().await }),
+    };
+
+    let stop_background = |cluster_task: Option<tokio::task::JoinHandle<()>>| {
+        background.cancel();
+        if let Some(t) = cluster_task {
+            t.abort();
+        }
+        if let Some(t) = &admin_task {
+            t.abort();
+        }
+    };
 
     let early = tokio::select! {
         _ = shutdown => None,
         r = &mut agents => Some(("agent port", r.map(|r| r.map_err(HostError::from)))),
         r = &mut ingress => Some(("ingress", r.map(|r| r.map_err(HostError::from)))),
+        r = &mut replica_api => Some(("replica API", r.map(|r| r.map_err(HostError::from)))),
     };
-    token.cancel();
     if let Some((what, result)) = early {
+        token.cancel();
         tracing::error!(what, "a server stopped unexpectedly; shutting down");
         agents.abort();
         ingress.abort();
+        replica_api.abort();
+        stop_background(cluster_task);
         return match result {
             Ok(Ok(())) => Err(HostError::Task(format!("{what} stopped unexpectedly"))),
             Ok(Err(e)) => Err(e),
             Err(join) => Err(HostError::Task(join.to_string())),
         };
     }
-    tracing::info!(?grace, "shutting down");
+
+    // Drain: readiness turns false, other replicas stop choosing this one, agents are told
+    // to go away (their other connections carry new work), and what is in flight gets
+    // `grace` to finish.
+    tracing::info!(?grace, "draining");
+    ctx.begin_drain();
+    if let Some(c) = &cluster {
+        c.drain().await;
+    }
+    token.cancel();
     let (a, i) = tokio::join!(agents, ingress);
+    replica_api.abort();
+    if let Some(c) = &cluster {
+        c.leave().await;
+    }
+    stop_background(cluster_task);
     a.map_err(|e| HostError::Task(e.to_string()))??;
     i.map_err(|e| HostError::Task(e.to_string()))??;
     tracing::info!("burrow host stopped");
     Ok(())
+}
+
+fn addr_of(listener: Option<&TcpListener>) -> String {
+    listener.and_then(|l| l.local_addr().ok()).map_or_else(|| "off".into(), |a| a.to_string())
 }

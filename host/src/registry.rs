@@ -101,6 +101,8 @@ pub trait TunnelRegistry: Send + Sync + 'static {
     fn sweep(&self);
     /// Current numbers.
     fn stats(&self) -> RegistryStats;
+    /// Parked tunnels of one agent (may include ones closed since the last sweep).
+    fn idle_count(&self, agent_id: &str) -> usize;
 }
 
 #[derive(Default)]
@@ -254,6 +256,10 @@ impl TunnelRegistry for LocalRegistry {
                 !entry.is_empty()
             });
         }
+    }
+
+    fn idle_count(&self, agent_id: &str) -> usize {
+        self.stripe(agent_id).agents.get(agent_id).map_or(0, |e| e.idle.len())
     }
 
     fn stats(&self) -> RegistryStats {

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::PollSender;
 use tonic::{Status, Streaming};
 
+use crate::metrics::{Metrics, RoutePath};
 use crate::registry::{IdleTunnel, Session};
 
 /// Why a dial over a claimed tunnel failed.
@@ -34,13 +35,26 @@ pub enum DialError {
     Protocol(String),
 }
 
+/// A tunnel the agent accepted a `Dial` on, as frames (the replica API relays these
+/// without turning them into bytes).
+pub struct Dialed {
+    /// Frames from the agent, after its `DialResult`.
+    pub inbound: Streaming<pb::AgentFrame>,
+    /// Frames to the agent.
+    pub outbound: crate::registry::HostFrameSender,
+    /// The host side of the tunnel state machine, past the dial.
+    pub state: Tunnel,
+    /// The agent session the tunnel belongs to.
+    pub session: Arc<Session>,
+}
+
 /// Sends `Dial(service)` on a parked tunnel and waits for the agent's answer.
-pub async fn dial(
+pub async fn dial_raw(
     idle: IdleTunnel,
     service: &str,
     request_id: &str,
     answer_timeout: Duration,
-) -> Result<TunnelStream, DialError> {
+) -> Result<Dialed, DialError> {
     let IdleTunnel { mut inbound, outbound, session } = idle;
     let mut state = Tunnel::new(Role::Host);
     state.send_dial().map_err(|e| DialError::Protocol(e.to_string()))?;
@@ -57,7 +71,7 @@ pub async fn dial(
         Err(status) => return Err(DialError::Gone(status.message().to_owned())),
     };
     match state.receive_agent_frame(frame) {
-        Ok(Event::DialAccepted) => Ok(TunnelStream::new(inbound, outbound, state, session)),
+        Ok(Event::DialAccepted) => Ok(Dialed { inbound, outbound, state, session }),
         Ok(Event::DialRefused(refusal)) => {
             Err(DialError::Refused { code: refusal.code(), message: refusal.message })
         }
@@ -70,28 +84,81 @@ pub async fn dial(
     }
 }
 
-/// An open tunnel to a workload's service.
+/// Sends `Dial(service)` on a parked tunnel and returns the connection as bytes.
+pub async fn dial(
+    idle: IdleTunnel,
+    service: &str,
+    request_id: &str,
+    answer_timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<TunnelStream, DialError> {
+    dial_raw(idle, service, request_id, answer_timeout).await.map(|d| TunnelStream::local(d, metrics))
+}
+
+/// An open tunnel to a workload's service: local (a stream parked on this replica) or
+/// forwarded (relayed by the replica holding the agent's stream). Both behave the same.
 pub struct TunnelStream {
     inbound: Streaming<pb::AgentFrame>,
     outbound: PollSender<Result<pb::HostFrame, Status>>,
     state: Tunnel,
     read_buf: Bytes,
     session: Arc<Session>,
+    path: RoutePath,
+    metrics: Option<Arc<Metrics>>,
+    to_agent: u64,
+    from_agent: u64,
 }
 
 impl TunnelStream {
+    /// Wraps a tunnel dialed on this replica.
+    pub fn local(dialed: Dialed, metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(m) = &metrics {
+            m.tunnels_active.inc();
+        }
+        let Dialed { inbound, outbound, state, session } = dialed;
+        Self::new(inbound, outbound, state, session, RoutePath::Local, metrics)
+    }
+
+    /// Wraps a tunnel relayed by another replica. `session` describes the far end.
+    pub fn forwarded(
+        inbound: Streaming<pb::AgentFrame>,
+        outbound: crate::registry::HostFrameSender,
+        state: Tunnel,
+        session: Arc<Session>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        Self::new(inbound, outbound, state, session, RoutePath::Forwarded, metrics)
+    }
+
     fn new(
         inbound: Streaming<pb::AgentFrame>,
         outbound: crate::registry::HostFrameSender,
         state: Tunnel,
         session: Arc<Session>,
+        path: RoutePath,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
-        Self { inbound, outbound: PollSender::new(outbound), state, read_buf: Bytes::new(), session }
+        Self {
+            inbound,
+            outbound: PollSender::new(outbound),
+            state,
+            read_buf: Bytes::new(),
+            session,
+            path,
+            metrics,
+            to_agent: 0,
+            from_agent: 0,
+        }
     }
 
     /// The agent session serving this tunnel.
     pub fn session(&self) -> &Arc<Session> {
         &self.session
+    }
+
+    /// Whether the tunnel is local or forwarded.
+    pub fn path(&self) -> RoutePath {
+        self.path
     }
 
     fn send_reset(&mut self, code: ResetCode, message: String) {
@@ -132,7 +199,10 @@ impl AsyncRead for TunnelStream {
             }
             match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
                 Some(Ok(frame)) => match this.state.receive_agent_frame(frame) {
-                    Ok(Event::Data(data)) => this.read_buf = data,
+                    Ok(Event::Data(data)) => {
+                        this.from_agent += data.len() as u64;
+                        this.read_buf = data
+                    }
                     Ok(Event::Eof) => return Poll::Ready(Ok(())),
                     Ok(Event::Reset(reset)) => {
                         return Poll::Ready(Err(io::Error::new(
@@ -189,6 +259,7 @@ impl AsyncWrite for TunnelStream {
         if this.outbound.send_item(Ok(frame)).is_err() {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "tunnel RPC ended")));
         }
+        this.to_agent += n as u64;
         Poll::Ready(Ok(n))
     }
 
@@ -219,6 +290,12 @@ impl Drop for TunnelStream {
             // The user went away (or the proxy gave up): tell the agent to drop its socket
             // to the workload rather than leave it half-open.
             self.send_reset(ResetCode::Cancelled, "the host closed the tunnel".into());
+        }
+        if let Some(m) = &self.metrics {
+            m.tunnel_bytes(self.to_agent, self.from_agent);
+            if self.path == RoutePath::Local {
+                m.tunnels_active.dec();
+            }
         }
     }
 }

@@ -16,6 +16,19 @@ pub mod pb {
     tonic::include_proto!("burrow.tunnel.v1");
 }
 
+/// Generated gRPC code for the private replica-to-replica API `burrow.cluster.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod cluster_pb {
+    include!(concat!(env!("OUT_DIR"), "/cluster/burrow.cluster.v1.rs"));
+}
+
+/// Binary metadata naming the agent on a replica-to-replica `Forward` call (binary, so
+/// any agent id the authorizer chose fits).
+pub const AGENT_ID_METADATA: &str = "burrow-agent-id-bin";
+
+/// Metadata on a `Forward` call: how long the serving replica may wait for a free stream.
+pub const WAIT_MS_METADATA: &str = "burrow-wait-ms";
+
 /// Major protocol version. A host refuses agents that speak another major.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Minor protocol version: additions only.
@@ -32,6 +45,10 @@ pub const MAX_MESSAGE_SIZE: usize = MAX_DATA_FRAME + 4 * 1024;
 
 /// Metadata key carrying `Welcome.session_id` on every `Tunnel` RPC.
 pub const SESSION_METADATA: &str = "burrow-session";
+
+/// Metadata on a RESOURCE_EXHAUSTED answer to `Control` (the per-token connection rate
+/// limit): milliseconds until the agent may try again.
+pub const RETRY_AFTER_METADATA: &str = "burrow-retry-after-ms";
 
 /// WebSocket subprotocol an agent must request when it tunnels gRPC through WebSocket.
 pub const WS_SUBPROTOCOL: &str = "burrow-tunnel.v1";

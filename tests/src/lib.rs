@@ -3,6 +3,7 @@
 //! server, and real HTTP / WebSocket clients. Nothing is mocked.
 
 pub mod clients;
+pub mod redis;
 pub mod tls;
 pub mod workload;
 
@@ -41,6 +42,8 @@ pub const TOKEN: &str = "token-for-a1-0123456789";
 /// inside `[ingress]`); `extra` holds whole further tables.
 #[derive(Debug, Clone)]
 pub struct ConfigParts {
+    /// Top-level keys (such as `replica_id = "r1"`).
+    pub top: String,
     pub authorizer: String,
     pub agents: String,
     pub ingress: String,
@@ -50,6 +53,7 @@ pub struct ConfigParts {
 impl Default for ConfigParts {
     fn default() -> Self {
         Self {
+            top: String::new(),
             authorizer: static_authorizer("open", ""),
             agents: String::new(),
             // Short enough that failure paths finish quickly.
@@ -65,6 +69,7 @@ impl ConfigParts {
     pub fn build(&self) -> Config {
         let text = format!(
             r#"
+{top}
 [agents]
 listen = "127.0.0.1:0"
 preface_timeout = "2s"
@@ -81,6 +86,7 @@ source = "builtin:router-hostname"
 config = {{ root_domains = ["localhost"] }}
 {extra}
 "#,
+            top = self.top,
             agents = self.agents,
             ingress = self.ingress,
             authorizer = self.authorizer,
@@ -102,6 +108,34 @@ pub fn static_authorizer(default_access: &str, extra_fields: &str) -> String {
     )
 }
 
+/// The shared secret cluster tests use.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
+
+/// Config of cluster replica `replica_id` using the Redis at `redis_url`, with short
+/// intervals so failure handling shows within a test's patience. `cluster_extra` is TOML
+/// inside `[cluster]`.
+pub fn cluster_config(replica_id: &str, redis_url: &str, cluster_extra: &str) -> Config {
+    ConfigParts {
+        top: format!("replica_id = \"{replica_id}\""),
+        extra: format!(
+            r#"
+[cluster]
+listen = "127.0.0.1:0"
+secret = "{CLUSTER_SECRET}"
+heartbeat = "200ms"
+replica_ttl = "1s"
+sweep_interval = "500ms"
+{cluster_extra}
+[cluster.redis]
+urls = ["{redis_url}"]
+timeout = "300ms"
+"#
+        ),
+        ..Default::default()
+    }
+    .build()
+}
+
 /// The most common config: static authorizer, open access.
 pub fn default_config() -> Config {
     ConfigParts::default().build()
@@ -113,6 +147,10 @@ pub struct TestHost {
     pub agent_addr: SocketAddr,
     /// Where users connect.
     pub ingress_addr: SocketAddr,
+    /// Health, readiness and metrics.
+    pub admin_addr: SocketAddr,
+    /// The replica API (cluster mode only).
+    pub cluster_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), HostError>>,
 }
@@ -130,11 +168,19 @@ impl TestHost {
         init_tracing();
         let agent_addr = agents.local_addr().unwrap();
         let ingress_addr = ingress.local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let cluster = match config.cluster {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let cluster_addr = cluster.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(burrow_host::run(config, Listeners { agents, ingress }, async move {
+        let listeners = Listeners { agents, ingress, admin: Some(admin), cluster };
+        let task = tokio::spawn(burrow_host::run(config, listeners, async move {
             let _ = stopped.await;
         }));
-        TestHost { agent_addr, ingress_addr, stop: Some(stop), task }
+        TestHost { agent_addr, ingress_addr, admin_addr, cluster_addr, stop: Some(stop), task }
     }
 
     /// The agent URL for a scheme (`grpc`, `ws`, `grpcs`, `wss`).
@@ -159,6 +205,14 @@ impl TestHost {
     /// Whether the host task has ended (it must not, while serving).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+
+    /// Begins a graceful stop without waiting for it (drain tests watch what happens
+    /// meanwhile); [`TestHost::stop`] or [`TestHost::wait`] then collects the result.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 

@@ -39,6 +39,20 @@ pub struct AgentListenerConfig {
     /// How long an unanswered PING may wait before the connection is closed. Default 20s.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Connection attempts (`Control` handshakes) allowed per agent token per minute,
+    /// counted across all replicas in cluster mode; 0 disables the limit. Default 600.
+    /// KAS allows 40,000 RPCs per token per minute, but counts every RPC; a healthy agent
+    /// makes a handful of handshakes an hour, and each one runs the authorizer.
+    pub connect_rate_limit: u32,
+    /// After this long (±10% jitter) an agent connection is asked to reconnect (GoAway),
+    /// which spreads agents over replicas added since they connected. 0s disables.
+    /// Default 30m.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// After that GoAway, how long tunnels in flight on the old connection may continue
+    /// before the host cuts it. Default 1h (long downloads and watches finish).
+    #[serde(with = "humantime_serde")]
+    pub connection_age_grace: Duration,
 }
 
 impl Default for AgentListenerConfig {
@@ -54,6 +68,9 @@ impl Default for AgentListenerConfig {
             connection_window_bytes: 16 * 1024 * 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            connect_rate_limit: 600,
+            max_connection_age: Duration::from_secs(30 * 60),
+            connection_age_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -74,6 +91,12 @@ impl AgentListenerConfig {
             if value.is_zero() {
                 return Err(format!("{key}: must be greater than zero"));
             }
+        }
+        if !self.max_connection_age.is_zero() && self.max_connection_age < Duration::from_secs(1) {
+            return Err("agents.max_connection_age: at least 1s, or 0s to disable".into());
+        }
+        if self.connection_age_grace.is_zero() {
+            return Err("agents.connection_age_grace: must be greater than zero".into());
         }
         if self.max_streams_per_connection < 2 {
             return Err("agents.max_streams_per_connection: must be at least 2 (control + one tunnel)".into());

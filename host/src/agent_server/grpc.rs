@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_proto::pb::{self, agent_control, host_control, AgentControl, HostControl};
-use burrow_proto::{PROTOCOL_MINOR, PROTOCOL_VERSION, SESSION_METADATA};
+use burrow_proto::{PROTOCOL_MINOR, PROTOCOL_VERSION, RETRY_AFTER_METADATA, SESSION_METADATA};
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::io::AgentConnInfo;
 use crate::context::HostContext;
 use crate::plugins::{AgentAuthOutcome, AgentAuthRequest};
+use crate::ratelimit::ConnectRateLimiter;
 use crate::registry::{IdleTunnel, Session};
 
 /// Frames buffered per tunnel in the host → agent direction. Small on purpose: HTTP/2
@@ -26,6 +27,17 @@ const TUNNEL_CHANNEL: usize = 4;
 pub(crate) struct TunnelService {
     pub ctx: Arc<HostContext>,
     pub handshake_timeout: Duration,
+    pub limiter: Arc<ConnectRateLimiter>,
+    /// GoAway after this long (jittered ±10%); `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// After the age GoAway, how long tunnels in flight may continue before the
+    /// connection is cut.
+    pub connection_age_grace: Duration,
+}
+
+/// `age` ±10%, so agents that connected together (after a deploy) leave at different times.
+fn jittered(age: Duration) -> Duration {
+    age.mul_f64(rand::random_range(0.9..1.1))
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -40,6 +52,12 @@ fn bearer_token(metadata: &MetadataMap) -> Result<String, Status> {
             Ok(token.trim().to_owned())
         }
         _ => Err(Status::unauthenticated("authorization metadata must be: Bearer <agent token>")),
+    }
+}
+
+fn go_away(reason: &str) -> HostControl {
+    HostControl {
+        msg: Some(host_control::Msg::GoAway(pb::GoAway { reason: reason.into(), reconnect_after_ms: 0 })),
     }
 }
 
@@ -70,7 +88,18 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             return Err(Status::unavailable("host is shutting down; reconnect"));
         }
         let token = bearer_token(request.metadata())?;
-        let remote = Self::remote(request.extensions().get::<AgentConnInfo>());
+        let conn_info = request.extensions().get::<AgentConnInfo>().cloned();
+        let remote = Self::remote(conn_info.as_ref());
+        let token_sha256 = sha256(&token);
+        if let Err(limited) = self.limiter.check(&token_sha256).await {
+            self.ctx.metrics.agent_connect("rate_limited");
+            tracing::warn!(%remote, limit = limited.limit, "agent connection attempt over the per-token rate limit");
+            let mut status = Status::resource_exhausted(limited.to_string());
+            if let Ok(v) = limited.retry_after.as_millis().to_string().parse() {
+                status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
+            }
+            return Err(status);
+        }
         let mut inbound = request.into_inner();
 
         let hello = match tokio::time::timeout(self.handshake_timeout, inbound.message()).await {
@@ -108,10 +137,12 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         let identity = match outcome {
             Ok(AgentAuthOutcome::Accepted(identity)) => identity,
             Ok(AgentAuthOutcome::Rejected { reason }) => {
+                self.ctx.metrics.agent_connect("rejected");
                 tracing::info!(%remote, replica_id = %hello.replica_id, %reason, "agent rejected by the authorizer");
                 return Err(Status::unauthenticated(format!("agent token rejected: {reason}")));
             }
             Err(e) => {
+                self.ctx.metrics.agent_connect("unavailable");
                 tracing::warn!(%remote, error = %e, "authorizer plugin failed; refusing the agent (fail closed)");
                 return Err(Status::unavailable(format!("authorizer plugin failed: {e}")));
             }
@@ -122,13 +153,10 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             agent_replica_id: hello.replica_id.clone(),
             session_id: new_session_id(),
             remote_addr: remote.clone(),
-            token_sha256: sha256(&token),
+            token_sha256,
         });
-        self.ctx
-            .sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session.session_id.clone(), session.clone());
+        self.ctx.session_opened(&session);
+        self.ctx.metrics.agent_connect("accepted");
         tracing::info!(
             agent_id = %session.agent_id, replica_id = %session.agent_replica_id, %remote,
             agent_version = %hello.agent_version, services = ?hello.services, "agent connected"
@@ -148,21 +176,43 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         let _ = tx.try_send(Ok(welcome));
 
         let ctx = self.ctx.clone();
+        let max_age = self.max_connection_age.map(jittered);
+        let age_grace = self.connection_age_grace;
         tokio::spawn(async move {
+            // Agents send nothing after Hello; the stream ending means the agent left.
+            let agent_left = async { while let Ok(Some(_)) = inbound.message().await {} };
+            tokio::pin!(agent_left);
+            let aged = async {
+                match max_age {
+                    Some(age) => tokio::time::sleep(age).await,
+                    None => std::future::pending().await,
+                }
+            };
             let reason = tokio::select! {
                 _ = ctx.shutdown.cancelled() => {
-                    let go_away = HostControl { msg: Some(host_control::Msg::GoAway(pb::GoAway {
-                        reason: "host is shutting down".into(),
-                        reconnect_after_ms: 0,
-                    })) };
-                    let _ = tx.send(Ok(go_away)).await;
+                    let _ = tx.send(Ok(go_away("host is shutting down"))).await;
                     "host shutdown"
                 }
-                // Agents send nothing after Hello; the stream ending means the agent left.
-                _ = async { while let Ok(Some(_)) = inbound.message().await {} } => "agent disconnected",
+                _ = &mut agent_left => "agent disconnected",
                 _ = tx.closed() => "control stream closed",
+                _ = aged => {
+                    tracing::info!(agent_id = %session.agent_id, remote = %session.remote_addr, "connection reached its maximum age; asking the agent to reconnect");
+                    let _ = tx.send(Ok(go_away("connection reached its maximum age"))).await;
+                    // The agent reconnects (maybe elsewhere) and closes this connection once
+                    // its tunnels finish; past the grace period the host cuts it.
+                    tokio::select! {
+                        _ = &mut agent_left => "agent reconnected after max age",
+                        _ = tx.closed() => "control stream closed",
+                        _ = tokio::time::sleep(age_grace) => {
+                            if let Some(info) = &conn_info {
+                                info.kill.cancel();
+                            }
+                            "max connection age grace over; connection cut"
+                        }
+                    }
+                }
             };
-            ctx.sessions.write().unwrap_or_else(|p| p.into_inner()).remove(&session.session_id);
+            ctx.session_closed(&session);
             tracing::info!(agent_id = %session.agent_id, replica_id = %session.agent_replica_id, remote = %session.remote_addr, reason, "agent session ended");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 /// How an agent connection reached the host.
@@ -35,12 +37,15 @@ impl Transport {
 }
 
 /// Per-connection facts, available to RPC handlers as a request extension.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AgentConnInfo {
     /// The agent's address as seen by this host.
     pub remote_addr: SocketAddr,
     /// The transport it used.
     pub transport: Transport,
+    /// Cancelling it cuts the connection (and every tunnel on it) at once: the end of a
+    /// maximum-age grace period.
+    pub kill: CancellationToken,
 }
 
 /// Any byte stream the gRPC server can run on.
@@ -49,14 +54,35 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// One agent connection, transport-erased.
 pub struct AgentConn {
-    pub(crate) io: Box<dyn Io>,
-    pub(crate) info: AgentConnInfo,
+    io: Box<dyn Io>,
+    info: AgentConnInfo,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl AgentConn {
+    pub(crate) fn new(io: Box<dyn Io>, remote_addr: SocketAddr, transport: Transport) -> Self {
+        let kill = CancellationToken::new();
+        Self {
+            killed: Box::pin(kill.clone().cancelled_owned()),
+            io,
+            info: AgentConnInfo { remote_addr, transport, kill },
+        }
+    }
+
+    fn check_killed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.killed.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed by the host"))
+            }
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl Connected for AgentConn {
     type ConnectInfo = AgentConnInfo;
     fn connect_info(&self) -> AgentConnInfo {
-        self.info
+        self.info.clone()
     }
 }
 
@@ -66,12 +92,14 @@ impl AsyncRead for AgentConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_killed(cx)?;
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for AgentConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.check_killed(cx)?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_write_vectored(
@@ -79,6 +107,7 @@ impl AsyncWrite for AgentConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_killed(cx)?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

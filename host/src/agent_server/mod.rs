@@ -29,7 +29,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AgentListenerConfig;
-use io::{AgentConn, AgentConnInfo, Io, Prefixed, Transport};
+use io::{AgentConn, Io, Prefixed, Transport};
 use sniff::{classify, Sniff};
 
 use crate::context::HostContext;
@@ -135,9 +135,13 @@ fn pb_server(
     ctx: Arc<HostContext>,
     config: &AgentListenerConfig,
 ) -> burrow_proto::pb::agent_tunnel_server::AgentTunnelServer<grpc::TunnelService> {
+    let store = ctx.cluster.as_ref().map(|c| c.clone());
     burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
         ctx,
         handshake_timeout: config.handshake_timeout,
+        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, store)),
+        max_connection_age: (!config.max_connection_age.is_zero()).then_some(config.max_connection_age),
+        connection_age_grace: config.connection_age_grace,
     })
     .max_decoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
     .max_encoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
@@ -203,7 +207,7 @@ impl Acceptor {
         remote: SocketAddr,
         transport: Transport,
     ) -> Result<(), String> {
-        let conn = AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
+        let conn = AgentConn::new(Box::new(io), remote, transport);
         self.conns.send(Ok(conn)).await.map_err(|_| "host is shutting down".to_owned())
     }
 
@@ -294,8 +298,7 @@ fn websocket_upgrade(
                 )
                 .await;
                 let io = burrow_proto::ws::WsIo::new(ws);
-                let conn =
-                    AgentConn { io: Box::new(io), info: AgentConnInfo { remote_addr: remote, transport } };
+                let conn = AgentConn::new(Box::new(io), remote, transport);
                 let _ = conns.send(Ok(conn)).await;
             }
             Err(e) => tracing::info!(%remote, error = %e, "agent WebSocket upgrade failed"),

@@ -72,7 +72,7 @@ pub fn open_error_status(error: &OpenError) -> StatusCode {
     match error {
         OpenError::NoTunnel { .. } => StatusCode::GATEWAY_TIMEOUT,
         OpenError::Refused { .. } | OpenError::Broken(_) => StatusCode::BAD_GATEWAY,
-        OpenError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        OpenError::ShuttingDown | OpenError::ClusterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -103,6 +103,7 @@ impl ProxyError {
             Self::Open { error: OpenError::Refused { .. }, .. } => "agent_refused",
             Self::Open { error: OpenError::Broken(_), .. } => "tunnel_broken",
             Self::Open { error: OpenError::ShuttingDown, .. } => "shutting_down",
+            Self::Open { error: OpenError::ClusterUnavailable { .. }, .. } => "cluster_unavailable",
             Self::Workload { .. } => "workload_failed",
             Self::ConnectUnsupported => "connect_unsupported",
             Self::Internal(_) => "internal",

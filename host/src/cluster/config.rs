@@ -1,0 +1,383 @@
+//! The `[cluster]` table. Its presence turns cluster mode on; without it the host runs
+//! as one process with an in-memory registry and needs no Redis.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which kind of Redis deployment `redis.urls` names.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (`redis://` or `rediss://`), possibly behind a proxy. Default.
+    #[default]
+    Single,
+    /// Sentinels (`redis://sentinel-host:26379`) watching the master named `master_name`.
+    Sentinel,
+    /// Redis Cluster: any subset of the nodes as seeds.
+    Cluster,
+}
+
+/// A string that must never reach a log.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// `[cluster.redis]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `single` (default), `sentinel` or `cluster`.
+    pub mode: RedisMode,
+    /// Server URLs (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS). Single
+    /// mode uses the first; sentinel mode lists sentinels; cluster mode lists seed nodes.
+    /// Default `["redis://127.0.0.1:6379"]`. URLs may carry passwords: they are masked in logs.
+    pub urls: Vec<String>,
+    /// Sentinel mode: the monitored master's name.
+    pub master_name: Option<String>,
+    /// Password for the data nodes when it is not in the URL (sentinel mode: the master's).
+    pub password: Option<Secret>,
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    /// Default `burrow`.
+    pub key_prefix: String,
+    /// Deadline for any one Redis operation; past it the operation counts as failed.
+    /// Default 1s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            mode: RedisMode::Single,
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            master_name: None,
+            password: None,
+            key_prefix: "burrow".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Replaces the password in `redis://user:password@host` with `***`.
+pub fn mask_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
+            .field("urls", &self.urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>())
+            .field("master_name", &self.master_name)
+            .field("password", &self.password)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// TLS on the private replica-to-replica API.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// This replica's certificate chain (PEM), presented to calling replicas.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle (PEM) that signed the other replicas' certificates.
+    pub ca: PathBuf,
+    /// Name expected in the other replicas' certificates. Default: the host part of
+    /// each replica's advertised address.
+    pub server_name: Option<String>,
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `[cluster.redis]`: where the registry lives.
+    pub redis: RedisConfig,
+    /// Where the private replica-to-replica API listens. Default `0.0.0.0:8083`. Keep it
+    /// off the public network: it is authenticated, but it is not meant for users.
+    pub listen: SocketAddr,
+    /// `host:port` other replicas dial to reach this one's private API. Default: the
+    /// bound `listen` address, which must then not be a wildcard (0.0.0.0 / ::).
+    pub advertise: Option<String>,
+    /// File holding the secret every replica shares (at least 32 bytes) to sign the
+    /// short-lived tokens replicas present to each other. One of `secret_file`/`secret`.
+    pub secret_file: Option<PathBuf>,
+    /// The shared secret inline (prefer `secret_file` or an env-substituted config).
+    pub secret: Option<Secret>,
+    /// TLS for the private API. Default: cleartext (use on a private network only).
+    pub tls: Option<ClusterTlsConfig>,
+    /// How long an agent's registration on this replica lives in Redis without a refresh.
+    /// Default 5m (as KAS). A crashed replica's entries are ignored long before: see
+    /// `replica_ttl`.
+    #[serde(with = "humantime_serde")]
+    pub agent_ttl: Duration,
+    /// How often this replica refreshes its agents' registrations. Default 4m (as KAS).
+    #[serde(with = "humantime_serde")]
+    pub agent_refresh: Duration,
+    /// How long this replica's own liveness record lives without a heartbeat. Entries of
+    /// a replica whose record expired are ignored and cleaned. Default 15s.
+    #[serde(with = "humantime_serde")]
+    pub replica_ttl: Duration,
+    /// How often this replica writes its liveness record (with its load) and reads the
+    /// others'. Also how fast it notices that Redis came back. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How often a replica looks for dead replicas' leftovers to delete. Default 1m.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// When forwarding, how long to wait for one candidate replica before also trying the
+    /// next (the first to answer wins, the rest are cancelled). Default 10ms (as KAS).
+    #[serde(with = "humantime_serde")]
+    pub speculative_delay: Duration,
+    /// Lifetime of a replica-to-replica token. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub token_lifetime: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: RedisConfig::default(),
+            listen: ([0, 0, 0, 0], 8083).into(),
+            advertise: None,
+            secret_file: None,
+            secret: None,
+            tls: None,
+            agent_ttl: Duration::from_secs(300),
+            agent_refresh: Duration::from_secs(240),
+            replica_ttl: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(60),
+            speculative_delay: Duration::from_millis(10),
+            token_lifetime: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The shared secret must be at least this long: it is an HMAC-SHA256 key.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl ClusterConfig {
+    /// Checks values serde cannot. Reads `secret_file` to check its length.
+    pub fn validate(&self) -> Result<(), String> {
+        let r = &self.redis;
+        if r.urls.is_empty() {
+            return Err("cluster.redis.urls: at least one URL is required".into());
+        }
+        for url in &r.urls {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(format!(
+                    "cluster.redis.urls: {:?} must start with redis:// or rediss://",
+                    mask_url(url)
+                ));
+            }
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                return Err(format!("cluster.redis.urls: {:?}: {e}", mask_url(url)));
+            }
+        }
+        match (r.mode, &r.master_name) {
+            (RedisMode::Sentinel, None) => {
+                return Err("cluster.redis.master_name: required in sentinel mode".into())
+            }
+            (RedisMode::Single | RedisMode::Cluster, Some(_)) => {
+                return Err("cluster.redis.master_name: only used in sentinel mode".into())
+            }
+            _ => {}
+        }
+        if r.key_prefix.is_empty()
+            || r.key_prefix.len() > 64
+            || !r.key_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c))
+        {
+            return Err("cluster.redis.key_prefix: 1-64 characters of [A-Za-z0-9-_:.]".into());
+        }
+        if r.timeout.is_zero() || r.timeout > Duration::from_secs(30) {
+            return Err("cluster.redis.timeout: must be between 1ms and 30s".into());
+        }
+        if self.advertise.is_none() && self.listen.ip().is_unspecified() && self.listen.port() != 0 {
+            return Err(format!(
+                "cluster.advertise: required when cluster.listen ({}) is a wildcard address: \
+                 other replicas need an address they can dial",
+                self.listen
+            ));
+        }
+        if let Some(adv) = &self.advertise {
+            if adv
+                .rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then(|| p.parse::<u16>().ok()))
+                .flatten()
+                .is_none()
+            {
+                return Err(format!("cluster.advertise: {adv:?} must be host:port"));
+            }
+        }
+        self.load_secret()?;
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
+                if !path.is_file() {
+                    return Err(format!("cluster.tls.{key}: {} is not a readable file", path.display()));
+                }
+            }
+        }
+        for (key, value) in [
+            ("cluster.agent_ttl", self.agent_ttl),
+            ("cluster.agent_refresh", self.agent_refresh),
+            ("cluster.replica_ttl", self.replica_ttl),
+            ("cluster.heartbeat", self.heartbeat),
+            ("cluster.sweep_interval", self.sweep_interval),
+            ("cluster.token_lifetime", self.token_lifetime),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(format!("{key}: must be at least 100ms"));
+            }
+        }
+        if self.agent_refresh >= self.agent_ttl {
+            return Err("cluster.agent_refresh: must be shorter than cluster.agent_ttl".into());
+        }
+        if self.heartbeat * 2 > self.replica_ttl {
+            return Err("cluster.heartbeat: must be at most half of cluster.replica_ttl".into());
+        }
+        if self.speculative_delay > Duration::from_secs(5) {
+            return Err("cluster.speculative_delay: at most 5s".into());
+        }
+        if self.token_lifetime > Duration::from_secs(600) {
+            return Err("cluster.token_lifetime: at most 10m".into());
+        }
+        Ok(())
+    }
+
+    /// The shared secret's bytes.
+    pub fn load_secret(&self) -> Result<Vec<u8>, String> {
+        let secret = match (&self.secret_file, &self.secret) {
+            (Some(_), Some(_)) => return Err("cluster: set secret_file or secret, not both".into()),
+            (None, None) => {
+                return Err("cluster.secret_file: required (a file with at least 32 random bytes shared by \
+                     every replica, e.g. `head -c 32 /dev/urandom | base64 > secret`)"
+                    .into())
+            }
+            (Some(path), None) => {
+                let text = std::fs::read(path)
+                    .map_err(|e| format!("cluster.secret_file: cannot read {}: {e}", path.display()))?;
+                // A trailing newline from `echo` or an editor is not part of the secret.
+                let end = text.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+                text[..end].to_vec()
+            }
+            (None, Some(secret)) => secret.expose().as_bytes().to_vec(),
+        };
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(format!("cluster: the shared secret must be at least {MIN_SECRET_LEN} bytes"));
+        }
+        Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ClusterConfig {
+        ClusterConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            secret: Some(Secret::new("x".repeat(32))),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_need_only_a_secret_and_an_address() {
+        valid().validate().unwrap();
+        let err = ClusterConfig { secret: None, ..valid() }.validate().unwrap_err();
+        assert!(err.contains("cluster.secret_file"), "{err}");
+        let err =
+            ClusterConfig { listen: "0.0.0.0:8083".parse().unwrap(), ..valid() }.validate().unwrap_err();
+        assert!(err.contains("cluster.advertise"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: Vec<(ClusterConfig, &str)> = vec![
+            (ClusterConfig { secret: Some(Secret::new("short")), ..valid() }, "at least 32 bytes"),
+            (
+                ClusterConfig {
+                    redis: RedisConfig { urls: vec!["http://x".into()], ..Default::default() },
+                    ..valid()
+                },
+                "cluster.redis.urls",
+            ),
+            (
+                ClusterConfig {
+                    redis: RedisConfig { mode: RedisMode::Sentinel, ..Default::default() },
+                    ..valid()
+                },
+                "master_name",
+            ),
+            (ClusterConfig { agent_refresh: Duration::from_secs(400), ..valid() }, "cluster.agent_refresh"),
+            (ClusterConfig { heartbeat: Duration::from_secs(10), ..valid() }, "cluster.heartbeat"),
+            (ClusterConfig { advertise: Some("nohost".into()), ..valid() }, "cluster.advertise"),
+            (
+                ClusterConfig {
+                    redis: RedisConfig { key_prefix: "has space".into(), ..Default::default() },
+                    ..valid()
+                },
+                "key_prefix",
+            ),
+        ];
+        for (config, needle) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_and_passwords_never_print() {
+        let mut config = valid();
+        config.redis.urls = vec!["redis://user:hunter2@127.0.0.1:6379".into()];
+        config.redis.password = Some(Secret::new("hunter3"));
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2") && !text.contains("hunter3") && !text.contains("xxxx"), "{text}");
+        assert_eq!(mask_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(mask_url("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn secret_file_trailing_newline_is_trimmed() {
+        let dir = std::env::temp_dir().join(format!("burrow-secret-{}", std::process::id()));
+        std::fs::write(&dir, format!("{}\n", "s".repeat(32))).unwrap();
+        let config = ClusterConfig { secret: None, secret_file: Some(dir.clone()), ..valid() };
+        assert_eq!(config.load_secret().unwrap().len(), 32);
+        std::fs::remove_file(dir).unwrap();
+    }
+}

@@ -1,0 +1,622 @@
+//! The private replica-to-replica API: forwarding a user's connection to the replica
+//! that holds the agent's stream, and serving such forwards.
+//!
+//! The relayed stream is the agent tunnel itself (see `cluster.proto`): the serving
+//! replica claims one of its parked tunnels, sends the caller's `Dial`, and then copies
+//! frames both ways without decoding payloads. One HTTP/2 connection per peer replica
+//! carries every forwarded stream, so a forward costs no handshake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burrow_proto::cluster_pb::replica_tunnel_client::ReplicaTunnelClient;
+use burrow_proto::cluster_pb::replica_tunnel_server::{ReplicaTunnel, ReplicaTunnelServer};
+use burrow_proto::pb::{self, agent_frame, host_frame, ResetCode};
+use burrow_proto::tunnel::{frames, Event, Role, Tunnel};
+use burrow_proto::{AGENT_ID_METADATA, MAX_MESSAGE_SIZE, WAIT_MS_METADATA};
+use futures_util::Stream;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::{BinaryMetadataValue, MetadataValue};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::config::ClusterTlsConfig;
+use super::policy::Candidate;
+use super::{Cluster, ClusterError};
+use crate::context::{HostContext, OpenError};
+use crate::registry::Session;
+use crate::tunnel_io::TunnelStream;
+
+/// Frames buffered per relayed stream in each direction; HTTP/2 flow control does the rest.
+const RELAY_CHANNEL: usize = 4;
+/// The longest a serving replica waits for a free stream of the agent.
+const MAX_SERVE_WAIT: Duration = Duration::from_secs(10);
+/// How long a serving replica waits for the caller's `Dial`.
+const DIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a forward through one candidate failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardError {
+    /// The agent refused the dial: the answer for every candidate (502).
+    #[error("agent refused to connect to the service: {message}")]
+    Refused { code: pb::RefusalCode, message: String },
+    /// The candidate holds no stream of the agent (any more): try the next.
+    #[error("replica {0} holds no stream of the agent")]
+    NotThere(String),
+    /// The candidate could not be reached or failed: try the next.
+    #[error("replica {replica} failed: {message}")]
+    Failed { replica: String, message: String },
+}
+
+/// Connections to the other replicas, one HTTP/2 channel per address.
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<(tokio_rustls::TlsConnector, Option<String>)>,
+}
+
+fn read_ca(path: &std::path::Path) -> Result<rustls::RootCertStore, ClusterError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ClusterError::Tls(format!("cluster.tls.ca {}: {e}", path.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| ClusterError::Tls(format!("cluster.tls.ca {}: {e}", path.display())))?;
+        roots.add(cert).map_err(|e| ClusterError::Tls(format!("cluster.tls.ca {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(ClusterError::Tls(format!("cluster.tls.ca {}: no certificate found", path.display())));
+    }
+    Ok(roots)
+}
+
+impl Peers {
+    /// Peers reached in cleartext, or with TLS verified against `tls.ca`.
+    pub fn new(tls: Option<&ClusterTlsConfig>) -> Result<Self, ClusterError> {
+        let tls = match tls {
+            None => None,
+            Some(tls) => {
+                let roots = read_ca(&tls.ca)?;
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| ClusterError::Tls(e.to_string()))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), tls.server_name.clone()))
+            }
+        };
+        Ok(Self { channels: Mutex::new(HashMap::new()), tls })
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(c) = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad replica address {addr:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024);
+        let target = addr.to_owned();
+        let tls = self.tls.clone();
+        let connector = tower::service_fn(move |_: Uri| {
+            let target = target.clone();
+            let tls = tls.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                match tls {
+                    None => Ok::<_, std::io::Error>(TokioIo::new(PeerIo::Plain(tcp))),
+                    Some((connector, name)) => {
+                        let host = name.unwrap_or_else(|| {
+                            target.rsplit_once(':').map_or(target.clone(), |(h, _)| {
+                                h.trim_start_matches('[').trim_end_matches(']').to_owned()
+                            })
+                        });
+                        let server_name = ServerName::try_from(host)
+                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                        let tls = connector.connect(server_name, tcp).await?;
+                        Ok(TokioIo::new(PeerIo::Tls(Box::new(tls))))
+                    }
+                }
+            }
+        });
+        let channel = endpoint.connect_with_connector_lazy(connector);
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the channel to `addr` (the replica is gone; a new one may reuse the address).
+    pub fn drop_channel(&self, addr: &str) {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+    }
+}
+
+/// TCP or TLS-over-TCP to a peer.
+enum PeerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for PeerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PeerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens a relayed tunnel through `candidate`.
+pub(super) async fn open(
+    cluster: &Cluster,
+    candidate: &Candidate,
+    agent_id: &str,
+    service: &str,
+    request_id: &str,
+    wait: Duration,
+    answer_timeout: Duration,
+) -> Result<TunnelStream, ForwardError> {
+    let failed = |message: String| ForwardError::Failed { replica: candidate.replica_id.clone(), message };
+    let channel = cluster.peers.channel(&candidate.address).map_err(failed)?;
+    let mut client = ReplicaTunnelClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+
+    let (tx, rx) = mpsc::channel::<Result<pb::HostFrame, Status>>(RELAY_CHANNEL);
+    let mut state = Tunnel::new(Role::Host);
+    state.send_dial().map_err(|e| failed(e.to_string()))?;
+    // Cannot fail: the channel is fresh and has room.
+    let _ = tx.try_send(Ok(frames::dial(service, request_id)));
+    // A `Reset` the local side queues is sent; an `Err` would only be a local signal, so
+    // the request stream ends there (the peer sees the stream end and resets the agent).
+    let outgoing = tokio_stream::StreamExt::map_while(ReceiverStream::new(rx), Result::ok);
+    let mut request = Request::new(outgoing);
+    let token = cluster.token_key().mint(cluster.replica_id(), &candidate.replica_id);
+    let md = request.metadata_mut();
+    md.insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| failed(e.to_string()))?,
+    );
+    md.insert_bin(AGENT_ID_METADATA, BinaryMetadataValue::from_bytes(agent_id.as_bytes()));
+    md.insert(WAIT_MS_METADATA, MetadataValue::from(wait.as_millis().min(u64::MAX as u128) as u64));
+
+    let call = async {
+        let response = client.forward(request).await.map_err(|status| match status.code() {
+            tonic::Code::NotFound => ForwardError::NotThere(candidate.replica_id.clone()),
+            _ => failed(format!("{}: {}", code_name(status.code()), status.message())),
+        })?;
+        let mut inbound = response.into_inner();
+        let first = inbound.message().await.map_err(|s| failed(s.message().to_owned()))?;
+        Ok::<_, ForwardError>((inbound, first))
+    };
+    let (inbound, first) = tokio::time::timeout(wait + answer_timeout, call)
+        .await
+        .map_err(|_| failed(format!("no answer within {:?}", wait + answer_timeout)))??;
+    let Some(first) = first else {
+        return Err(failed("the replica ended the stream before the agent answered".into()));
+    };
+    match state.receive_agent_frame(first) {
+        Ok(Event::DialAccepted) => {
+            let session = Arc::new(Session {
+                agent_id: agent_id.to_owned(),
+                agent_replica_id: String::new(),
+                session_id: String::new(),
+                remote_addr: format!("via replica {}", candidate.replica_id),
+                token_sha256: [0; 32],
+            });
+            Ok(TunnelStream::forwarded(inbound, tx, state, session, Some(cluster.metrics.clone())))
+        }
+        Ok(Event::DialRefused(r)) => Err(ForwardError::Refused { code: r.code(), message: r.message }),
+        Ok(Event::Reset(r)) => Err(failed(format!("reset: {}", r.message))),
+        Ok(other) => Err(failed(format!("expected DialResult, got {other:?}"))),
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}").to_lowercase()
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves forwards from other replicas out of this replica's parked tunnels.
+pub struct ForwardService {
+    ctx: Arc<HostContext>,
+    cluster: Arc<Cluster>,
+}
+
+fn bearer(request: &Request<Streaming<pb::HostFrame>>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+#[tonic::async_trait]
+impl ReplicaTunnel for ForwardService {
+    type ForwardStream = BoxStream<pb::AgentFrame>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<pb::HostFrame>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let metrics = &self.ctx.metrics;
+        let caller =
+            match bearer(&request).map(|t| self.cluster.token_key().verify(t, self.cluster.replica_id())) {
+                Some(Ok(caller)) => caller,
+                Some(Err(e)) => {
+                    metrics.forward_served("unauthenticated");
+                    tracing::warn!(error = %e, "refused a replica API call with a bad token");
+                    return Err(Status::unauthenticated(e.to_string()));
+                }
+                None => {
+                    metrics.forward_served("unauthenticated");
+                    return Err(Status::unauthenticated("missing replica token"));
+                }
+            };
+        if self.cluster.draining() || self.ctx.shutdown.is_cancelled() {
+            metrics.forward_served("draining");
+            return Err(Status::unavailable("replica is draining"));
+        }
+        let agent_id = request
+            .metadata()
+            .get_bin(AGENT_ID_METADATA)
+            .and_then(|v| v.to_bytes().ok())
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+            .ok_or_else(|| Status::invalid_argument(format!("missing {AGENT_ID_METADATA}")))?;
+        let wait = request
+            .metadata()
+            .get(WAIT_MS_METADATA)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map_or(Duration::ZERO, Duration::from_millis)
+            .min(MAX_SERVE_WAIT);
+        if !self.ctx.holds_agent(&agent_id) {
+            metrics.forward_served("no_tunnel");
+            return Err(Status::not_found("this replica holds no stream of the agent"));
+        }
+        let mut from_caller = request.into_inner();
+        let dial = match tokio::time::timeout(DIAL_FRAME_TIMEOUT, from_caller.message()).await {
+            Ok(Ok(Some(pb::HostFrame { frame: Some(host_frame::Frame::Dial(dial)) }))) => dial,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no Dial from the calling replica")),
+            _ => return Err(Status::invalid_argument("the first frame must be Dial")),
+        };
+        let dialed = match self.ctx.open_local_raw(&agent_id, &dial.service, &dial.request_id, wait).await {
+            Ok(d) => d,
+            Err(OpenError::Refused { code, message }) => {
+                metrics.forward_served("refused");
+                let refusal = frames::dial_refused(code, message);
+                return Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(refusal)]))));
+            }
+            Err(OpenError::NoTunnel { .. }) => {
+                metrics.forward_served("no_tunnel");
+                return Err(Status::not_found("no free stream of the agent on this replica"));
+            }
+            Err(OpenError::ShuttingDown) => return Err(Status::unavailable("replica is shutting down")),
+            Err(e) => {
+                metrics.forward_served("failed");
+                return Err(Status::unavailable(e.to_string()));
+            }
+        };
+        metrics.forward_served("ok");
+        tracing::debug!(%caller, agent_id, service = %dial.service, request_id = %dial.request_id, "serving a forwarded connection");
+        let (to_caller, rx) = mpsc::channel(RELAY_CHANNEL);
+        // Cannot fail: fresh channel with room.
+        let _ = to_caller.try_send(Ok(frames::dial_ok()));
+        let metrics = self.ctx.metrics.clone();
+        metrics.tunnels_active.inc();
+        tokio::spawn(async move {
+            relay(from_caller, dialed.outbound, dialed.inbound, to_caller).await;
+            metrics.tunnels_active.dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Copies frames between the calling replica and the agent until both directions ended
+/// or either side reset. A side that vanishes without `Eof`/`Reset` is reported to the
+/// other as a `Reset`, so neither end is left half-open.
+async fn relay(
+    mut from_caller: Streaming<pb::HostFrame>,
+    to_agent: crate::registry::HostFrameSender,
+    mut from_agent: Streaming<pb::AgentFrame>,
+    to_caller: mpsc::Sender<Result<pb::AgentFrame, Status>>,
+) {
+    let done = CancellationToken::new();
+    let upstream = {
+        let done = done.clone();
+        let to_agent = to_agent.clone();
+        async move {
+            loop {
+                let next = tokio::select! {
+                    _ = done.cancelled() => return,
+                    n = from_caller.message() => n,
+                };
+                match next {
+                    Ok(Some(frame)) => {
+                        let end = match &frame.frame {
+                            Some(host_frame::Frame::Reset(_)) => true,
+                            Some(host_frame::Frame::Dial(_)) | None => {
+                                let _ = to_agent
+                                    .send(Ok(frames::host_reset(
+                                        ResetCode::ProtocolError,
+                                        "calling replica broke the protocol",
+                                    )))
+                                    .await;
+                                done.cancel();
+                                return;
+                            }
+                            _ => false,
+                        };
+                        if to_agent.send(Ok(frame)).await.is_err() || end {
+                            if end {
+                                done.cancel();
+                            }
+                            return;
+                        }
+                    }
+                    // The caller finished its request stream; the agent side carries on
+                    // until it ends too.
+                    Ok(None) => return,
+                    Err(_) => {
+                        let _ = to_agent
+                            .send(Ok(frames::host_reset(
+                                ResetCode::Cancelled,
+                                "the calling replica went away",
+                            )))
+                            .await;
+                        done.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let downstream = {
+        let done = done.clone();
+        let to_agent = to_agent.clone();
+        async move {
+            loop {
+                let next = tokio::select! {
+                    _ = done.cancelled() => {
+                        let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::Cancelled, "relay cancelled")));
+                        return;
+                    }
+                    n = from_agent.message() => n,
+                };
+                match next {
+                    Ok(Some(frame)) => {
+                        let end = matches!(frame.frame, Some(agent_frame::Frame::Reset(_)));
+                        if to_caller.send(Ok(frame)).await.is_err() {
+                            let _ = to_agent.try_send(Ok(frames::host_reset(
+                                ResetCode::Cancelled,
+                                "the calling replica went away",
+                            )));
+                            done.cancel();
+                            return;
+                        }
+                        if end {
+                            done.cancel();
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = to_caller
+                            .send(Ok(frames::agent_reset(
+                                ResetCode::IoError,
+                                format!("agent stream failed: {}", status.message()),
+                            )))
+                            .await;
+                        done.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(upstream, downstream);
+    drop(to_agent);
+}
+
+/// Serves the private API on `listener` until `shutdown`, then lets relays in flight
+/// finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HostContext>,
+    cluster: Arc<Cluster>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), ClusterError> {
+    let tls = match &cluster.config().tls {
+        Some(t) => {
+            let config = crate::tls::server_config(
+                &crate::tls::TlsConfig { cert: t.cert.clone(), key: t.key.clone() },
+                &[b"h2"],
+            )
+            .map_err(|e| ClusterError::Tls(e.to_string()))?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        }
+        None => None,
+    };
+    let service = ReplicaTunnelServer::new(ForwardService { ctx, cluster })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let (conns, incoming) = mpsc::channel::<Result<PeerConn, std::io::Error>>(64);
+    let accept_shutdown = shutdown.clone();
+    let acceptor = tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = accept_shutdown.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replica API accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let conns = conns.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let conn = match tls {
+                    None => PeerConn { io: PeerServerIo::Plain(tcp), remote },
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => PeerConn { io: PeerServerIo::Tls(Box::new(tls)), remote },
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "replica API TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let _ = conns.send(Ok(conn)).await;
+            });
+        }
+    });
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service);
+    let stop = shutdown.clone();
+    let mut task = tokio::spawn(async move {
+        server.serve_with_incoming_shutdown(ReceiverStream::new(incoming), stop.cancelled_owned()).await
+    });
+    tokio::select! {
+        r = &mut task => {
+            acceptor.abort();
+            return r.map_err(|e| ClusterError::Tls(format!("replica API task failed: {e}")))?.map_err(ClusterError::from);
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    acceptor.abort();
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(Ok(r)) => r.map_err(ClusterError::from),
+        Ok(Err(e)) => Err(ClusterError::Tls(format!("replica API task failed: {e}"))),
+        Err(_) => {
+            task.abort();
+            Ok(())
+        }
+    }
+}
+
+/// An accepted replica connection.
+struct PeerConn {
+    io: PeerServerIo,
+    remote: SocketAddr,
+}
+
+enum PeerServerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl tonic::transport::server::Connected for PeerConn {
+    type ConnectInfo = SocketAddr;
+    fn connect_info(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+impl tokio::io::AsyncRead for PeerConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            PeerServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match &mut self.get_mut().io {
+            PeerServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            PeerServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            PeerServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

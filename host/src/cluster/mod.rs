@@ -1,0 +1,673 @@
+//! Cluster mode: many host replicas sharing one registry in Redis.
+//!
+//! - Each replica announces the agents it holds streams for ([`Cluster::agent_up`]) and
+//!   keeps a liveness record with its load ([`store::ReplicaRecord`]).
+//! - A request for an agent with no stream here looks the agent up in Redis and forwards
+//!   over the private `ReplicaTunnel` API ([`forward`]) to candidates ordered by the
+//!   [`policy`], speculatively: a new candidate every `speculative_delay` until one answers.
+//! - A request for an agent with no stream anywhere waits for the agent-online pub/sub
+//!   message and is woken the moment any replica announces it: no polling.
+//! - When Redis is unreachable, local streams keep working, other requests fail at once
+//!   with 503, and the heartbeat re-registers every local agent as soon as Redis answers.
+
+pub mod config;
+pub mod forward;
+pub mod policy;
+pub mod store;
+pub mod token;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ClusterConfig, ClusterTlsConfig, RedisConfig, RedisMode};
+use policy::{Candidate, PreferLocalLeastLoaded, RoutingPolicy};
+use store::{now_ms, Online, ReplicaRecord, Store, StoreError};
+use token::TokenKey;
+
+use crate::metrics::Metrics;
+
+/// The cluster could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The `[cluster]` table is invalid.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// TLS material for the private API could not be loaded.
+    #[error("cluster TLS: {0}")]
+    Tls(String),
+    /// The private API server failed.
+    #[error("replica API server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// Live state of the cluster membership of this replica.
+pub struct Cluster {
+    config: ClusterConfig,
+    replica_id: String,
+    advertise: String,
+    store: Arc<Store>,
+    key: TokenKey,
+    policy: RwLock<Arc<dyn RoutingPolicy>>,
+    metrics: Arc<Metrics>,
+    /// Agents with at least one session here, with their session counts.
+    held: Mutex<HashMap<String, usize>>,
+    /// Agents whose registration must be brought in line with `held`.
+    dirty: mpsc::UnboundedSender<String>,
+    dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    waiters: Waiters,
+    replicas: RwLock<HashMap<String, ReplicaRecord>>,
+    peers: forward::Peers,
+    redis_up: AtomicBool,
+    draining: AtomicBool,
+    resubscribe: Notify,
+    resync: Notify,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("replica_id", &self.replica_id)
+            .field("advertise", &self.advertise)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<String, (Arc<Notify>, usize)>>>;
+
+/// A request's interest in an agent appearing anywhere in the cluster. Create it BEFORE
+/// looking the agent up, so an announcement between the lookup and the wait is not missed.
+pub struct AgentWatch {
+    notified: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    agent_id: String,
+    waiters: Waiters,
+}
+
+impl AgentWatch {
+    /// Resolves at the next announcement of the agent, or at a resubscription after
+    /// which the caller must look again because messages may have been missed.
+    pub async fn changed(&mut self) {
+        self.notified.as_mut().await
+    }
+}
+
+impl Drop for AgentWatch {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, count)) = waiters.get_mut(&self.agent_id) {
+            *count -= 1;
+            if *count == 0 {
+                waiters.remove(&self.agent_id);
+            }
+        }
+    }
+}
+
+/// How long a replica that saw no heartbeat still counts as alive: the record's own
+/// expiry already includes `replica_ttl`.
+fn is_live(record: &ReplicaRecord, now: u64) -> bool {
+    record.exp >= now
+}
+
+impl Cluster {
+    /// Sets up cluster membership; nothing touches Redis until [`Cluster::start`].
+    pub fn new(
+        config: ClusterConfig,
+        replica_id: String,
+        advertise: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let secret = config.load_secret().map_err(ClusterError::Config)?;
+        let key = TokenKey::new(&secret, config.token_lifetime);
+        let peers = forward::Peers::new(config.tls.as_ref())?;
+        let (dirty, dirty_rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Self {
+            store: Arc::new(Store::new(config.redis.clone())),
+            config,
+            replica_id,
+            advertise,
+            key,
+            policy: RwLock::new(Arc::new(PreferLocalLeastLoaded)),
+            metrics,
+            held: Mutex::new(HashMap::new()),
+            dirty,
+            dirty_rx: Mutex::new(Some(dirty_rx)),
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+            replicas: RwLock::new(HashMap::new()),
+            peers,
+            redis_up: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            resubscribe: Notify::new(),
+            resync: Notify::new(),
+        }))
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// The address other replicas dial.
+    pub fn advertise(&self) -> &str {
+        &self.advertise
+    }
+
+    /// The cluster's config.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The Redis store (for the connection rate limit).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub(crate) fn token_key(&self) -> &TokenKey {
+        &self.key
+    }
+
+    /// True while the last Redis operation succeeded.
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// True once [`Cluster::drain`] ran.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the routing policy (the router plugin's hook).
+    pub fn set_policy(&self, policy: Arc<dyn RoutingPolicy>) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// Orders candidates with the current policy.
+    pub fn order(&self, agent_id: &str, candidates: Vec<Candidate>) -> Vec<Candidate> {
+        let policy = self.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
+        policy.order(agent_id, candidates)
+    }
+
+    fn set_redis_up(&self, up: bool) {
+        let was = self.redis_up.swap(up, Ordering::Relaxed);
+        self.metrics.redis_up.set(i64::from(up));
+        if up && !was {
+            tracing::info!(redis = %self.store.describe(), "Redis reachable");
+            self.resubscribe.notify_one();
+        } else if !up && was {
+            tracing::warn!(redis = %self.store.describe(), "Redis unreachable: only agents with streams on this replica can be reached");
+        }
+    }
+
+    fn redis_failed(&self, op: &'static str, error: &StoreError) {
+        self.metrics.redis_error(op);
+        tracing::debug!(op, %error, "Redis operation failed");
+        self.set_redis_up(false);
+    }
+
+    /// An agent session began on this replica.
+    pub fn agent_up(&self, agent_id: &str) {
+        let first = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let n = held.entry(agent_id.to_owned()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            let _ = self.dirty.send(agent_id.to_owned());
+        }
+    }
+
+    /// An agent session on this replica ended.
+    pub fn agent_down(&self, agent_id: &str) {
+        let last = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            match held.get_mut(agent_id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    held.remove(agent_id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _ = self.dirty.send(agent_id.to_owned());
+        }
+    }
+
+    fn holds(&self, agent_id: &str) -> bool {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(agent_id)
+    }
+
+    fn held_agents(&self) -> Vec<String> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// Registers interest in `agent_id` appearing (see [`AgentWatch`]).
+    pub fn watch(&self, agent_id: &str) -> AgentWatch {
+        let notify = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let (notify, count) =
+                waiters.entry(agent_id.to_owned()).or_insert_with(|| (Arc::new(Notify::new()), 0));
+            *count += 1;
+            notify.clone()
+        };
+        let mut notified = Box::pin(notify.notified_owned());
+        // Registered now, not at the first poll, so a wake-up before the wait counts.
+        notified.as_mut().enable();
+        AgentWatch { notified, agent_id: agent_id.to_owned(), waiters: self.waiters.clone() }
+    }
+
+    /// Requests currently waiting for an agent to appear.
+    pub fn waiting(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(_, n)| n).sum()
+    }
+
+    fn wake(&self, agent_id: &str) {
+        if let Some((n, _)) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).get(agent_id) {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (n, _) in self.waiters.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            n.notify_waiters();
+        }
+    }
+
+    async fn replica_record(&self, replica: &str) -> Option<ReplicaRecord> {
+        if let Some(r) = self.replicas.read().unwrap_or_else(|p| p.into_inner()).get(replica) {
+            return Some(r.clone());
+        }
+        match self.store.replica(replica).await {
+            Ok(Some(r)) => {
+                self.replicas
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(replica.to_owned(), r.clone());
+                Some(r)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.redis_failed("lookup", &e);
+                None
+            }
+        }
+    }
+
+    /// Other replicas holding streams of `agent_id`, unordered. Stale entries (expired,
+    /// or of a replica whose liveness record is gone) are skipped and deleted.
+    pub async fn remote_candidates(&self, agent_id: &str) -> Result<Vec<Candidate>, StoreError> {
+        let fields = match self.store.lookup(agent_id).await {
+            Ok(f) => {
+                self.set_redis_up(true);
+                f
+            }
+            Err(e) => {
+                self.redis_failed("lookup", &e);
+                return Err(e);
+            }
+        };
+        let now = now_ms();
+        let ttl = self.config.agent_ttl.as_millis() as u64;
+        let mut stale = Vec::new();
+        let mut out = Vec::new();
+        for (replica, exp) in fields {
+            if replica == self.replica_id {
+                continue;
+            }
+            if exp < now {
+                stale.push(replica);
+                continue;
+            }
+            match self.replica_record(&replica).await {
+                Some(r) if is_live(&r, now) => {
+                    if !r.draining {
+                        out.push(Candidate {
+                            replica_id: replica,
+                            address: r.addr,
+                            local: false,
+                            load: r.load,
+                            age: Some(Duration::from_millis((now + ttl).saturating_sub(exp))),
+                        });
+                    }
+                }
+                _ => stale.push(replica),
+            }
+        }
+        if !stale.is_empty() {
+            tracing::debug!(agent_id, ?stale, "ignoring registrations of dead replicas");
+            let store = self.store.clone();
+            let agent = agent_id.to_owned();
+            tokio::spawn(async move {
+                let _ = store.forget(&agent, &stale).await;
+            });
+        }
+        Ok(out)
+    }
+
+    /// A forwarded attempt found no stream on `replica`: forget that registration.
+    pub fn forget_later(&self, agent_id: &str, replica: &str) {
+        let store = self.store.clone();
+        let agent = agent_id.to_owned();
+        let replicas = vec![replica.to_owned()];
+        tokio::spawn(async move {
+            let _ = store.forget(&agent, &replicas).await;
+        });
+    }
+
+    /// Opens a tunnel to `agent_id`'s `service` through `candidate`'s private API.
+    pub async fn forward(
+        &self,
+        candidate: &Candidate,
+        agent_id: &str,
+        service: &str,
+        request_id: &str,
+        wait: Duration,
+        answer_timeout: Duration,
+    ) -> Result<crate::tunnel_io::TunnelStream, forward::ForwardError> {
+        forward::open(self, candidate, agent_id, service, request_id, wait, answer_timeout).await
+    }
+
+    /// Starts the background work: registrations, heartbeat, sweeping and the pub/sub
+    /// listener. `load` reports this replica's agent streams in use.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let rx = me.dirty_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(rx) = rx else { return };
+            tokio::join!(
+                me.announcer(rx, shutdown.clone()),
+                me.heartbeat_loop(shutdown.clone()),
+                me.refresh_loop(shutdown.clone()),
+                me.sweep_loop(shutdown.clone()),
+                me.pubsub_loop(shutdown.clone()),
+            );
+        })
+    }
+
+    async fn announcer(&self, mut rx: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
+        let mut announced: HashSet<String> = HashSet::new();
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = rx.recv() => match a { Some(a) => a, None => return },
+            };
+            let mut batch = HashSet::from([first]);
+            while let Ok(a) = rx.try_recv() {
+                batch.insert(a);
+                if batch.len() >= 1000 {
+                    break;
+                }
+            }
+            let (up, down): (Vec<String>, Vec<String>) = batch.into_iter().partition(|a| self.holds(a));
+            if !up.is_empty() && !self.draining() {
+                match self.store.register(&self.replica_id, &up, self.config.agent_ttl).await {
+                    Ok(_) => {
+                        self.set_redis_up(true);
+                        let announcements: Vec<Online> = up
+                            .iter()
+                            .map(|agent| Online {
+                                agent: agent.clone(),
+                                replica: self.replica_id.clone(),
+                                addr: self.advertise.clone(),
+                            })
+                            .collect();
+                        let publishes = futures_util::stream::iter(announcements)
+                            .map(|online| {
+                                let store = self.store.clone();
+                                async move { store.publish_online(&online).await }
+                            })
+                            .buffer_unordered(64)
+                            .collect::<Vec<_>>()
+                            .await;
+                        if let Some(Err(e)) = publishes.into_iter().find(Result::is_err) {
+                            self.redis_failed("publish", &e);
+                        }
+                        announced.extend(up);
+                    }
+                    // The heartbeat re-registers everything once Redis answers again.
+                    Err(e) => self.redis_failed("register", &e),
+                }
+            }
+            for agent in down {
+                if announced.remove(&agent) || !self.redis_up() {
+                    if let Err(e) = self.store.unregister(&self.replica_id, &agent).await {
+                        // The entry expires with agent_ttl and is ignored once stale;
+                        // a forward to us meanwhile gets NOT_FOUND and tries elsewhere.
+                        self.redis_failed("unregister", &e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn register_all(&self) -> Result<usize, StoreError> {
+        let agents = self.held_agents();
+        self.store.register(&self.replica_id, &agents, self.config.agent_ttl).await?;
+        Ok(agents.len())
+    }
+
+    fn record(&self) -> ReplicaRecord {
+        ReplicaRecord {
+            addr: self.advertise.clone(),
+            exp: now_ms() + self.config.replica_ttl.as_millis() as u64,
+            load: self.metrics.tunnels_active.get().max(0) as u64,
+            draining: self.draining(),
+        }
+    }
+
+    /// One heartbeat: write our record, re-register everything when Redis lost it or
+    /// was unreachable, and refresh the cached view of the other replicas.
+    async fn heartbeat(&self) {
+        let was_up = self.redis_up();
+        match self.store.heartbeat(&self.replica_id, &self.record()).await {
+            Ok(created) => {
+                self.set_redis_up(true);
+                if (created || !was_up) && !self.draining() {
+                    match self.register_all().await {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(agents = n, "re-registered this replica's agents in Redis");
+                            }
+                        }
+                        Err(e) => self.redis_failed("register", &e),
+                    }
+                }
+            }
+            Err(e) => {
+                self.redis_failed("heartbeat", &e);
+                return;
+            }
+        }
+        match self.store.replicas().await {
+            Ok(all) => {
+                let now = now_ms();
+                let live: HashMap<_, _> = all.into_iter().filter(|(_, r)| is_live(r, now)).collect();
+                *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = live;
+            }
+            Err(e) => self.redis_failed("replicas", &e),
+        }
+    }
+
+    async fn heartbeat_loop(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => self.heartbeat().await,
+                _ = self.resync.notified() => self.heartbeat().await,
+            }
+        }
+    }
+
+    async fn refresh_loop(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.agent_refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.draining() {
+                continue;
+            }
+            if let Err(e) = self.register_all().await {
+                self.redis_failed("refresh", &e);
+            }
+        }
+    }
+
+    /// Deletes what dead replicas left behind: their liveness record and their field in
+    /// every agent hash they registered. Any replica may do it; it is idempotent.
+    pub async fn sweep(&self) -> usize {
+        let all = match self.store.replicas().await {
+            Ok(all) => all,
+            Err(e) => {
+                self.redis_failed("sweep", &e);
+                return 0;
+            }
+        };
+        let now = now_ms();
+        let mut removed = 0;
+        for (replica, record) in all {
+            if replica == self.replica_id || is_live(&record, now) {
+                continue;
+            }
+            match self.store.remove_replica(&replica).await {
+                Ok(n) => {
+                    tracing::info!(replica = %replica, entries = n, "removed a dead replica's registrations");
+                    removed += n;
+                }
+                Err(e) => self.redis_failed("sweep", &e),
+            }
+        }
+        removed
+    }
+
+    async fn sweep_loop(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => { self.sweep().await; }
+            }
+        }
+    }
+
+    async fn pubsub_loop(&self, shutdown: CancellationToken) {
+        let channel = self.store.online_channel();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let session = async {
+                let client = self.store.pubsub_client().await?;
+                let mut pubsub = tokio::time::timeout(self.config.redis.timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| StoreError::Timeout(self.config.redis.timeout))??;
+                tokio::time::timeout(self.config.redis.timeout, pubsub.subscribe(&channel))
+                    .await
+                    .map_err(|_| StoreError::Timeout(self.config.redis.timeout))??;
+                Ok::<_, StoreError>(pubsub)
+            };
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = session => p,
+            };
+            match pubsub {
+                Ok(mut pubsub) => {
+                    delay = Duration::from_millis(100);
+                    tracing::debug!(%channel, "subscribed to agent announcements");
+                    // Announcements may have been missed while unsubscribed.
+                    self.wake_all();
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            // The heartbeat saw Redis come back: this connection may be a
+                            // half-open leftover, so subscribe afresh.
+                            _ = self.resubscribe.notified() => break,
+                            m = messages.next() => match m {
+                                Some(msg) => self.on_online(msg.get_payload_bytes()),
+                                None => break,
+                            },
+                        }
+                    }
+                    tracing::debug!("agent announcement subscription ended; resubscribing");
+                }
+                Err(e) => {
+                    self.redis_failed("subscribe", &e);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.resubscribe.notified() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn on_online(&self, payload: &[u8]) {
+        let Ok(online) = serde_json::from_slice::<Online>(payload) else {
+            tracing::debug!("ignoring a malformed agent announcement");
+            return;
+        };
+        if online.replica != self.replica_id {
+            let mut replicas = self.replicas.write().unwrap_or_else(|p| p.into_inner());
+            let record = replicas.entry(online.replica.clone()).or_insert_with(|| ReplicaRecord {
+                addr: online.addr.clone(),
+                exp: 0,
+                load: 0,
+                draining: false,
+            });
+            // The announcement proves the replica is alive now.
+            record.addr = online.addr.clone();
+            record.exp = record.exp.max(now_ms() + self.config.replica_ttl.as_millis() as u64);
+        }
+        self.wake(&online.agent);
+    }
+
+    /// Begins draining: this replica stops taking forwarded work and withdraws its agent
+    /// registrations so other replicas stop choosing it.
+    pub async fn drain(&self) {
+        if self.draining.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.store.heartbeat(&self.replica_id, &self.record()).await {
+            self.redis_failed("heartbeat", &e);
+        }
+        for agent in self.held_agents() {
+            if let Err(e) = self.store.unregister(&self.replica_id, &agent).await {
+                self.redis_failed("unregister", &e);
+                break;
+            }
+        }
+    }
+
+    /// Removes every trace of this replica from Redis (after the drain finished).
+    pub async fn leave(&self) {
+        match self.store.remove_replica(&self.replica_id).await {
+            Ok(n) => tracing::info!(entries = n, "left the cluster"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove this replica from Redis; its entries expire on their own")
+            }
+        }
+    }
+
+    /// Forces an immediate heartbeat (tests and the admin API use it).
+    pub fn heartbeat_now(&self) {
+        self.resync.notify_one();
+    }
+}

@@ -1,0 +1,246 @@
+//! Prometheus metrics, served as text on the admin port's `/metrics`.
+//!
+//! One [`Metrics`] per host (not a process-wide global), so tests running several hosts in
+//! one process see their own numbers. Counters are updated where things happen; gauges
+//! that mirror state the host already keeps (sessions, parked tunnels) are set just before
+//! each scrape by [`Metrics::encode`]'s caller, so the hot path does no extra work for them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// How a tunnel reached the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoutePath {
+    /// Through a stream parked on this replica.
+    Local,
+    /// Through another replica's private API.
+    Forwarded,
+}
+
+impl RoutePath {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutePath::Local => "local",
+            RoutePath::Forwarded => "forwarded",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PathLabel {
+    path: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+fn routing_histogram() -> Histogram {
+    // 50 µs … ~26 s: a local claim is tens of µs, a wait for an agent up to 20 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Agent identities with at least one session on this replica (set at scrape).
+    pub agents_connected: Gauge,
+    /// Agent control sessions on this replica (set at scrape).
+    pub agent_sessions: Gauge,
+    /// Parked, unused tunnels on this replica (set at scrape).
+    pub tunnels_idle: Gauge,
+    /// Tunnels carrying a user connection right now (local and forwarded, both ends).
+    pub tunnels_active: Gauge<i64, AtomicI64Compat>,
+    requests: Family<OutcomeLabel, Counter>,
+    routing: Family<PathLabel, Histogram, fn() -> Histogram>,
+    /// Requests that had to wait for an agent with no stream anywhere.
+    pub waits: Counter,
+    /// Waits that ran out before the agent appeared.
+    pub wait_timeouts: Counter,
+    redis_errors: Family<OpLabel, Counter>,
+    bytes: Family<DirectionLabel, Counter>,
+    agent_connects: Family<ResultLabel, Counter>,
+    forwards_served: Family<ResultLabel, Counter>,
+    /// Whether this replica is draining (1) or serving (0).
+    pub draining: Gauge,
+    /// Whether the cluster store (Redis) is reachable (1), unreachable (0); absent in single-process mode.
+    pub redis_up: Gauge,
+}
+
+/// The atomic type behind [`Metrics::tunnels_active`].
+pub type AtomicI64Compat = std::sync::atomic::AtomicI64;
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics registered under the `burrow_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("burrow");
+        let agents_connected = Gauge::default();
+        let agent_sessions = Gauge::default();
+        let tunnels_idle = Gauge::default();
+        let tunnels_active = Gauge::<i64, AtomicI64Compat>::default();
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        let routing = Family::<PathLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            routing_histogram as fn() -> Histogram,
+        );
+        let waits = Counter::default();
+        let wait_timeouts = Counter::default();
+        let redis_errors = Family::<OpLabel, Counter>::default();
+        let bytes = Family::<DirectionLabel, Counter>::default();
+        let agent_connects = Family::<ResultLabel, Counter>::default();
+        let forwards_served = Family::<ResultLabel, Counter>::default();
+        let draining = Gauge::default();
+        let redis_up = Gauge::default();
+
+        registry.register(
+            "agents_connected",
+            "Agent identities with a session on this replica",
+            agents_connected.clone(),
+        );
+        registry.register("agent_sessions", "Agent control sessions on this replica", agent_sessions.clone());
+        registry.register("tunnels_idle", "Parked tunnels ready to be claimed", tunnels_idle.clone());
+        registry.register("tunnels_active", "Tunnels carrying a user connection", tunnels_active.clone());
+        registry.register("requests", "User requests by outcome", requests.clone());
+        registry.register_with_unit(
+            "routing_duration",
+            "Time from a request's arrival to an open tunnel, by path",
+            prometheus_client::registry::Unit::Seconds,
+            routing.clone(),
+        );
+        registry.register("agent_waits", "Requests that waited for an agent to connect", waits.clone());
+        registry.register("agent_wait_timeouts", "Waits for an agent that timed out", wait_timeouts.clone());
+        registry.register("redis_errors", "Failed Redis operations by operation", redis_errors.clone());
+        registry.register_with_unit(
+            "tunnel",
+            "Bytes carried through tunnels (to_agent: from users; from_agent: to users)",
+            prometheus_client::registry::Unit::Bytes,
+            bytes.clone(),
+        );
+        registry.register("agent_connections", "Agent connection attempts by result", agent_connects.clone());
+        registry.register(
+            "forwards_served",
+            "Requests from other replicas served by this one, by result",
+            forwards_served.clone(),
+        );
+        registry.register("draining", "1 while this replica drains", draining.clone());
+        registry.register("redis_up", "1 while Redis is reachable (cluster mode)", redis_up.clone());
+
+        Self {
+            registry,
+            agents_connected,
+            agent_sessions,
+            tunnels_idle,
+            tunnels_active,
+            requests,
+            routing,
+            waits,
+            wait_timeouts,
+            redis_errors,
+            bytes,
+            agent_connects,
+            forwards_served,
+            draining,
+            redis_up,
+        }
+    }
+
+    /// Counts one user request. `outcome` is a short stable word such as `ok`,
+    /// `unauthorized`, `forbidden`, `no_route`, `agent_timeout`, `bad_gateway`, `unavailable`.
+    pub fn request(&self, outcome: &str) {
+        self.requests.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// Records how long opening a tunnel took.
+    pub fn routed(&self, path: RoutePath, seconds: f64) {
+        self.routing.get_or_create(&PathLabel { path: path.as_str() }).observe(seconds);
+    }
+
+    /// Counts a failed Redis operation (`op` names it: `register`, `lookup`, `heartbeat`, ...).
+    pub fn redis_error(&self, op: &'static str) {
+        self.redis_errors.get_or_create(&OpLabel { op }).inc();
+    }
+
+    /// Adds bytes carried through tunnels.
+    pub fn tunnel_bytes(&self, to_agent: u64, from_agent: u64) {
+        if to_agent > 0 {
+            self.bytes.get_or_create(&DirectionLabel { direction: "to_agent" }).inc_by(to_agent);
+        }
+        if from_agent > 0 {
+            self.bytes.get_or_create(&DirectionLabel { direction: "from_agent" }).inc_by(from_agent);
+        }
+    }
+
+    /// Counts an agent connection attempt: `accepted`, `rejected`, `rate_limited`, `unavailable`.
+    pub fn agent_connect(&self, result: &'static str) {
+        self.agent_connects.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a forwarded request this replica served: `ok`, `refused`, `no_tunnel`, `unauthenticated`.
+    pub fn forward_served(&self, result: &'static str) {
+        self.forwards_served.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_family() {
+        let m = Metrics::new();
+        m.request("ok");
+        m.routed(RoutePath::Forwarded, 0.000_2);
+        m.redis_error("lookup");
+        m.tunnel_bytes(10, 20);
+        m.agent_connect("accepted");
+        m.forward_served("ok");
+        m.tunnels_active.inc();
+        let text = m.encode();
+        for needle in [
+            "burrow_requests_total{outcome=\"ok\"} 1",
+            "burrow_routing_duration_seconds_count{path=\"forwarded\"} 1",
+            "burrow_redis_errors_total{op=\"lookup\"} 1",
+            "burrow_tunnel_bytes_total{direction=\"from_agent\"} 20",
+            "burrow_agent_connections_total{result=\"accepted\"} 1",
+            "burrow_forwards_served_total{result=\"ok\"} 1",
+            "burrow_tunnels_active 1",
+            "burrow_agent_wait_timeouts_total 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
