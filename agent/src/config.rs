@@ -1,4 +1,4 @@
-//! Agent configuration: the host URL, the token, the offered services and the tuning knobs.
+//! Agent configuration: the host URLs, the token, the offered services and the tuning knobs.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -347,8 +347,17 @@ fn validate_service_name(name: &str) -> Result<(), String> {
 /// fields; [`run`](crate::run) calls [`validate`](AgentConfig::validate) first.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Where the host's agent port is.
-    pub host: HostUrl,
+    /// The host's agent port: one URL per replica, or one load-balanced URL, or a mix
+    /// (1 to [`MAX_HOSTS`]). Connection slot `i` dials `hosts[i % len]` first and moves
+    /// to the next URL after each failure.
+    pub hosts: Vec<HostUrl>,
+    /// Simultaneous connections, each to a different host replica when there are that
+    /// many (default 2, 1 to [`MAX_CONNECTIONS`]).
+    pub connections: usize,
+    /// A connection kept on a replica another connection already holds (there were not
+    /// enough distinct replicas) tries to move to a distinct one this often, ±20%
+    /// (default 60 s).
+    pub diversify_interval: Duration,
     /// Sent as `authorization: Bearer <token>` on every RPC.
     pub token: Secret,
     /// The only destinations the agent ever dials.
@@ -357,9 +366,9 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// Distinguishes agent processes sharing one token. Default: `$HOSTNAME`, else random.
     pub replica_id: String,
-    /// Parked tunnels kept ready for the host (default 4).
+    /// Parked tunnels kept ready for the host, per connection (default 4).
     pub min_idle: usize,
-    /// Ceiling on tunnels, parked plus active (default 1000).
+    /// Ceiling on tunnels, parked plus active, per connection (default 1000).
     pub max_streams: usize,
     /// Parked tunnels above `min_idle` close after this long unused (default 60 s).
     pub idle_timeout: Duration,
@@ -392,16 +401,26 @@ pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default shutdown grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default number of simultaneous host connections.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+/// Most simultaneous host connections.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Most host URLs.
+pub const MAX_HOSTS: usize = 16;
+/// Default interval between attempts to move a duplicate connection to a distinct replica.
+pub const DEFAULT_DIVERSIFY_INTERVAL: Duration = Duration::from_secs(60);
 
 impl AgentConfig {
-    /// A configuration with every default and no services yet.
+    /// A configuration with one host URL, every default and no services yet.
     pub fn new(host: &str, token: impl Into<String>) -> Result<Self, ConfigError> {
         let token = token.into();
         if token.trim().is_empty() {
             return Err(ConfigError::EmptyToken);
         }
         Ok(Self {
-            host: HostUrl::parse(host)?,
+            hosts: vec![HostUrl::parse(host)?],
+            connections: DEFAULT_CONNECTIONS,
+            diversify_interval: DEFAULT_DIVERSIFY_INTERVAL,
             token: Secret(token),
             services: Vec::new(),
             ca_file: None,
@@ -419,6 +438,12 @@ impl AgentConfig {
         })
     }
 
+    /// Add another host URL, builder style.
+    pub fn with_host(mut self, url: &str) -> Result<Self, ConfigError> {
+        self.hosts.push(HostUrl::parse(url)?);
+        Ok(self)
+    }
+
     /// Add a service (`NAME=HOST:PORT`), builder style.
     pub fn with_service(mut self, spec: &str) -> Result<Self, ConfigError> {
         self.services.push(spec.parse()?);
@@ -432,6 +457,23 @@ impl AgentConfig {
         }
         if self.token.expose().chars().any(|c| c.is_control() || c == ' ') {
             return Err(invalid("token", "contains whitespace or control characters"));
+        }
+        if self.hosts.is_empty() {
+            return Err(invalid("host", "at least one host URL is required"));
+        }
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(invalid("host", format!("{} URLs given; at most {MAX_HOSTS}", self.hosts.len())));
+        }
+        for (i, url) in self.hosts.iter().enumerate() {
+            if self.hosts[..i].contains(url) {
+                return Err(invalid("host", format!("{url} is listed twice")));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(invalid(
+                "connections",
+                format!("{} is not in 1..={MAX_CONNECTIONS}", self.connections),
+            ));
         }
         if self.services.is_empty() {
             return Err(ConfigError::NoServices);
@@ -468,6 +510,7 @@ impl AgentConfig {
             ("connect-timeout", self.connect_timeout),
             ("keepalive-interval", self.keepalive_interval),
             ("keepalive-timeout", self.keepalive_timeout),
+            ("diversify-interval", self.diversify_interval),
         ] {
             if value.is_zero() {
                 return Err(invalid(field, "must be greater than zero"));
@@ -568,6 +611,41 @@ mod tests {
         assert_eq!(c.backoff.initial, Duration::from_secs(1));
         assert_eq!(c.backoff.max, Duration::from_secs(20));
         assert!(!c.replica_id.is_empty());
+        assert_eq!(c.hosts, vec![HostUrl::parse("grpc://127.0.0.1:1").unwrap()]);
+        assert_eq!((c.connections, c.diversify_interval), (2, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn several_hosts_with_mixed_schemes() {
+        let c = valid().with_host("wss://b.example.com").unwrap().with_host("ws://[::1]:81").unwrap();
+        c.validate().unwrap();
+        let schemes: Vec<_> = c.hosts.iter().map(|h| h.scheme()).collect();
+        assert_eq!(schemes, [Scheme::Grpc, Scheme::Wss, Scheme::Ws]);
+        assert!(matches!(valid().with_host("http://x"), Err(ConfigError::HostUrl { .. })));
+    }
+
+    #[test]
+    fn host_and_connection_limits() {
+        let msg = |f: &dyn Fn(&mut AgentConfig)| {
+            let mut c = valid();
+            f(&mut c);
+            c.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(msg(&|c| c.hosts.clear()).unwrap(), "invalid host: at least one host URL is required");
+        let many = |n: usize| (0..n).map(|i| HostUrl::parse(&format!("grpc://h{i}")).unwrap()).collect();
+        assert_eq!(msg(&|c| c.hosts = many(16)), None);
+        assert_eq!(msg(&|c| c.hosts = many(17)).unwrap(), "invalid host: 17 URLs given; at most 16");
+        assert_eq!(
+            msg(&|c| c.hosts.push(HostUrl::parse("GRPC://127.0.0.1:1/").unwrap())).unwrap(),
+            "invalid host: grpc://127.0.0.1:1 is listed twice"
+        );
+        assert_eq!(msg(&|c| c.connections = 0).unwrap(), "invalid connections: 0 is not in 1..=16");
+        assert_eq!(msg(&|c| c.connections = 17).unwrap(), "invalid connections: 17 is not in 1..=16");
+        assert_eq!(msg(&|c| c.connections = 16), None);
+        assert_eq!(
+            msg(&|c| c.diversify_interval = Duration::ZERO).unwrap(),
+            "invalid diversify-interval: must be greater than zero"
+        );
     }
 
     #[test]

@@ -14,8 +14,37 @@
 //!    else: no SSRF into the agent's network), connects, and pipes bytes both ways with
 //!    half-close.
 //! 4. Reconnects with exponential backoff and jitter; authentication and version
-//!    rejections back off much harder. `GoAway` from a draining host reconnects without
-//!    penalty while tunnels on the old connection finish.
+//!    rejections back off much harder, and a host that answers RESOURCE_EXHAUSTED (the
+//!    per-token connection rate limit) is given the time it asks for
+//!    (`burrow-retry-after-ms`, at most 5 min) before any connection of the agent dials
+//!    again. `GoAway` from a draining host reconnects without penalty while tunnels on
+//!    the old connection finish.
+//!
+//! # Several connections, on distinct host replicas
+//!
+//! The agent keeps `connections` (k, default 2) independent sessions, each with its own
+//! `Control` RPC, its own pool of parked tunnels (the rules below apply per connection)
+//! and its own backoff. The host list (`--host`, repeatable or comma-separated) may name
+//! each replica, or one load-balanced address, or both; connection `i` dials
+//! `hosts[i % hosts.len()]` first and moves to the next URL after each failure.
+//!
+//! GitLab KAS has one connection per agent, so losing the replica it is on makes the
+//! agent unreachable until it reconnects, and requests in that window fail. With k = 2
+//! on two replicas, the host cluster still holds idle tunnels on the surviving replica
+//! when one dies or drains: new requests go there and see no error, while only the
+//! connection that was on the lost replica reconnects; the other is never touched.
+//!
+//! That only helps if the connections are on different replicas. `Welcome` names the
+//! replica (`host_replica_id`); a connection that lands on a replica another connection
+//! of this agent holds is closed at once (it has no tunnels yet) and re-dialed on the
+//! next URL after 100-500 ms (so a load balancer sees a new TCP connection to place).
+//! The third duplicate in a row is kept: there may be fewer replicas than k, and serving
+//! beats nothing. Every `diversify_interval` (60 s ±20%) such a connection dials up to
+//! three times more; it moves only once a new connection has landed on a free replica,
+//! and then drains like on `GoAway` (no new parked tunnels, active ones finish), so the
+//! agent never gives up a live connection for nothing. With fewer replicas than k this
+//! settles at a few dials per interval. A host that reports no replica id is never
+//! treated as a duplicate.
 //!
 //! # Pool defaults, and why they differ from GitLab KAS
 //!
@@ -25,10 +54,13 @@
 //! | growth | each claim is replaced at once; a claim that empties the parked set doubles the idle target | +10 streams per step |
 //! | ceiling | 1000 (`--max-streams`) | 500 |
 //! | surplus idle | closes after 60 s (`--idle-timeout`) | |
+//! | connections | 2 (`--connections`), each with the pool above | 1 |
 //!
-//! A larger idle floor absorbs the common small burst (a page load fetching a few assets
-//! at once) with no round trip to open streams, and geometric growth reaches a big burst
-//! in a few round trips instead of a 10-at-a-time ramp. The ceiling is 1000 because
+//! Idle floor and ceiling are per connection: with the defaults the host holds 2 × 4
+//! parked tunnels for the agent. A larger idle floor absorbs the common small burst (a
+//! page load fetching a few assets at once) with no round trip to open streams, and
+//! geometric growth reaches a big burst in a few round trips instead of a 10-at-a-time
+//! ramp. The ceiling is 1000 because
 //! users running more than 500 parallel watches (e.g. many `kubectl ... -w`) hit KAS's
 //! limit. Idle tunnels cost the host one HTTP/2 stream each and nothing while unused.
 //! The host must allow at least `max_streams + 1` concurrent HTTP/2 streams per
@@ -38,17 +70,22 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = burrow_agent::AgentConfig::new("grpc://127.0.0.1:7000", "secret-token")?
+//! let config = burrow_agent::AgentConfig::new("grpc://10.0.0.1:7000", "secret-token")?
+//!     .with_host("grpc://10.0.0.2:7000")?
 //!     .with_service("web=127.0.0.1:3000")?;
 //! let agent = burrow_agent::spawn(config);
 //! let mut status = agent.status();
-//! status.wait_for(|s| s.is_connected()).await?;
+//! status.wait_for(|s| s.connected_replicas().len() == 2).await?;
+//! for c in &agent.status().borrow().connections {
+//!     println!("connection {} to {}: {:?}", c.slot, c.host, c.state);
+//! }
 //! agent.shutdown().await;
 //! # Ok(()) }
 //! ```
 
 mod backoff;
 mod config;
+mod connection;
 mod pool;
 mod session;
 mod shared;
@@ -61,23 +98,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 pub use backoff::{Backoff, BackoffState};
 pub use config::{
-    default_replica_id, AgentConfig, ConfigError, HostUrl, Scheme, Secret, ServiceSpec,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DIAL_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS,
-    DEFAULT_MIN_IDLE, DEFAULT_SHUTDOWN_GRACE, MAX_SERVICE_NAME,
+    default_replica_id, AgentConfig, ConfigError, HostUrl, Scheme, Secret, ServiceSpec, DEFAULT_CONNECTIONS,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DIAL_TIMEOUT, DEFAULT_DIVERSIFY_INTERVAL, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_STREAMS, DEFAULT_MIN_IDLE, DEFAULT_SHUTDOWN_GRACE, MAX_CONNECTIONS, MAX_HOSTS,
+    MAX_SERVICE_NAME,
 };
 pub use pool::Pool;
-pub use status::{AgentStatus, ConnState};
+pub use status::{AgentStatus, ConnState, ConnectionStatus};
 
-use session::{AttemptError, SessionEnd};
-use shared::Shared;
+use shared::{Shared, Slot};
 use transport::Transport;
 
 /// Why the agent could not run at all. Connection problems are never returned: the
@@ -99,9 +137,6 @@ pub enum AgentError {
     #[error("TLS setup failed: {0}")]
     Tls(String),
 }
-
-/// A session shorter than this that ends in `GoAway` still waits a backoff delay.
-const QUICK_SESSION: Duration = Duration::from_secs(1);
 
 /// After the grace period, how long aborted tunnels get to send their `Reset`.
 const KILL_WAIT: Duration = Duration::from_secs(2);
@@ -164,7 +199,7 @@ impl AgentHandle {
         }
     }
 
-    /// Stop at once: every tunnel and the connection are dropped without grace.
+    /// Stop at once: every tunnel and connection is dropped without grace.
     pub fn abort(self) {
         self.kill.cancel();
         self.stop.cancel();
@@ -179,11 +214,11 @@ async fn run_inner(
     status: watch::Sender<AgentStatus>,
 ) -> Result<(), AgentError> {
     let prepared = config.validate().map_err(AgentError::from).and_then(|()| {
-        let transport = Transport::new(&config)?;
+        let transports = Transport::for_hosts(&config)?;
         let shared = Shared::new(&config, status.clone(), kill)?;
-        Ok((transport, shared))
+        Ok((transports, shared))
     });
-    let (transport, shared) = match prepared {
+    let (transports, shared) = match prepared {
         Ok(p) => p,
         Err(e) => {
             status.send_modify(|s| {
@@ -193,8 +228,14 @@ async fn run_inner(
             return Err(e);
         }
     };
+    shared.set_status(|s| {
+        s.connections = (0..config.connections)
+            .map(|i| ConnectionStatus::new(i, config.hosts[i % config.hosts.len()].clone()))
+            .collect();
+    });
     info!(
-        host = %config.host,
+        hosts = ?config.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        connections = config.connections,
         replica_id = %config.replica_id,
         services = ?config.services.iter().map(|s| s.name()).collect::<Vec<_>>(),
         min_idle = config.min_idle,
@@ -203,10 +244,15 @@ async fn run_inner(
         env!("CARGO_PKG_VERSION"),
     );
 
-    supervise(&config, &transport, &shared, &stop).await;
+    let slots: Vec<Arc<Slot>> =
+        (0..config.connections).map(|i| Slot::new(i, shared.clone(), &config)).collect();
+    join_all(slots.iter().map(|slot| {
+        connection::run(slot.clone(), &config, &transports, &stop).instrument(slot.span().clone())
+    }))
+    .await;
 
     // Graceful stop: nothing new, parked tunnels are already cancelled with their
-    // session; active ones get the grace period.
+    // sessions; active ones get the grace period.
     shared.begin_stop();
     shared.tracker.close();
     let active = shared.tracker.len();
@@ -218,98 +264,12 @@ async fn run_inner(
         shared.kill.cancel();
         let _ = timeout(KILL_WAIT, shared.tracker.wait()).await;
     }
-    shared.set_status(|s| s.state = ConnState::Stopped);
+    shared.set_status(|s| {
+        for c in &mut s.connections {
+            c.state = ConnState::Stopped;
+        }
+        s.state = ConnState::Stopped;
+    });
     info!("burrow-agent stopped");
     Ok(())
-}
-
-/// Connect, serve, and reconnect until `stop`.
-async fn supervise(
-    config: &AgentConfig,
-    transport: &Transport,
-    shared: &Arc<Shared>,
-    stop: &CancellationToken,
-) {
-    let mut backoff = BackoffState::new(config.backoff);
-    let mut auth_backoff = BackoffState::new(config.auth_backoff);
-    while !stop.is_cancelled() {
-        shared.set_status(|s| {
-            s.state = ConnState::Connecting;
-            s.connect_attempts += 1;
-        });
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = session::establish(shared, transport, config) => r,
-        };
-        // (delay, reason, auth failure, counts as an error)
-        let (delay, reason, auth_failure, is_error) = match attempt {
-            Ok(est) => {
-                auth_backoff.reset();
-                let connected_at = Instant::now();
-                info!(
-                    host = %config.host,
-                    agent_id = %est.welcome.agent_id,
-                    host_replica_id = %est.welcome.host_replica_id,
-                    "connected to host",
-                );
-                shared.set_status(|s| {
-                    s.state = ConnState::Connected {
-                        host_replica_id: est.welcome.host_replica_id.clone(),
-                        agent_id: est.welcome.agent_id.clone(),
-                    }
-                });
-                let end = session::supervise(shared, est, stop).await;
-                let lasted = connected_at.elapsed();
-                backoff.connection_ended_after(lasted);
-                match end {
-                    SessionEnd::Shutdown => return,
-                    SessionEnd::GoAway { reason, after } => {
-                        // Not a failure, so no backoff penalty; but a host that welcomes and
-                        // sends GoAway at once must not make the agent spin.
-                        let after =
-                            if lasted < QUICK_SESSION { after.max(backoff.next_delay()) } else { after };
-                        (after, format!("host sent GoAway: {reason}"), false, false)
-                    }
-                    SessionEnd::Lost(reason) => {
-                        warn!(%reason, "connection to host lost");
-                        (backoff.next_delay(), reason, false, true)
-                    }
-                }
-            }
-            Err(AttemptError::Auth(msg)) => {
-                shared.set_status(|s| s.auth_failures += 1);
-                error!(error = %msg, "host rejected the agent token; check BURROW_AGENT_TOKEN / --token-file");
-                (auth_backoff.next_delay(), format!("host rejected the agent token: {msg}"), true, true)
-            }
-            Err(AttemptError::Version(msg)) => {
-                error!(
-                    error = %msg,
-                    agent_protocol = burrow_proto::PROTOCOL_VERSION,
-                    "host refused this agent's protocol version; upgrade the agent or the host"
-                );
-                (auth_backoff.next_delay(), format!("protocol version rejected: {msg}"), false, true)
-            }
-            Err(AttemptError::GoAway { reason, after }) => {
-                // GoAway instead of Welcome: this host is draining and may keep saying so;
-                // back off as after a failure.
-                info!(%reason, "host is draining; retrying");
-                (after.max(backoff.next_delay()), format!("host sent GoAway: {reason}"), false, false)
-            }
-            Err(AttemptError::Other(msg)) => {
-                warn!(error = %msg, "could not connect to host");
-                (backoff.next_delay(), msg, false, true)
-            }
-        };
-        info!(retry_in = ?delay, "reconnecting");
-        shared.set_status(|s| {
-            if is_error {
-                s.last_error = Some(reason.clone());
-            }
-            s.state = ConnState::BackingOff { retry_in: delay, reason, auth_failure };
-        });
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = sleep(delay) => {}
-        }
-    }
 }

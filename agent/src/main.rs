@@ -26,7 +26,9 @@ enum LogFormat {
 /// Pool defaults differ from GitLab KAS (2 idle, +10 per step, 500 max): 4 idle streams
 /// absorb small bursts with no round trip, a claim that empties the pool doubles the idle
 /// target instead of ramping 10 at a time, and the ceiling is 1000 because users with
-/// more than 500 parallel watches hit KAS's limit.
+/// more than 500 parallel watches hit KAS's limit. KAS also keeps one connection per
+/// agent; this agent keeps --connections (2) on distinct host replicas, so a replica that
+/// dies or drains shifts new requests to the other connection with no error.
 ///
 /// Logging: RUST_LOG sets the filter (default "info").
 #[derive(Debug, Parser)]
@@ -35,8 +37,21 @@ struct Cli {
     /// Host agent endpoint: grpc://, grpcs://, ws:// or wss://HOST[:PORT].
     /// grpc = cleartext HTTP/2, grpcs = TLS (ALPN h2), ws/wss = the same gRPC inside one
     /// WebSocket for proxies that pass only HTTP/1.1. Default port 80, or 443 with TLS.
-    #[arg(long, value_name = "URL", value_parser = parse_host, verbatim_doc_comment)]
-    host: HostUrl,
+    /// Repeat the flag or separate URLs with commas to list host replicas (at most 16;
+    /// schemes may differ); one load-balanced URL works too.
+    #[arg(long = "host", value_name = "URL", required = true, value_delimiter = ',', value_parser = parse_host, verbatim_doc_comment)]
+    hosts: Vec<HostUrl>,
+
+    /// Simultaneous connections, each to a different host replica when there are that
+    /// many (1 to 16). With two, losing a replica shifts traffic to the other connection
+    /// with no failed request.
+    #[arg(long, value_name = "N", default_value_t = burrow_agent::DEFAULT_CONNECTIONS, verbatim_doc_comment)]
+    connections: usize,
+
+    /// When there were fewer replicas than --connections, a connection kept on an
+    /// already used replica tries to move to a distinct one this often (±20%).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, verbatim_doc_comment)]
+    diversify_interval: Duration,
 
     /// A service the agent may dial, as NAME=HOST:PORT (repeat for more). The agent
     /// dials these and nothing else. NAME: [a-z0-9][a-z0-9_]*, at most 63 characters.
@@ -58,11 +73,11 @@ struct Cli {
     #[arg(long, value_name = "ID", verbatim_doc_comment)]
     replica_id: Option<String>,
 
-    /// Parked tunnel streams kept ready at the host.
+    /// Parked tunnel streams kept ready at the host, per connection.
     #[arg(long, value_name = "N", default_value_t = burrow_agent::DEFAULT_MIN_IDLE)]
     min_idle: usize,
 
-    /// Ceiling on tunnel streams, parked plus active.
+    /// Ceiling on tunnel streams, parked plus active, per connection.
     #[arg(long, value_name = "N", default_value_t = burrow_agent::DEFAULT_MAX_STREAMS)]
     max_streams: usize,
 
@@ -177,7 +192,11 @@ fn main() -> ExitCode {
 async fn agent_main(cli: Cli) -> anyhow::Result<()> {
     let token = read_token(cli.token_file.as_ref())?;
 
-    let mut config = AgentConfig::new(&cli.host.to_string(), token)?;
+    let first = cli.hosts.first().context("no --host given")?;
+    let mut config = AgentConfig::new(&first.to_string(), token)?;
+    config.hosts = cli.hosts;
+    config.connections = cli.connections;
+    config.diversify_interval = cli.diversify_interval;
     config.services = cli.services;
     config.ca_file = cli.ca_file;
     if let Some(id) = cli.replica_id {
@@ -226,6 +245,7 @@ mod tests {
         assert_eq!((cli.min_idle, cli.max_streams), (4, 1000));
         assert_eq!(cli.idle_timeout, Duration::from_secs(60));
         assert_eq!(cli.services.len(), 1);
+        assert_eq!((cli.connections, cli.diversify_interval), (2, Duration::from_secs(60)));
         let help = Cli::command().render_long_help().to_string();
         for flag in [
             "--host",
@@ -237,10 +257,36 @@ mod tests {
             "--max-streams",
             "--idle-timeout",
             "--log-format",
+            "--connections",
+            "--diversify-interval",
             "BURROW_AGENT_TOKEN",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
+    }
+
+    #[test]
+    fn hosts_repeat_and_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "burrow-agent",
+            "--host",
+            "grpc://a:1,wss://b",
+            "--host",
+            "ws://c:3",
+            "--connections",
+            "3",
+            "--diversify-interval",
+            "5s",
+            "--service",
+            "web=127.0.0.1:3000",
+        ])
+        .unwrap();
+        let hosts: Vec<String> = cli.hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["grpc://a:1", "wss://b:443", "ws://c:3"]);
+        assert_eq!((cli.connections, cli.diversify_interval), (3, Duration::from_secs(5)));
+        let bad = Cli::try_parse_from(["burrow-agent", "--host", "grpc://a,https://b", "--service", "a=h:1"]);
+        assert!(bad.unwrap_err().to_string().contains("use grpc://"));
+        assert!(Cli::try_parse_from(["burrow-agent", "--service", "a=h:1"]).is_err(), "--host is required");
     }
 
     #[test]

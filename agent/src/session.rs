@@ -1,6 +1,7 @@
 //! One connection's life: dial, `Hello`/`Welcome`, then watch the control stream while
 //! the pool keeps tunnels parked.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +15,13 @@ use tonic::{Code, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
-use crate::shared::{Session, Shared};
+use crate::shared::{Session, Shared, Slot};
 use crate::transport::Transport;
 
 /// Longest `GoAway` reconnect hint honoured; a larger one is most likely a mistake.
 const MAX_GOAWAY_WAIT: Duration = Duration::from_secs(300);
+/// Longest rate-limit retry-after honoured, for the same reason.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Why a connection attempt failed.
 #[derive(Debug)]
@@ -27,10 +30,25 @@ pub(crate) enum AttemptError {
     Auth(String),
     /// FAILED_PRECONDITION: the host does not speak our protocol version.
     Version(String),
+    /// RESOURCE_EXHAUSTED: too many connection attempts for this token. `retry_after`
+    /// is the host's hint (capped at [`MAX_RETRY_AFTER`]), if it sent a valid one.
+    RateLimited { message: String, retry_after: Option<Duration> },
     /// The host is draining and sent `GoAway` instead of `Welcome`.
     GoAway { reason: String, after: Duration },
     /// Anything else: network, TLS, WebSocket, HTTP/2, unexpected replies.
     Other(String),
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptError::Auth(m) => write!(f, "host rejected the agent token: {m}"),
+            AttemptError::Version(m) => write!(f, "protocol version rejected: {m}"),
+            AttemptError::RateLimited { message, .. } => write!(f, "rate-limited: {message}"),
+            AttemptError::GoAway { reason, .. } => write!(f, "host sent GoAway: {reason}"),
+            AttemptError::Other(m) => f.write_str(m),
+        }
+    }
 }
 
 /// How an established session ended.
@@ -42,6 +60,8 @@ pub(crate) enum SessionEnd {
     GoAway { reason: String, after: Duration },
     /// The connection or the control stream failed.
     Lost(String),
+    /// The slot found a connection to a distinct replica; this one is draining.
+    Replaced(Box<Established>),
 }
 
 /// A handshaken connection, ready to be supervised.
@@ -73,17 +93,42 @@ fn classify(status: Status) -> AttemptError {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => AttemptError::Auth(describe_status(&status)),
         Code::FailedPrecondition => AttemptError::Version(describe_status(&status)),
+        Code::ResourceExhausted => {
+            AttemptError::RateLimited { retry_after: retry_after(&status), message: describe_status(&status) }
+        }
         _ => AttemptError::Other(describe_status(&status)),
     }
+}
+
+/// The host's `burrow-retry-after-ms` hint, capped.
+fn retry_after(status: &Status) -> Option<Duration> {
+    let ms = status.metadata().get(burrow_proto::RETRY_AFTER_METADATA)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_millis(ms).min(MAX_RETRY_AFTER))
 }
 
 fn go_away_wait(g: &pb::GoAway) -> Duration {
     Duration::from_millis(u64::from(g.reconnect_after_ms)).min(MAX_GOAWAY_WAIT)
 }
 
-/// Dial the host and complete the handshake, all within `connect_timeout`.
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established")
+            .field("host_replica_id", &self.welcome.host_replica_id)
+            .field("agent_id", &self.welcome.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Established {
+    /// The replica that welcomed this connection (empty if the host does not say).
+    pub(crate) fn host_replica_id(&self) -> &str {
+        &self.welcome.host_replica_id
+    }
+}
+
+/// Dial `transport`'s host and complete the handshake, all within `connect_timeout`.
 pub(crate) async fn establish(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     transport: &Transport,
     config: &AgentConfig,
 ) -> Result<Established, AttemptError> {
@@ -144,24 +189,29 @@ pub(crate) async fn establish(
         Ok(result) => result,
         Err(_) => Err(AttemptError::Other(format!(
             "no Welcome from {} within {:?}",
-            config.host, config.connect_timeout
+            transport.url(),
+            config.connect_timeout
         ))),
     }
 }
 
-/// Keep the session's tunnels parked and watch the control stream until it ends.
+/// Keep the session's tunnels parked and watch the control stream until it ends, or
+/// until `replacement` yields a better connection for this slot.
 pub(crate) async fn supervise(
-    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
     est: Established,
     stop: &CancellationToken,
+    replacement: impl Future<Output = Established>,
 ) -> SessionEnd {
     let Established { session, welcome: _, mut control, control_tx, mut fatal_rx } = est;
-    shared.attach(&session);
+    slot.attach(&session);
+    tokio::pin!(replacement);
     let end = loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break SessionEnd::Shutdown,
             Some(reason) = fatal_rx.recv() => break SessionEnd::Lost(reason),
+            new = &mut replacement => break SessionEnd::Replaced(Box::new(new)),
             msg = control.message() => match msg {
                 Ok(Some(pb::HostControl { msg: Some(host_control::Msg::GoAway(g)) })) => {
                     break SessionEnd::GoAway { after: go_away_wait(&g), reason: g.reason };
@@ -175,12 +225,22 @@ pub(crate) async fn supervise(
             },
         }
     };
-    // No new tunnels on this connection; parked ones go, active ones finish on it.
-    shared.detach();
+    // No new tunnels on this connection; parked ones go, active ones finish on it (as
+    // on GoAway, and when leaving a duplicate replica for a distinct one).
+    slot.detach();
     session.parked_cancel.cancel();
     drop(control_tx);
-    if let SessionEnd::GoAway { reason, after } = &end {
-        info!(%reason, ?after, "host sent GoAway; draining this connection and reconnecting");
+    match &end {
+        SessionEnd::GoAway { reason, after } => {
+            info!(%reason, ?after, "host sent GoAway; draining this connection and reconnecting");
+        }
+        SessionEnd::Replaced(new) => {
+            info!(
+                host_replica_id = %new.welcome.host_replica_id,
+                "moved to a distinct host replica; draining the duplicate connection"
+            );
+        }
+        _ => {}
     }
     end
 }

@@ -1,5 +1,6 @@
-//! State shared by the supervisor and every tunnel task: the pool, the current session,
-//! the status channel and the task tracker.
+//! State shared by the connection supervisors and every tunnel task: the status channel,
+//! the task tracker, which replica each connection holds, and per connection slot its
+//! pool and current session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,14 +9,16 @@ use std::time::Duration;
 
 use burrow_proto::pb::agent_tunnel_client::AgentTunnelClient;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::config::{AgentConfig, ServiceSpec};
 use crate::pool::Pool;
-use crate::status::AgentStatus;
+use crate::status::{AgentStatus, ConnectionStatus};
 
 /// One established connection to the host.
 pub(crate) struct Session {
@@ -44,15 +47,99 @@ impl Session {
     }
 }
 
-struct PoolSlot {
-    pool: Pool,
-    /// Where new tunnels open; `None` between sessions.
-    session: Option<Arc<Session>>,
-}
-
 /// Parked tunnels that die younger than this are replaced only after this pause, so a
 /// host that keeps closing them cannot turn the agent into a busy loop.
 pub(crate) const QUICK_CLOSE: Duration = Duration::from_secs(1);
+
+/// How a freshly welcomed connection relates to the replicas the other slots hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// No other slot is on this replica (or the host did not say which replica it is).
+    Distinct,
+    /// Slot `with` is on the same replica; the caller asked to keep it anyway.
+    KeptDuplicate { with: usize },
+    /// Slot `with` is on the same replica; not recorded, the caller closes it.
+    Duplicate { with: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    replica: String,
+    /// Kept although another slot held the same replica at the time.
+    duplicate: bool,
+}
+
+/// Which host replica each slot's live session is on. Check and record happen under one
+/// lock, so two slots welcomed by the same replica at once cannot both count as distinct.
+#[derive(Debug)]
+pub(crate) struct Replicas {
+    held: Vec<Option<Held>>,
+}
+
+impl Replicas {
+    pub(crate) fn new(slots: usize) -> Self {
+        Self { held: vec![None; slots] }
+    }
+
+    /// Another slot on `replica`. An empty id (a host that does not report its replica)
+    /// is never a duplicate: the agent cannot tell, and serving beats re-dialing.
+    fn holder(&self, slot: usize, replica: &str) -> Option<usize> {
+        if replica.is_empty() {
+            return None;
+        }
+        self.held
+            .iter()
+            .enumerate()
+            .find(|(i, h)| *i != slot && h.as_ref().is_some_and(|h| h.replica == replica))
+            .map(|(i, _)| i)
+    }
+
+    /// Record `slot` on `replica` unless another slot holds it and `keep_duplicate` is false.
+    pub(crate) fn claim(&mut self, slot: usize, replica: &str, keep_duplicate: bool) -> Claim {
+        let claim = match self.holder(slot, replica) {
+            None => Claim::Distinct,
+            Some(with) if keep_duplicate => Claim::KeptDuplicate { with },
+            Some(with) => return Claim::Duplicate { with },
+        };
+        let duplicate = matches!(claim, Claim::KeptDuplicate { .. });
+        self.held[slot] = Some(Held { replica: replica.to_owned(), duplicate });
+        claim
+    }
+
+    /// Move `slot` to `replica` if no other slot holds it. Returns the slots whose
+    /// duplicate flag this cleared.
+    pub(crate) fn replace(&mut self, slot: usize, replica: &str) -> Option<Vec<usize>> {
+        if self.holder(slot, replica).is_some() {
+            return None;
+        }
+        self.held[slot] = Some(Held { replica: replica.to_owned(), duplicate: false });
+        Some(self.unflag_unshared())
+    }
+
+    /// `slot` has no live session any more. Returns the slots whose duplicate flag this
+    /// cleared (their replica is no longer shared).
+    pub(crate) fn release(&mut self, slot: usize) -> Vec<usize> {
+        self.held[slot] = None;
+        self.unflag_unshared()
+    }
+
+    /// `slot` was kept as a duplicate and still shares its replica with another slot.
+    pub(crate) fn is_duplicate(&self, slot: usize) -> bool {
+        self.held[slot].as_ref().is_some_and(|h| h.duplicate && self.holder(slot, &h.replica).is_some())
+    }
+
+    fn unflag_unshared(&mut self) -> Vec<usize> {
+        let stale: Vec<usize> = (0..self.held.len())
+            .filter(|&i| self.held[i].as_ref().is_some_and(|h| h.duplicate) && !self.is_duplicate(i))
+            .collect();
+        for &i in &stale {
+            if let Some(h) = &mut self.held[i] {
+                h.duplicate = false;
+            }
+        }
+        stale
+    }
+}
 
 pub(crate) struct Shared {
     pub services: HashMap<String, ServiceSpec>,
@@ -60,12 +147,20 @@ pub(crate) struct Shared {
     pub idle_timeout: Duration,
     /// `authorization: Bearer <token>`, marked sensitive so it is never logged or indexed.
     pub auth_header: MetadataValue<Ascii>,
-    slot: Mutex<PoolSlot>,
     status: watch::Sender<AgentStatus>,
     pub tracker: TaskTracker,
     /// Ends everything at once: grace period over, or `abort`.
     pub kill: CancellationToken,
     stopping: AtomicBool,
+    replicas: Mutex<Replicas>,
+    /// The host's connection rate limit is per token: once one slot is told to wait, no
+    /// slot dials before this instant.
+    rate_gate: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge the agent: the guarded data stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
@@ -85,47 +180,174 @@ impl Shared {
             dial_timeout: config.dial_timeout,
             idle_timeout: config.idle_timeout,
             auth_header,
-            slot: Mutex::new(PoolSlot {
-                pool: Pool::new(config.min_idle, config.max_streams),
-                session: None,
-            }),
             status,
             tracker: TaskTracker::new(),
             kill,
             stopping: AtomicBool::new(false),
+            replicas: Mutex::new(Replicas::new(config.connections)),
+            rate_gate: Mutex::new(None),
         }))
     }
 
-    fn slot(&self) -> MutexGuard<'_, PoolSlot> {
-        // A panic elsewhere must not wedge the pool: the counts stay usable.
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    /// Update the published status; the summary fields follow the slots.
+    pub(crate) fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
+        self.status.send_modify(|s| {
+            f(s);
+            s.summarize();
+        });
     }
 
-    /// Update the published status.
-    pub(crate) fn set_status(&self, f: impl FnOnce(&mut AgentStatus)) {
-        self.status.send_modify(f);
+    /// Update one slot's published status.
+    pub(crate) fn set_slot_status(&self, slot: usize, f: impl FnOnce(&mut ConnectionStatus)) {
+        self.set_status(|s| {
+            if let Some(c) = s.connections.get_mut(slot) {
+                f(c);
+            }
+        });
+    }
+
+    fn clear_duplicate_flags(&self, slots: &[usize]) {
+        if !slots.is_empty() {
+            self.set_status(|s| {
+                for c in s.connections.iter_mut().filter(|c| slots.contains(&c.slot)) {
+                    c.duplicate = false;
+                }
+            });
+        }
+    }
+
+    /// See [`Replicas::claim`]; the slot's status shows a kept duplicate.
+    pub(crate) fn claim_replica(&self, slot: usize, replica: &str, keep_duplicate: bool) -> Claim {
+        let claim = lock(&self.replicas).claim(slot, replica, keep_duplicate);
+        if !matches!(claim, Claim::Duplicate { .. }) {
+            let duplicate = matches!(claim, Claim::KeptDuplicate { .. });
+            self.set_slot_status(slot, |c| c.duplicate = duplicate);
+        }
+        claim
+    }
+
+    /// See [`Replicas::replace`].
+    pub(crate) fn replace_replica(&self, slot: usize, replica: &str) -> bool {
+        let cleared = lock(&self.replicas).replace(slot, replica);
+        match cleared {
+            Some(mut cleared) => {
+                cleared.push(slot);
+                self.clear_duplicate_flags(&cleared);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// See [`Replicas::release`].
+    pub(crate) fn release_replica(&self, slot: usize) {
+        let mut cleared = lock(&self.replicas).release(slot);
+        cleared.push(slot);
+        self.clear_duplicate_flags(&cleared);
+    }
+
+    /// See [`Replicas::is_duplicate`].
+    pub(crate) fn is_duplicate(&self, slot: usize) -> bool {
+        lock(&self.replicas).is_duplicate(slot)
+    }
+
+    /// No slot dials before `until`.
+    pub(crate) fn rate_limit_until(&self, until: Instant) {
+        let mut gate = lock(&self.rate_gate);
+        if gate.is_none_or(|g| g < until) {
+            *gate = Some(until);
+        }
+    }
+
+    /// How long the rate limit still holds attempts back, if at all.
+    pub(crate) fn rate_gate_remaining(&self) -> Option<Duration> {
+        let until = (*lock(&self.rate_gate))?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Wait until the rate limit allows a connection attempt.
+    pub(crate) async fn rate_gate(&self) {
+        loop {
+            let until = *lock(&self.rate_gate);
+            match until {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => return,
+            }
+        }
+    }
+
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+struct PoolSlot {
+    pool: Pool,
+    /// Where new tunnels open; `None` between sessions.
+    session: Option<Arc<Session>>,
+}
+
+/// One connection slot: its own tunnel pool and current session. Tunnels of an older,
+/// draining session of the slot still count in its pool until they finish.
+pub(crate) struct Slot {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    pool: Mutex<PoolSlot>,
+    span: tracing::Span,
+}
+
+impl Slot {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>, config: &AgentConfig) -> Arc<Self> {
+        Arc::new(Self {
+            index,
+            shared,
+            pool: Mutex::new(PoolSlot {
+                pool: Pool::new(config.min_idle, config.max_streams),
+                session: None,
+            }),
+            span: tracing::info_span!("connection", slot = index),
+        })
+    }
+
+    /// Logs of this slot and its tunnels carry the slot index.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    fn pool(&self) -> MutexGuard<'_, PoolSlot> {
+        lock(&self.pool)
     }
 
     fn publish_counts(&self, pool: &Pool) {
         let (idle, active) = (pool.parked(), pool.active());
-        self.status.send_if_modified(|s| {
-            let changed = s.idle_streams != idle || s.active_streams != active;
-            s.idle_streams = idle;
-            s.active_streams = active;
+        self.shared.status.send_if_modified(|s| {
+            let Some(c) = s.connections.get_mut(self.index) else { return false };
+            let changed = c.idle_streams != idle || c.active_streams != active;
+            c.idle_streams = idle;
+            c.active_streams = active;
+            if changed {
+                s.summarize();
+            }
             changed
         });
     }
 
     fn open(self: &Arc<Self>, session: &Arc<Session>, n: usize, delay: Option<Duration>) {
         for _ in 0..n {
-            self.tracker.spawn(crate::tunnel::run(self.clone(), session.clone(), delay));
+            let task = crate::tunnel::run(self.clone(), session.clone(), delay);
+            self.shared.tracker.spawn(task.instrument(self.span.clone()));
         }
     }
 
     /// Apply a pool transition and open the tunnels it asks for on the current session.
     fn transition(self: &Arc<Self>, delay: Option<Duration>, f: impl FnOnce(&mut Pool) -> usize) {
         let (n, session) = {
-            let mut slot = self.slot();
+            let mut slot = self.pool();
             let n = f(&mut slot.pool);
             self.publish_counts(&slot.pool);
             (n, slot.session.clone())
@@ -138,7 +360,7 @@ impl Shared {
     /// Make `session` current and open its initial tunnels.
     pub(crate) fn attach(self: &Arc<Self>, session: &Arc<Session>) {
         let n = {
-            let mut slot = self.slot();
+            let mut slot = self.pool();
             // Under one lock: no transition may see a connected pool without a session.
             slot.session = Some(session.clone());
             let n = slot.pool.connected();
@@ -149,14 +371,14 @@ impl Shared {
     }
 
     pub(crate) fn detach(&self) {
-        let mut slot = self.slot();
+        let mut slot = self.pool();
         slot.session = None;
         slot.pool.disconnected();
         self.publish_counts(&slot.pool);
     }
 
     pub(crate) fn parked_ok(&self) {
-        let mut slot = self.slot();
+        let mut slot = self.pool();
         slot.pool.parked_ok();
         self.publish_counts(&slot.pool);
     }
@@ -173,7 +395,7 @@ impl Shared {
 
     /// An idle tunnel ended because the session is failing: forget it, open nothing.
     pub(crate) fn idle_failed(&self, was_parked: bool) {
-        let mut slot = self.slot();
+        let mut slot = self.pool();
         slot.pool.idle_failed(was_parked);
         self.publish_counts(&slot.pool);
     }
@@ -184,17 +406,60 @@ impl Shared {
 
     /// A parked tunnel's idle timer fired: true if it should close now.
     pub(crate) fn idle_expired(&self) -> bool {
-        let mut slot = self.slot();
+        let mut slot = self.pool();
         let expired = slot.pool.idle_expired();
         self.publish_counts(&slot.pool);
         expired
     }
+}
 
-    pub(crate) fn begin_stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_refused_unless_kept() {
+        let mut r = Replicas::new(3);
+        assert_eq!(r.claim(0, "a", false), Claim::Distinct);
+        assert_eq!(r.claim(1, "a", false), Claim::Duplicate { with: 0 });
+        assert!(!r.is_duplicate(1), "a refused duplicate is not recorded");
+        assert_eq!(r.claim(1, "b", false), Claim::Distinct);
+        assert_eq!(r.claim(2, "a", true), Claim::KeptDuplicate { with: 0 });
+        assert!(r.is_duplicate(2) && !r.is_duplicate(0));
+        // A slot re-claiming its own replica is not its own duplicate.
+        assert_eq!(r.claim(1, "b", false), Claim::Distinct);
     }
 
-    pub(crate) fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+    #[test]
+    fn unknown_replica_ids_never_collide() {
+        let mut r = Replicas::new(2);
+        assert_eq!(r.claim(0, "", false), Claim::Distinct);
+        assert_eq!(r.claim(1, "", false), Claim::Distinct);
+    }
+
+    #[test]
+    fn replace_moves_only_to_a_free_replica() {
+        let mut r = Replicas::new(3);
+        r.claim(0, "a", false);
+        r.claim(1, "b", false);
+        r.claim(2, "a", true);
+        assert_eq!(r.replace(2, "b"), None);
+        assert_eq!(r.replace(2, "a"), None, "its own replica is still shared");
+        assert_eq!(r.replace(2, "c"), Some(vec![]));
+        assert!(!r.is_duplicate(2));
+        assert_eq!(r.claim(1, "c", false), Claim::Duplicate { with: 2 });
+    }
+
+    #[test]
+    fn releasing_the_other_holder_clears_the_duplicate_flag() {
+        let mut r = Replicas::new(3);
+        r.claim(0, "a", false);
+        r.claim(1, "a", true);
+        assert!(r.is_duplicate(1));
+        assert_eq!(r.release(0), vec![1]);
+        assert!(!r.is_duplicate(1));
+        // Slot 0 comes back on the same replica: slot 1 holds it now.
+        assert_eq!(r.claim(0, "a", false), Claim::Duplicate { with: 1 });
+        assert_eq!(r.release(2), Vec::<usize>::new());
     }
 }

@@ -35,7 +35,7 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 type BoxIo = Box<dyn Io>;
 
-/// Everything needed to open a connection to the host, prepared once at start-up.
+/// Everything needed to open a connection to one host URL, prepared once at start-up.
 pub(crate) struct Transport {
     url: HostUrl,
     tls: Option<tokio_rustls::TlsConnector>,
@@ -43,42 +43,76 @@ pub(crate) struct Transport {
     keepalive_timeout: Duration,
 }
 
+/// The trusted roots: built-in web PKI plus `ca_file`.
+fn load_roots(config: &AgentConfig) -> Result<rustls::RootCertStore, AgentError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = &config.ca_file {
+        let ca_err = |reason: String| AgentError::CaFile { path: path.clone(), reason };
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
+            let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+            roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ca_err("no PEM certificates found".to_owned()));
+        }
+    }
+    Ok(roots)
+}
+
+fn tls_connector(
+    roots: &rustls::RootCertStore,
+    alpn: &[u8],
+) -> Result<tokio_rustls::TlsConnector, AgentError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Tls(e.to_string()))?
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    // ALPN is how the host's single TLS port tells gRPC from WebSocket.
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
 impl Transport {
-    /// Build the TLS settings (loading `ca_file`) for TLS schemes.
-    pub(crate) fn new(config: &AgentConfig) -> Result<Self, AgentError> {
-        let tls = if config.host.scheme().is_tls() {
-            let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-            if let Some(path) = &config.ca_file {
-                let ca_err = |reason: String| AgentError::CaFile { path: path.clone(), reason };
-                let mut added = 0;
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
-                    let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-                    roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-                    added += 1;
+    /// One transport per `config.hosts` entry, in order. The CA file is read once, and
+    /// only if some URL uses TLS.
+    pub(crate) fn for_hosts(config: &AgentConfig) -> Result<Vec<Self>, AgentError> {
+        let roots =
+            if config.hosts.iter().any(|h| h.scheme().is_tls()) { Some(load_roots(config)?) } else { None };
+        let (mut h2, mut http1) = (None, None);
+        let mut out = Vec::with_capacity(config.hosts.len());
+        for url in &config.hosts {
+            let tls = match &roots {
+                Some(roots) if url.scheme().is_tls() => {
+                    let (cached, alpn): (&mut Option<tokio_rustls::TlsConnector>, &[u8]) =
+                        if url.scheme().is_websocket() {
+                            (&mut http1, b"http/1.1")
+                        } else {
+                            (&mut h2, b"h2")
+                        };
+                    if cached.is_none() {
+                        *cached = Some(tls_connector(roots, alpn)?);
+                    }
+                    cached.clone()
                 }
-                if added == 0 {
-                    return Err(ca_err("no PEM certificates found".to_owned()));
-                }
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| AgentError::Tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            // ALPN is how the host's single TLS port tells gRPC from WebSocket.
-            tls.alpn_protocols =
-                vec![if config.host.scheme().is_websocket() { b"http/1.1".to_vec() } else { b"h2".to_vec() }];
-            Some(tokio_rustls::TlsConnector::from(Arc::new(tls)))
-        } else {
-            None
-        };
-        Ok(Self {
-            url: config.host.clone(),
-            tls,
-            keepalive_interval: config.keepalive_interval,
-            keepalive_timeout: config.keepalive_timeout,
-        })
+                _ => None,
+            };
+            out.push(Self {
+                url: url.clone(),
+                tls,
+                keepalive_interval: config.keepalive_interval,
+                keepalive_timeout: config.keepalive_timeout,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The URL this transport dials.
+    pub(crate) fn url(&self) -> &HostUrl {
+        &self.url
     }
 
     /// Open the byte stream: TCP, then TLS and/or the WebSocket upgrade.
@@ -206,9 +240,10 @@ mod tests {
 
     #[test]
     fn missing_or_empty_ca_file_is_a_clear_error() {
-        let mut config = AgentConfig::new("grpcs://localhost:1", "t").unwrap();
+        let mut config =
+            AgentConfig::new("grpc://localhost:1", "t").unwrap().with_host("grpcs://localhost:1").unwrap();
         config.ca_file = Some("/nonexistent/burrow-ca.pem".into());
-        let err = Transport::new(&config).err().unwrap().to_string();
+        let err = Transport::for_hosts(&config).err().unwrap().to_string();
         assert!(err.contains("/nonexistent/burrow-ca.pem"), "{err}");
 
         let dir = std::env::temp_dir().join(format!("burrow-agent-test-{}", std::process::id()));
@@ -216,19 +251,35 @@ mod tests {
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         config.ca_file = Some(empty);
-        let err = Transport::new(&config).err().unwrap().to_string();
+        let err = Transport::for_hosts(&config).err().unwrap().to_string();
         assert!(err.contains("no PEM certificates"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn cleartext_schemes_need_no_tls() {
-        for url in ["grpc://127.0.0.1:1", "ws://127.0.0.1:1"] {
-            let mut config = AgentConfig::new(url, "t").unwrap();
-            // Ignored without TLS.
-            config.ca_file = Some("/nonexistent".into());
-            assert!(Transport::new(&config).unwrap().tls.is_none());
-        }
+        let mut config =
+            AgentConfig::new("grpc://127.0.0.1:1", "t").unwrap().with_host("ws://127.0.0.1:1").unwrap();
+        // Ignored without TLS.
+        config.ca_file = Some("/nonexistent".into());
+        let transports = Transport::for_hosts(&config).unwrap();
+        assert_eq!(transports.len(), 2);
+        assert!(transports.iter().all(|t| t.tls.is_none()));
+    }
+
+    #[test]
+    fn each_url_gets_its_own_scheme_and_alpn() {
+        let config = AgentConfig::new("grpcs://a:1", "t")
+            .unwrap()
+            .with_host("grpc://b:2")
+            .unwrap()
+            .with_host("wss://c:3")
+            .unwrap();
+        let transports = Transport::for_hosts(&config).unwrap();
+        let urls: Vec<String> = transports.iter().map(|t| t.url().to_string()).collect();
+        assert_eq!(urls, ["grpcs://a:1", "grpc://b:2", "wss://c:3"]);
+        let tls: Vec<bool> = transports.iter().map(|t| t.tls.is_some()).collect();
+        assert_eq!(tls, [true, false, true]);
     }
 
     #[test]

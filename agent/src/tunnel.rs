@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::shared::{Session, Shared};
+use crate::shared::{Session, Shared, Slot};
 
 /// Frames queued towards the host per tunnel.
 const FRAME_QUEUE: usize = 4;
@@ -31,51 +31,51 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 type Outbound = mpsc::Sender<pb::AgentFrame>;
 
 /// Run one tunnel from open to close. The pool already counts it as opening.
-pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, delay: Option<Duration>) {
+pub(crate) async fn run(slot: Arc<Slot>, session: Arc<Session>, delay: Option<Duration>) {
     if let Some(delay) = delay {
         tokio::select! {
             _ = sleep(delay) => {}
-            _ = session.parked_cancel.cancelled() => return shared.idle_closed(false, Duration::MAX),
+            _ = session.parked_cancel.cancelled() => return slot.idle_closed(false, Duration::MAX),
         }
     }
     let opened_at = Instant::now();
     let (tx, rx) = mpsc::channel(FRAME_QUEUE);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("authorization", shared.auth_header.clone());
+    request.metadata_mut().insert("authorization", slot.shared.auth_header.clone());
     request.metadata_mut().insert(SESSION_METADATA, session.session_header.clone());
     let mut client = session.client.clone();
     let opened = tokio::select! {
         biased;
-        _ = session.parked_cancel.cancelled() => return shared.idle_closed(false, Duration::MAX),
+        _ = session.parked_cancel.cancelled() => return slot.idle_closed(false, Duration::MAX),
         r = client.tunnel(request) => r,
     };
     let mut inbound = match opened {
         Ok(response) => response.into_inner(),
         Err(status) => {
-            shared.idle_failed(false);
+            slot.idle_failed(false);
             session.fail(format!("host rejected a tunnel: {}", crate::session::describe_status(&status)));
             return;
         }
     };
-    shared.parked_ok();
+    slot.parked_ok();
 
     let mut machine = Tunnel::new(Role::Agent);
-    let idle = sleep(shared.idle_timeout);
+    let idle = sleep(slot.shared.idle_timeout);
     tokio::pin!(idle);
     let dial = loop {
         tokio::select! {
             biased;
-            _ = session.parked_cancel.cancelled() => return shared.idle_closed(true, Duration::MAX),
+            _ = session.parked_cancel.cancelled() => return slot.idle_closed(true, Duration::MAX),
             msg = inbound.message() => {
                 let frame = match msg {
                     Ok(Some(frame)) => frame,
                     Ok(None) => {
                         debug!("host closed a parked tunnel");
-                        return shared.idle_closed(true, opened_at.elapsed());
+                        return slot.idle_closed(true, opened_at.elapsed());
                     }
                     Err(status) => {
                         debug!(status = %crate::session::describe_status(&status), "parked tunnel ended");
-                        return shared.idle_closed(true, opened_at.elapsed());
+                        return slot.idle_closed(true, opened_at.elapsed());
                     }
                 };
                 match machine.receive_host_frame(frame) {
@@ -83,35 +83,35 @@ pub(crate) async fn run(shared: Arc<Shared>, session: Arc<Session>, delay: Optio
                     Ok(Event::Ignored) => {}
                     Ok(Event::Reset(reset)) => {
                         debug!(message = %reset.message, "host reset a parked tunnel");
-                        return shared.idle_closed(true, opened_at.elapsed());
+                        return slot.idle_closed(true, opened_at.elapsed());
                     }
                     Ok(other) => {
                         warn!(?other, "unexpected frame on a parked tunnel");
                         let _ = tx.try_send(frames::agent_reset(ResetCode::ProtocolError, "expected Dial"));
-                        return shared.idle_closed(true, opened_at.elapsed());
+                        return slot.idle_closed(true, opened_at.elapsed());
                     }
                     Err(e) => {
                         warn!(error = %e, "protocol violation on a parked tunnel");
                         let _ = tx.try_send(frames::agent_reset(ResetCode::ProtocolError, e.to_string()));
-                        return shared.idle_closed(true, opened_at.elapsed());
+                        return slot.idle_closed(true, opened_at.elapsed());
                     }
                 }
             }
             _ = &mut idle => {
-                if shared.idle_expired() {
+                if slot.idle_expired() {
                     debug!("closing a surplus idle tunnel");
                     return;
                 }
-                idle.as_mut().reset(Instant::now() + shared.idle_timeout);
+                idle.as_mut().reset(Instant::now() + slot.shared.idle_timeout);
             }
         }
     };
 
     // Replacements first: the host may be holding more requests for this agent.
-    shared.claimed();
+    slot.claimed();
     let span = tracing::info_span!("tunnel", service = %dial.service, request_id = %dial.request_id);
-    serve(&shared, machine, dial, inbound, tx).instrument(span).await;
-    shared.active_closed();
+    serve(&slot.shared, machine, dial, inbound, tx).instrument(span).await;
+    slot.active_closed();
 }
 
 /// Answer the `Dial` and, if the service connects, pipe until both sides are done.

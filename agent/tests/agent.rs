@@ -1,334 +1,20 @@
 //! The agent against a small real `AgentTunnel` server (real gRPC over loopback TCP),
-//! over all four transports.
+//! over all four transports, with one connection.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+mod common;
+
 use std::time::Duration;
 
-use burrow_agent::{AgentConfig, AgentHandle, AgentStatus, ConnState};
-use burrow_proto::pb::agent_tunnel_server::{AgentTunnel, AgentTunnelServer};
-use burrow_proto::pb::{self, agent_control, agent_frame, host_control, RefusalCode};
+use burrow_agent::{AgentConfig, ConnState};
+use burrow_proto::pb::{self, agent_frame, host_control, RefusalCode};
 use burrow_proto::tunnel::frames;
-use burrow_proto::ws::{ws_config, WsIo};
-use burrow_proto::{MAX_DATA_FRAME, MAX_MESSAGE_SIZE, SESSION_METADATA, WS_PATH, WS_SUBPROTOCOL};
+use burrow_proto::{MAX_DATA_FRAME, SESSION_METADATA};
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_tungstenite::tungstenite::handshake::server::{
-    ErrorResponse, Request as WsRequest, Response as WsResponse,
-};
-use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
-/// Hang guard for every wait; generous because CI machines are slow, never a speed check.
-const WAIT: Duration = Duration::from_secs(20);
-const TOKEN: &str = "agent-token-123";
-const SESSION: &str = "session-abc";
-
-async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    timeout(WAIT, fut).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-// ---------------------------------------------------------------------------------
-// A minimal host.
-
-struct ParkedTunnel {
-    metadata: MetadataMap,
-    to_agent: mpsc::Sender<Result<pb::HostFrame, Status>>,
-    from_agent: Streaming<pb::AgentFrame>,
-}
-
-#[derive(Clone)]
-struct TestHost {
-    reject_auth: bool,
-    hellos: mpsc::UnboundedSender<(pb::Hello, MetadataMap)>,
-    controls: mpsc::UnboundedSender<mpsc::Sender<Result<pb::HostControl, Status>>>,
-    tunnels: mpsc::UnboundedSender<ParkedTunnel>,
-}
-
-#[tonic::async_trait]
-impl AgentTunnel for TestHost {
-    type ControlStream = ReceiverStream<Result<pb::HostControl, Status>>;
-    type TunnelStream = ReceiverStream<Result<pb::HostFrame, Status>>;
-
-    async fn control(
-        &self,
-        request: Request<Streaming<pb::AgentControl>>,
-    ) -> Result<Response<Self::ControlStream>, Status> {
-        let metadata = request.metadata().clone();
-        let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(pb::AgentControl { msg: Some(agent_control::Msg::Hello(hello)) }) => hello,
-            _ => return Err(Status::invalid_argument("expected Hello")),
-        };
-        let _ = self.hellos.send((hello, metadata));
-        if self.reject_auth {
-            return Err(Status::unauthenticated("unknown agent token"));
-        }
-        let (tx, rx) = mpsc::channel(4);
-        let welcome = pb::Welcome {
-            protocol_version: burrow_proto::PROTOCOL_VERSION,
-            protocol_minor: burrow_proto::PROTOCOL_MINOR,
-            host_replica_id: "host-1".into(),
-            agent_id: "agent-x".into(),
-            session_id: SESSION.into(),
-        };
-        tx.send(Ok(pb::HostControl { msg: Some(host_control::Msg::Welcome(welcome)) })).await.unwrap();
-        let _ = self.controls.send(tx.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(_)) = inbound.message().await {}
-            drop(tx);
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn tunnel(
-        &self,
-        request: Request<Streaming<pb::AgentFrame>>,
-    ) -> Result<Response<Self::TunnelStream>, Status> {
-        if request.metadata().get(SESSION_METADATA).and_then(|v| v.to_str().ok()) != Some(SESSION) {
-            return Err(Status::unauthenticated("unknown session"));
-        }
-        let (to_agent, rx) = mpsc::channel(4);
-        let metadata = request.metadata().clone();
-        let _ = self.tunnels.send(ParkedTunnel { metadata, to_agent, from_agent: request.into_inner() });
-        Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// Any accepted connection, whatever layers it went through.
-struct TestIo(Box<dyn Io>);
-trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
-
-impl AsyncRead for TestIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-impl AsyncWrite for TestIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-impl tonic::transport::server::Connected for TestIo {
-    type ConnectInfo = ();
-    fn connect_info(&self) {}
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Transport {
-    Grpc,
-    Grpcs,
-    Ws,
-    Wss,
-}
-
-struct Tls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    ca_file: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A CA written to a PEM file, and a server certificate for 127.0.0.1 signed by it.
-fn tls_setup(alpn: &[u8]) -> Tls {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "burrow-agent-it-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .unwrap();
-    server.alpn_protocols = vec![alpn.to_vec()];
-    Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)), ca_file, _dir: TempDir(dir) }
-}
-
-// tungstenite's handshake callback type fixes the large `Err` variant.
-#[allow(clippy::result_large_err)]
-async fn ws_accept<S: AsyncRead + AsyncWrite + Unpin>(io: S) -> WsIo<S> {
-    let check = |req: &WsRequest, mut resp: WsResponse| -> Result<WsResponse, ErrorResponse> {
-        let offered = req.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
-        assert_eq!(req.uri().path(), WS_PATH);
-        assert!(offered.split(',').any(|p| p.trim() == WS_SUBPROTOCOL), "subprotocol {offered:?}");
-        resp.headers_mut().insert("sec-websocket-protocol", WS_SUBPROTOCOL.parse().unwrap());
-        Ok(resp)
-    };
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(ws_config())).await.unwrap();
-    WsIo::new(ws)
-}
-
-struct Host {
-    url: String,
-    ca_file: Option<std::path::PathBuf>,
-    hellos: mpsc::UnboundedReceiver<(pb::Hello, MetadataMap)>,
-    controls: mpsc::UnboundedReceiver<mpsc::Sender<Result<pb::HostControl, Status>>>,
-    tunnels: mpsc::UnboundedReceiver<ParkedTunnel>,
-    _tls: Option<Tls>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl Host {
-    async fn start(transport: Transport, reject_auth: bool) -> Host {
-        let (hellos_tx, hellos) = mpsc::unbounded_channel();
-        let (controls_tx, controls) = mpsc::unbounded_channel();
-        let (tunnels_tx, tunnels) = mpsc::unbounded_channel();
-        let service = TestHost { reject_auth, hellos: hellos_tx, controls: controls_tx, tunnels: tunnels_tx };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let tls = match transport {
-            Transport::Grpcs => Some(tls_setup(b"h2")),
-            Transport::Wss => Some(tls_setup(b"http/1.1")),
-            _ => None,
-        };
-        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
-        let (conn_tx, conn_rx) = mpsc::channel::<Result<TestIo, std::io::Error>>(16);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                let conn_tx = conn_tx.clone();
-                tokio::spawn(async move {
-                    let io = match (transport, acceptor) {
-                        (Transport::Grpc, _) => TestIo(Box::new(tcp)),
-                        (Transport::Ws, _) => TestIo(Box::new(ws_accept(tcp).await)),
-                        (Transport::Grpcs, Some(a)) => TestIo(Box::new(a.accept(tcp).await.unwrap())),
-                        (Transport::Wss, Some(a)) => {
-                            TestIo(Box::new(ws_accept(a.accept(tcp).await.unwrap()).await))
-                        }
-                        _ => unreachable!(),
-                    };
-                    let _ = conn_tx.send(Ok(io)).await;
-                });
-            }
-        });
-        let server = tokio::spawn(async move {
-            let svc = AgentTunnelServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE);
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(ReceiverStream::new(conn_rx))
-                .await
-                .unwrap();
-        });
-        let scheme = match transport {
-            Transport::Grpc => "grpc",
-            Transport::Grpcs => "grpcs",
-            Transport::Ws => "ws",
-            Transport::Wss => "wss",
-        };
-        Host {
-            url: format!("{scheme}://{addr}"),
-            ca_file: tls.as_ref().map(|t| t.ca_file.clone()),
-            hellos,
-            controls,
-            tunnels,
-            _tls: tls,
-            server,
-        }
-    }
-
-    async fn next_tunnel(&mut self) -> ParkedTunnel {
-        within("a parked tunnel", self.tunnels.recv()).await.expect("host stopped")
-    }
-}
-
-/// A TCP echo service that honours half-close: after EOF it shuts down its write side.
-async fn echo_service() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (socket, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = socket.into_split();
-                tokio::io::copy(&mut rd, &mut wr).await.unwrap();
-                wr.shutdown().await.unwrap();
-            });
-        }
-    });
-    addr
-}
-
-/// A port with nothing listening.
-async fn closed_port() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn config(host: &Host, echo: std::net::SocketAddr, min_idle: usize) -> AgentConfig {
-    let mut config = AgentConfig::new(&host.url, TOKEN).unwrap();
-    config.services.push(format!("echo={echo}").parse().unwrap());
-    config.replica_id = "replica-7".into();
-    config.min_idle = min_idle;
-    config.ca_file = host.ca_file.clone();
-    config
-}
-
-async fn wait_status(agent: &AgentHandle, what: &str, f: impl FnMut(&AgentStatus) -> bool) -> AgentStatus {
-    let mut status = agent.status();
-    let got = within(what, status.wait_for(f)).await.expect("agent stopped").clone();
-    got
-}
-
-async fn next_frame(from_agent: &mut Streaming<pb::AgentFrame>) -> Option<agent_frame::Frame> {
-    within("a frame from the agent", from_agent.message())
-        .await
-        .expect("tunnel RPC failed")
-        .map(|f| f.frame.expect("empty frame"))
-}
+use common::*;
 
 // ---------------------------------------------------------------------------------
 
@@ -340,6 +26,8 @@ async fn handshake_pool_and_echo(transport: Transport) {
     let agent = burrow_agent::spawn(cfg);
 
     let (hello, metadata) = within("Hello", host.hellos.recv()).await.unwrap();
+    let control = within("control", host.controls.recv()).await.unwrap();
+    assert!(control.session.starts_with(SESSION));
     assert_eq!(hello.protocol_version, burrow_proto::PROTOCOL_VERSION);
     assert_eq!(hello.protocol_minor, burrow_proto::PROTOCOL_MINOR);
     assert_eq!(hello.agent_version, env!("CARGO_PKG_VERSION"));
@@ -352,14 +40,18 @@ async fn handshake_pool_and_echo(transport: Transport) {
     for _ in 0..3 {
         let t = host.next_tunnel().await;
         assert_eq!(t.metadata.get("authorization").unwrap().to_str().unwrap(), format!("Bearer {TOKEN}"));
-        assert_eq!(t.metadata.get(SESSION_METADATA).unwrap().to_str().unwrap(), SESSION);
+        assert_eq!(t.metadata.get(SESSION_METADATA).unwrap().to_str().unwrap(), control.session);
         parked.push(t);
     }
     let status = wait_status(&agent, "3 idle streams", |s| s.is_connected() && s.idle_streams == 3).await;
-    assert_eq!(
-        status.state,
-        ConnState::Connected { host_replica_id: "host-1".into(), agent_id: "agent-x".into() }
-    );
+    let connected = ConnState::Connected { host_replica_id: "host-1".into(), agent_id: "agent-x".into() };
+    assert_eq!(status.state, connected);
+    assert_eq!(status.connections.len(), 1);
+    let slot = &status.connections[0];
+    assert_eq!((slot.slot, slot.host.to_string(), &slot.state), (0, host.url.clone(), &connected));
+    assert_eq!((slot.idle_streams, slot.active_streams, slot.connect_attempts), (3, 0, 1));
+    assert!(!slot.duplicate);
+    assert_eq!(status.connected_replicas(), ["host-1"]);
     assert!(
         timeout(Duration::from_millis(300), host.tunnels.recv()).await.is_err(),
         "no more than min_idle while nothing is claimed"
@@ -373,7 +65,7 @@ async fn handshake_pool_and_echo(transport: Transport) {
         other => panic!("expected DialResult, got {other:?}"),
     }
     let replacement = host.next_tunnel().await;
-    assert_eq!(replacement.metadata.get(SESSION_METADATA).unwrap().to_str().unwrap(), SESSION);
+    assert_eq!(replacement.metadata.get(SESSION_METADATA).unwrap().to_str().unwrap(), control.session);
     wait_status(&agent, "one active", |s| s.active_streams == 1 && s.idle_streams == 3).await;
 
     // 1 MiB up while reading the echo back; then half-close from the host side.
@@ -495,7 +187,7 @@ async fn goaway_reconnects_without_penalty_and_active_tunnels_finish() {
     let mut host = Host::start(Transport::Grpc, false).await;
     let agent = burrow_agent::spawn(config(&host, echo, 2));
     within("Hello", host.hellos.recv()).await.unwrap();
-    let control = within("control", host.controls.recv()).await.unwrap();
+    let control = within("control", host.controls.recv()).await.unwrap().tx;
     let mut active = host.next_tunnel().await;
     let _idle = host.next_tunnel().await;
     active.to_agent.send(Ok(frames::dial("echo", "req-4"))).await.unwrap();

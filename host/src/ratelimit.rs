@@ -54,8 +54,7 @@ impl ConnectRateLimiter {
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&token_sha256[..16]);
-        // While Redis is known to be down, do not make each handshake wait for its timeout.
-        if let Some(store) = self.cluster.as_ref().filter(|c| c.redis_up()).map(|c| c.store()) {
+        if let Some(store) = self.cluster.as_ref().map(|c| c.store()) {
             match store.count_attempt(&hex::encode(id), WINDOW).await {
                 Ok((n, left)) => {
                     return if n > u64::from(self.limit) {

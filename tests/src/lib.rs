@@ -3,6 +3,7 @@
 //! server, and real HTTP / WebSocket clients. Nothing is mocked.
 
 pub mod clients;
+pub mod process;
 pub mod redis;
 pub mod tls;
 pub mod workload;
@@ -67,7 +68,15 @@ impl ConfigParts {
     /// Agent `a1` with [`TOKEN`], `*.localhost` names, short waits so failure paths finish
     /// quickly, plus the parts.
     pub fn build(&self) -> Config {
-        let text = format!(
+        let text = self.to_toml();
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        config.validate().unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        config
+    }
+
+    /// The config file text.
+    pub fn to_toml(&self) -> String {
+        format!(
             r#"
 {top}
 [agents]
@@ -91,10 +100,7 @@ config = {{ root_domains = ["localhost"] }}
             ingress = self.ingress,
             authorizer = self.authorizer,
             extra = self.extra,
-        );
-        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-        config.validate().unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
-        config
+        )
     }
 }
 
@@ -115,6 +121,11 @@ pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
 /// intervals so failure handling shows within a test's patience. `cluster_extra` is TOML
 /// inside `[cluster]`.
 pub fn cluster_config(replica_id: &str, redis_url: &str, cluster_extra: &str) -> Config {
+    cluster_parts(replica_id, redis_url, cluster_extra).build()
+}
+
+/// The parts behind [`cluster_config`], to adjust before building.
+pub fn cluster_parts(replica_id: &str, redis_url: &str, cluster_extra: &str) -> ConfigParts {
     ConfigParts {
         top: format!("replica_id = \"{replica_id}\""),
         extra: format!(
@@ -128,12 +139,11 @@ sweep_interval = "500ms"
 {cluster_extra}
 [cluster.redis]
 urls = ["{redis_url}"]
-timeout = "300ms"
+timeout = "1s"
 "#
         ),
         ..Default::default()
     }
-    .build()
 }
 
 /// The most common config: static authorizer, open access.

@@ -1,36 +1,522 @@
 //! Cluster mode on a real `redis-server`: several host replicas in one process, agents
-//! spread across them, requests landing anywhere.
+//! spread across them, requests landing anywhere. Crash tests (SIGKILL) are in
+//! `cluster_process.rs`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use burrow_tests::clients;
+use burrow_host::cluster::token::TokenKey;
+use burrow_proto::cluster_pb::replica_tunnel_client::ReplicaTunnelClient;
+use burrow_proto::pb::{self, agent_control, agent_tunnel_client::AgentTunnelClient};
+use burrow_tests::clients::{self, Mode};
 use burrow_tests::redis::RedisServer;
-use burrow_tests::workload::Workload;
+use burrow_tests::workload::{self, Workload};
 use burrow_tests::*;
+use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "web-a1.localhost";
+
+/// Agents `a1`, `a2`, `a3` with tokens `token-for-<id>-0123456789`.
+fn token_of(agent: &str) -> String {
+    format!("token-for-{agent}-0123456789")
+}
+
+fn multi_agent_authorizer() -> String {
+    let agents: Vec<String> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|a| format!("{{ id = \"{a}\", token_sha256 = \"{}\" }}", sha256_hex(&token_of(a))))
+        .collect();
+    format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{}], default_access = \"open\" }}",
+        agents.join(", ")
+    )
+}
+
+fn parts(replica: &str, redis: &RedisServer, cluster_extra: &str) -> ConfigParts {
+    let mut p = cluster_parts(replica, &redis.url(), cluster_extra);
+    p.authorizer = multi_agent_authorizer();
+    p
+}
 
 async fn replicas(redis: &RedisServer, n: usize) -> Vec<TestHost> {
     let mut hosts = Vec::new();
     for i in 0..n {
-        hosts.push(TestHost::start(cluster_config(&format!("r{i}"), &redis.url(), "")).await);
+        hosts.push(start(parts(&format!("r{i}"), redis, "")).await);
     }
     hosts
 }
 
+/// Starts a replica and waits until it reports ready (its first heartbeat reached Redis).
+async fn start(parts: ConfigParts) -> TestHost {
+    let host = TestHost::start(parts.build()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admin(&host, "/readyz").await.0 != StatusCode::OK {
+        assert!(tokio::time::Instant::now() < deadline, "replica never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host
+}
+
+async fn agent_on(host: &TestHost, agent: &str, workload: &Workload) -> burrow_agent::AgentHandle {
+    let mut config = agent_config(&host.agent_url("grpc"), &token_of(agent), &[workload.service("web")]);
+    config.connections = 1;
+    let handle = burrow_agent::spawn(config);
+    wait_connected(&handle).await;
+    handle
+}
+
+async fn admin(host: &TestHost, path: &str) -> (StatusCode, String) {
+    let (status, _, body) = clients::get(host.admin_addr, "localhost", path).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_replica_reaches_an_agent_connected_to_one() {
+async fn every_replica_reaches_every_agent() {
     let redis = RedisServer::start();
     let hosts = replicas(&redis, 3).await;
     let workload = Workload::start("w1").await;
-    let agent =
-        burrow_agent::spawn(agent_config(&hosts[0].agent_url("grpc"), TOKEN, &[workload.service("web")]));
-    wait_connected(&agent).await;
-    for (i, host) in hosts.iter().enumerate() {
-        let (status, _, body) = clients::get(host.ingress_addr, HOST, "/hello").await;
-        assert_eq!(status, StatusCode::OK, "through replica r{i}: {}", String::from_utf8_lossy(&body));
-        assert_eq!(&body[..], b"hello from w1");
+    let mut agents = Vec::new();
+    for (i, id) in ["a1", "a2", "a3"].iter().enumerate() {
+        agents.push(agent_on(&hosts[i], id, &workload).await);
     }
-    let _ = Duration::ZERO;
+    for (i, host) in hosts.iter().enumerate() {
+        let mut client = clients::connect(host.ingress_addr, &Mode::h2()).await;
+        for id in ["a1", "a2", "a3"] {
+            let (status, _, body) = client.get(&format!("web-{id}.localhost"), "/hello").await;
+            assert_eq!(status, StatusCode::OK, "{id} through r{i}: {}", String::from_utf8_lossy(&body));
+            assert_eq!(&body[..], b"hello from w1");
+        }
+    }
+    // Requests for agents elsewhere went over the replica API.
+    let (_, text) = admin(&hosts[0], "/metrics").await;
+    assert!(metric(&text, "burrow_routing_duration_seconds_count{path=\"forwarded\"}") >= 2.0, "{text}");
+    assert!(metric(&text, "burrow_routing_duration_seconds_count{path=\"local\"}") >= 1.0, "{text}");
+    let (_, text) = admin(&hosts[1], "/metrics").await;
+    assert!(metric(&text, "burrow_forwards_served_total{result=\"ok\"}") >= 2.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_streams_behave_like_local_ones() {
+    let redis = RedisServer::start();
+    let hosts = replicas(&redis, 2).await;
+    let workload = Workload::start("w1").await;
+    let _agent = agent_on(&hosts[0], "a1", &workload).await;
+    let via = hosts[1].ingress_addr;
+
+    // WebSocket upgrade, both text and a large binary message.
+    let mut ws = clients::websocket(via, HOST, "/ws").await;
+    for i in 0..10 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), format!("m{i}"));
+    }
+    let big = vec![9u8; 1 << 20];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_data().as_ref(), &big[..]);
+    ws.close(None).await.unwrap();
+
+    // A raw upgrade with half-close: EOF travels through both replicas to the workload.
+    let (mut tcp, head) = clients::raw_upgrade(via, HOST).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut rd, mut wr) = tcp.split();
+    let writer = async {
+        wr.write_all(&payload).await.unwrap();
+        wr.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(writer, reader);
+    assert_eq!(&got[..payload.len()], &payload[..]);
+    assert_eq!(&got[payload.len()..], b"bye");
+
+    // Bodies both ways, byte-exact.
+    let mut client = clients::connect(via, &Mode::h1()).await;
+    let size = 16 * 1024 * 1024u64;
+    let (status, _, body) = client.get(HOST, &format!("/download?bytes={size}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len() as u64, size);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == workload::pattern_byte(i as u64)));
+    let upload: Vec<u8> = (0..size).map(workload::pattern_byte).collect();
+    let resp = client.request("POST", HOST, "/upload", &[], clients::full(upload.clone())).await;
+    let (status, _, body) = clients::collect(resp).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).starts_with(&format!("{size} ")));
+
+    // Server-sent events arrive one at a time (the workload gates each on the previous).
+    let resp = client.request("GET", HOST, "/sse?n=3", &[], clients::empty()).await;
+    let mut body = resp.into_body();
+    for i in 0..3 {
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n\n") {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("event {i} was held back by the forward"))
+                .unwrap()
+                .unwrap();
+            if let Some(d) = frame.data_ref() {
+                got.extend_from_slice(d);
+            }
+        }
+        assert_eq!(String::from_utf8(got).unwrap(), format!("data: event {i}\n\n"));
+        workload.release_event();
+    }
+    drop(body);
+
+    // The agent's refusal crosses the forward unchanged: 502 with the refusal code.
+    let resp = client
+        .request("GET", "nope-a1.localhost", "/", &[("accept", "application/json")], clients::empty())
+        .await;
+    let (status, _, body) = clients::collect(resp).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["refusal_code"], "unknown_service", "{json}");
+
+    // A user who disconnects mid-stream closes the workload's socket across both hops.
+    let before = workload.disconnects();
+    let mut client = clients::connect(via, &Mode::h2()).await;
+    let resp = client.request("GET", HOST, "/drip", &[], clients::empty()).await;
+    let mut body = resp.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    drop(client);
+    eventually(Duration::from_secs(10), "the workload sees the user go away", || {
+        workload.disconnects() > before
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_wakes_when_the_agent_connects_to_another_replica() {
+    let redis = RedisServer::start();
+    let mut p0 = parts("r0", &redis, "");
+    p0.ingress = "stream_wait = \"20s\"".into();
+    let mut p1 = parts("r1", &redis, "");
+    p1.ingress = "stream_wait = \"20s\"".into();
+    let hosts = [start(p0).await, start(p1).await];
+    let workload = Workload::start("w1").await;
+
+    let via = hosts[1].ingress_addr;
+    let waiting = tokio::spawn(async move { clients::get(via, HOST, "/hello").await });
+    // The request is parked on r1, waiting: the agent does not exist anywhere yet.
+    eventually(Duration::from_secs(10), "the request waits on r1", || !waiting.is_finished()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "answered before the agent existed");
+    let _agent = agent_on(&hosts[0], "a1", &workload).await;
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), waiting).await.unwrap().unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, text) = admin(&hosts[1], "/metrics").await;
+    assert_eq!(metric(&text, "burrow_agent_waits_total"), 1.0, "{text}");
+    assert_eq!(metric(&text, "burrow_agent_wait_timeouts_total"), 0.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_comes_times_out_with_504() {
+    let redis = RedisServer::start();
+    let hosts = replicas(&redis, 2).await;
+    let (status, _, _) = clients::get(hosts[1].ingress_addr, HOST, "/hello").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let (_, text) = admin(&hosts[1], "/metrics").await;
+    assert_eq!(metric(&text, "burrow_agent_wait_timeouts_total"), 1.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_drain_under_load_fails_no_request() {
+    let redis = RedisServer::start();
+    let mut hosts = replicas(&redis, 3).await;
+    let workload = Workload::start("w1").await;
+    // a1 is held by r1 and r2; users arrive at r0, which forwards.
+    let _a = agent_on(&hosts[1], "a1", &workload).await;
+    let _b = agent_on(&hosts[2], "a1", &workload).await;
+    let via = hosts[0].ingress_addr;
+    let stop = tokio_util_stop();
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        loops.push(tokio::spawn(async move {
+            let mut client = clients::connect(via, &Mode::h2()).await;
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, _, body) = client.get(HOST, "/hello").await;
+                if status == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let draining = hosts.remove(2);
+    draining.stop().await.expect("r2 drains cleanly");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for l in loops {
+        let (ok, failed) = l.await.unwrap();
+        assert!(failed.is_empty(), "requests failed during the drain: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 20, "the load actually ran ({total} requests)");
+    // r2 withdrew everything it had registered.
+    let fields = redis.cli(&["HKEYS", "burrow:agent:{a1}"]);
+    assert!(!fields.contains("r2") && fields.contains("r1"), "{fields}");
+    assert!(!redis.cli(&["HKEYS", "burrow:replicas"]).contains("r2"));
+}
+
+fn tokio_util_stop() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_false_while_draining_and_in_flight_work_finishes() {
+    let redis = RedisServer::start();
+    let mut hosts = replicas(&redis, 1).await;
+    let workload = Workload::start("w1").await;
+    let _agent = agent_on(&hosts[0], "a1", &workload).await;
+    let (status, body) = admin(&hosts[0], "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = admin(&hosts[0], "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A stream in flight holds the drain open.
+    let mut client = clients::connect(hosts[0].ingress_addr, &Mode::h1()).await;
+    let resp = client.request("GET", HOST, "/sse?n=2", &[], clients::empty()).await;
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    hosts[0].begin_stop();
+    let host = &hosts[0];
+    let mut ready = (StatusCode::OK, String::new());
+    for _ in 0..200 {
+        ready = admin(host, "/readyz").await;
+        if ready.0 == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready.0, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.1);
+    assert!(ready.1.contains("draining"), "{}", ready.1);
+    let (_, text) = admin(host, "/metrics").await;
+    assert_eq!(metric(&text, "burrow_draining"), 1.0);
+    workload.release_event();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("event 1"), "the stream in flight finished");
+    hosts.remove(0).stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_local_traffic_and_cross_replica_traffic_recovers() {
+    let mut redis = RedisServer::start();
+    let hosts = replicas(&redis, 2).await;
+    let workload = Workload::start("w1").await;
+    let _agent = agent_on(&hosts[0], "a1", &workload).await;
+    // Forwarding works before the outage. (An upgrade: a plain GET would leave a pooled
+    // workload connection behind that later requests could reuse without any lookup.)
+    let (_tcp, head) = clients::raw_upgrade(hosts[1].ingress_addr, HOST).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    redis.kill();
+    // Local streams need no Redis.
+    for _ in 0..5 {
+        assert_eq!(clients::get(hosts[0].ingress_addr, HOST, "/hello").await.0, StatusCode::OK);
+    }
+    // Elsewhere: a clear 503 without waiting out the 3 s stream wait.
+    let mut client = clients::connect(hosts[1].ingress_addr, &Mode::h1()).await;
+    let resp =
+        client.request("GET", HOST, "/hello", &[("accept", "application/json")], clients::empty()).await;
+    let (status, _, body) = clients::collect(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", String::from_utf8_lossy(&body));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "cluster_unavailable", "{json}");
+    let mut not_ready = false;
+    for _ in 0..100 {
+        if admin(&hosts[1], "/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(not_ready, "readiness turns false while Redis is down");
+
+    // Redis returns empty; the replicas re-register within a heartbeat (200 ms here).
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = clients::get(hosts[1].ingress_addr, HOST, "/hello").await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "cross-replica traffic did not recover: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r0"));
+    assert_eq!(admin(&hosts[1], "/readyz").await.0, StatusCode::OK);
+    let (_, text) = admin(&hosts[1], "/metrics").await;
+    assert!(text.contains("burrow_redis_errors_total{op="), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_stale_entries_are_ignored_and_swept() {
+    let redis = RedisServer::start();
+    let hosts = replicas(&redis, 2).await;
+    let workload = Workload::start("w1").await;
+    let _agent = agent_on(&hosts[1], "a1", &workload).await;
+    // A replica that died without cleaning up: its registration of a1 is still "valid"
+    // but its liveness record expired, and its address accepts nothing.
+    let dead_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let exp = now_ms() + 300_000;
+    redis.cli(&["HSET", "burrow:agent:{a1}", "ghost", &exp.to_string()]);
+    redis.cli(&["SADD", "burrow:replica-agents:{ghost}", "a1", "a9"]);
+    redis.cli(&["HSET", "burrow:agent:{a9}", "ghost", &exp.to_string()]);
+    let record = format!(r#"{{"addr":"{dead_addr}","exp":{},"load":0}}"#, now_ms() - 1000);
+    redis.cli(&["HSET", "burrow:replicas", "ghost", &record]);
+    for _ in 0..5 {
+        let (status, _, body) = clients::get(hosts[0].ingress_addr, HOST, "/hello").await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    eventually(Duration::from_secs(10), "the sweep removes the dead replica", || {
+        !redis.cli(&["HKEYS", "burrow:replicas"]).contains("ghost")
+            && !redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("ghost")
+            && !redis.cli(&["HKEYS", "burrow:agent:{a9}"]).contains("ghost")
+    })
+    .await;
+    assert!(redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_looking_entry_pointing_nowhere_falls_back_to_the_next_candidate() {
+    let redis = RedisServer::start();
+    let hosts = replicas(&redis, 2).await;
+    let workload = Workload::start("w1").await;
+    let _agent = agent_on(&hosts[1], "a1", &workload).await;
+    // A replica killed a moment ago: its records have not expired yet, nothing listens.
+    let dead_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let far = now_ms() + 300_000;
+    // Load 0 so the least-loaded policy tries the dead one first.
+    let record = format!(r#"{{"addr":"{dead_addr}","exp":{far},"load":0}}"#);
+    redis.cli(&["HSET", "burrow:replicas", "zombie", &record]);
+    redis.cli(&["HSET", "burrow:agent:{a1}", "zombie", &far.to_string()]);
+    for _ in 0..5 {
+        let (status, _, body) = clients::get(hosts[0].ingress_addr, HOST, "/hello").await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+async fn control_attempt(url: &str, token: &str) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(url.replace("grpc://", "http://"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AgentTunnelClient::new(channel);
+    let hello = pb::AgentControl {
+        msg: Some(agent_control::Msg::Hello(pb::Hello {
+            protocol_version: burrow_proto::PROTOCOL_VERSION,
+            protocol_minor: 0,
+            agent_version: "test".into(),
+            replica_id: "raw".into(),
+            services: vec![],
+        })),
+    };
+    let mut request =
+        tonic::Request::new(futures_util::stream::iter([hello]).chain(futures_util::stream::pending()));
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let response = client.control(request).await?;
+    let mut stream = response.into_inner();
+    stream.message().await?.expect("Welcome");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_rate_limit_is_shared_by_all_replicas() {
+    let redis = RedisServer::start();
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let mut p = parts(&format!("r{i}"), &redis, "");
+        p.agents = "connect_rate_limit = 3".into();
+        hosts.push(start(p).await);
+    }
+    let token = token_of("a1");
+    control_attempt(&hosts[0].agent_url("grpc"), &token).await.unwrap();
+    control_attempt(&hosts[1].agent_url("grpc"), &token).await.unwrap();
+    control_attempt(&hosts[0].agent_url("grpc"), &token).await.unwrap();
+    let err = control_attempt(&hosts[1].agent_url("grpc"), &token).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("3 per minute"), "{}", err.message());
+    let retry: u64 =
+        err.metadata().get(burrow_proto::RETRY_AFTER_METADATA).unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry > 0 && retry <= 60_000, "{retry}");
+    // Another token has its own budget.
+    control_attempt(&hosts[1].agent_url("grpc"), &token_of("a2")).await.unwrap();
+    let (_, text) = admin(&hosts[1], "/metrics").await;
+    assert_eq!(metric(&text, "burrow_agent_connections_total{result=\"rate_limited\"}"), 1.0, "{text}");
+}
+
+async fn forward_with(addr: std::net::SocketAddr, token: Option<String>) -> tonic::Status {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = ReplicaTunnelClient::new(channel);
+    let dial = burrow_proto::tunnel::frames::dial("web", "req-1");
+    let mut request =
+        tonic::Request::new(futures_util::stream::iter([dial]).chain(futures_util::stream::pending()));
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+        .metadata_mut()
+        .insert_bin(burrow_proto::AGENT_ID_METADATA, tonic::metadata::BinaryMetadataValue::from_bytes(b"a1"));
+    match client.forward(request).await {
+        Ok(_) => panic!("the replica API accepted the call"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_api_rejects_bad_and_expired_tokens() {
+    let redis = RedisServer::start();
+    let hosts = replicas(&redis, 1).await;
+    let addr = hosts[0].cluster_addr.unwrap();
+    let good = TokenKey::new(CLUSTER_SECRET.as_bytes(), Duration::from_secs(30));
+    let wrong = TokenKey::new(b"another-secret-another-secret-0000", Duration::from_secs(30));
+    let cases = [
+        ("no token", None),
+        ("garbage", Some("not-a-token".to_owned())),
+        ("wrong secret", Some(wrong.mint("r9", "r0"))),
+        ("wrong audience", Some(good.mint("r9", "r1"))),
+        ("expired", Some(good.mint_at("r9", "r0", now_ms() - 60_000))),
+    ];
+    for (what, token) in cases {
+        let status = forward_with(addr, token).await;
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{what}: {status:?}");
+    }
+    // A valid token gets past authentication (and finds no stream of a1 here).
+    let status = forward_with(addr, Some(good.mint("r9", "r0"))).await;
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let (_, text) = admin(&hosts[0], "/metrics").await;
+    assert_eq!(metric(&text, "burrow_forwards_served_total{result=\"unauthenticated\"}"), 5.0, "{text}");
 }

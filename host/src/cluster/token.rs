@@ -77,7 +77,9 @@ impl TokenKey {
         self.mint_at(issuer, audience, now_ms() + self.lifetime.as_millis() as u64)
     }
 
-    fn mint_at(&self, issuer: &str, audience: &str, exp: u64) -> String {
+    /// A token expiring at `exp` (Unix ms): for tools and tests that need a token with a
+    /// chosen expiry, e.g. an expired one.
+    pub fn mint_at(&self, issuer: &str, audience: &str, exp: u64) -> String {
         let claims = Claims { iss: issuer.to_owned(), aud: audience.to_owned(), exp };
         let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let mut mac = self.mac.clone();
