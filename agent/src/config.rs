@@ -355,8 +355,8 @@ pub struct AgentConfig {
     /// many (default 2, 1 to [`MAX_CONNECTIONS`]).
     pub connections: usize,
     /// A connection kept on a replica another connection already holds (there were not
-    /// enough distinct replicas) tries to move to a distinct one this often, ±20%
-    /// (default 60 s).
+    /// enough distinct replicas) tries to move to a distinct one after this long, ±20%
+    /// (default 60 s); each round that finds none doubles the wait, up to 30 min.
     pub diversify_interval: Duration,
     /// Sent as `authorization: Bearer <token>` on every RPC.
     pub token: Secret,

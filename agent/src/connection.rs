@@ -33,6 +33,9 @@ pub(crate) const MAX_DUPLICATE_DIALS: u32 = 3;
 const REDIAL_MIN: Duration = Duration::from_millis(100);
 const REDIAL_MAX: Duration = Duration::from_millis(500);
 
+/// The longest wait between two diversify rounds that found no new replica.
+const MAX_DIVERSIFY_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
 /// Spread of `diversify_interval`, so slots (and agents) do not probe in step.
 const DIVERSIFY_JITTER: f64 = 0.2;
 
@@ -372,9 +375,14 @@ async fn diversify(
     stop: &CancellationToken,
     host: &mut usize,
 ) -> Established {
+    // Each fruitless round doubles the wait (up to MAX_DIVERSIFY_INTERVAL), so an agent
+    // on a deployment with fewer replicas than `connections` settles to a probe every
+    // half hour instead of three handshakes a minute, forever.
+    let mut interval = config.diversify_interval;
     loop {
-        sleep(jittered(config.diversify_interval, DIVERSIFY_JITTER)).await;
+        sleep(jittered(interval, DIVERSIFY_JITTER)).await;
         if !slot.shared.is_duplicate(slot.index) {
+            interval = config.diversify_interval;
             continue;
         }
         let mut landed: Vec<String> = Vec::new();
@@ -403,10 +411,11 @@ async fn diversify(
                 Err(e) => last_error = Some(e.to_string()),
             }
         }
+        interval = (interval * 2).min(MAX_DIVERSIFY_INTERVAL.max(config.diversify_interval));
         info!(
             replicas = ?landed,
             last_error = last_error.as_deref().unwrap_or(""),
-            retry_in = ?config.diversify_interval,
+            retry_in = ?interval,
             "still no distinct host replica; keeping the duplicate connection"
         );
     }

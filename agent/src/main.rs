@@ -49,7 +49,8 @@ struct Cli {
     connections: usize,
 
     /// When there were fewer replicas than --connections, a connection kept on an
-    /// already used replica tries to move to a distinct one this often (±20%).
+    /// already used replica tries to move to a distinct one after this long (±20%);
+    /// each round that finds none doubles the wait, up to 30 minutes.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration, verbatim_doc_comment)]
     diversify_interval: Duration,
 

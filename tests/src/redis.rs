@@ -11,6 +11,7 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -26,10 +27,16 @@ fn redis_binary() -> String {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line options (e.g. cluster mode).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("burrow-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer { port, child: None, dir };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut server = RedisServer { port, child: None, dir, extra };
         server.spawn();
         server
     }
@@ -38,6 +45,7 @@ impl RedisServer {
         let child = Command::new(redis_binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", self.dir.to_str().unwrap(), "--protected-mode", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -112,5 +120,105 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One Redis Sentinel watching a master under the name `burrow-master`.
+pub struct RedisSentinel {
+    server: RedisServer,
+}
+
+impl RedisSentinel {
+    /// The name the sentinel monitors the master under.
+    pub const MASTER_NAME: &'static str = "burrow-master";
+
+    /// Starts a sentinel monitoring the master on `master_port` and waits until it knows it.
+    pub fn start(master_port: u16) -> RedisSentinel {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("burrow-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Sentinel rewrites its config file, so it must be a real, writable file.
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor {} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {} 1000\n",
+                dir.display(),
+                Self::MASTER_NAME,
+                Self::MASTER_NAME
+            ),
+        )
+        .unwrap();
+        let child = Command::new(redis_binary())
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let server = RedisServer { port, child: Some(child), dir, extra: Vec::new() };
+        server.wait_ready();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server
+            .cli(&["SENTINEL", "get-master-addr-by-name", Self::MASTER_NAME])
+            .contains(&master_port.to_string())
+        {
+            assert!(Instant::now() < deadline, "sentinel never saw its master");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisSentinel { server }
+    }
+
+    /// `redis://127.0.0.1:<sentinel port>`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+}
+
+/// A Redis Cluster of `n` masters (no replicas), slots spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) cluster-enabled servers and joins them.
+    pub fn start(n: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]))
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create runs");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster never became ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// One `redis://` URL per node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Runs `redis-cli -c` (follows redirections) against the first node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-p", &self.nodes[0].port().to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }

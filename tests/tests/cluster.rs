@@ -520,3 +520,56 @@ async fn replica_api_rejects_bad_and_expired_tokens() {
     let (_, text) = admin(&hosts[0], "/metrics").await;
     assert_eq!(metric(&text, "burrow_forwards_served_total{result=\"unauthenticated\"}"), 5.0, "{text}");
 }
+
+fn mode_parts(replica: &str, mode_toml: &str) -> ConfigParts {
+    let mut p = cluster_parts(replica, "redis://unused:1", "");
+    p.authorizer = multi_agent_authorizer();
+    // Replace the single-server table with the mode's own.
+    let start = p.extra.find("[cluster.redis]").unwrap();
+    p.extra.truncate(start);
+    p.extra.push_str(&format!("[cluster.redis]\ntimeout = \"1s\"\n{mode_toml}\n"));
+    p
+}
+
+async fn reach_across(hosts: &[TestHost], workload: &Workload) {
+    // A waiting request on r1 is woken through pub/sub when a1 connects to r0.
+    let via = hosts[1].ingress_addr;
+    let waiting = tokio::spawn(async move { clients::get(via, HOST, "/hello").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _agent = agent_on(&hosts[0], "a1", workload).await;
+    let (status, _, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    for host in hosts {
+        assert_eq!(clients::get(host.ingress_addr, HOST, "/hello").await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_through_redis_sentinel() {
+    let master = RedisServer::start();
+    let sentinel = burrow_tests::redis::RedisSentinel::start(master.port());
+    let mode = format!(
+        "mode = \"sentinel\"\nurls = [\"{}\"]\nmaster_name = \"{}\"",
+        sentinel.url(),
+        burrow_tests::redis::RedisSentinel::MASTER_NAME
+    );
+    let hosts = [start(mode_parts("r0", &mode)).await, start(mode_parts("r1", &mode)).await];
+    let workload = Workload::start("w1").await;
+    reach_across(&hosts, &workload).await;
+    // The registry really is on the master the sentinel named.
+    assert!(master.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_on_redis_cluster() {
+    let cluster = burrow_tests::redis::RedisCluster::start(3);
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let mode = format!("mode = \"cluster\"\nurls = [{}]", urls.join(", "));
+    let hosts = [start(mode_parts("r0", &mode)).await, start(mode_parts("r1", &mode)).await];
+    let workload = Workload::start("w1").await;
+    reach_across(&hosts, &workload).await;
+    assert!(cluster.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r0"));
+    // The rate-limit script and per-agent keys stayed in one slot each (no CROSSSLOT errors).
+    let (_, text) = admin(&hosts[0], "/metrics").await;
+    assert!(!text.contains("burrow_redis_errors_total{op=\"register\"}"), "{text}");
+}
