@@ -21,12 +21,33 @@ fn check_config_accepts_the_example() {
 }
 
 #[test]
+fn check_config_accepts_the_cluster_examples() {
+    // Run from the repository root, as the README does: the secret path is relative to it.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for name in ["replica-a", "replica-b"] {
+        let out = burrow_host()
+            .current_dir(root)
+            .args(["check-config", &format!("examples/cluster/{name}.toml")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
 fn check_config_names_the_offending_key() {
     let cases = [
         ("typo.toml", "[ingress]\nstream_wiat = \"5s\"\n", "stream_wiat"),
         ("range.toml", "[agents]\nkeepalive_timeout = \"0s\"\n", "agents.keepalive_timeout"),
         ("plugin.toml", "[plugins.router]\nsource = \"builtin:nope\"\n", "plugins.router.source"),
         ("syntax.toml", "[agents\n", "config file"),
+        ("cluster.toml", "[cluster]\nlisten = \"127.0.0.1:0\"\n", "cluster.secret_file"),
+        (
+            "redis.toml",
+            "[cluster]\nsecret = \"0123456789abcdef0123456789abcdef\"\nlisten = \"127.0.0.1:0\"\n[cluster.redis]\nurls = [\"http://x\"]\n",
+            "cluster.redis.urls",
+        ),
+        ("admin.toml", "[admin]\nlisten = \"127.0.0.1:9\"\n[ingress]\nlisten = \"127.0.0.1:9\"\n", "must differ"),
     ];
     for (name, text, expected) in cases {
         let path = write(name, text);

@@ -181,7 +181,6 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         tokio::spawn(async move {
             // Agents send nothing after Hello; the stream ending means the agent left.
             let agent_left = async { while let Ok(Some(_)) = inbound.message().await {} };
-            tokio::pin!(agent_left);
             let aged = async {
                 match max_age {
                     Some(age) => tokio::time::sleep(age).await,
@@ -193,23 +192,20 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     let _ = tx.send(Ok(go_away("host is shutting down"))).await;
                     "host shutdown"
                 }
-                _ = &mut agent_left => "agent disconnected",
+                _ = agent_left => "agent disconnected",
                 _ = tx.closed() => "control stream closed",
                 _ = aged => {
                     tracing::info!(agent_id = %session.agent_id, remote = %session.remote_addr, "connection reached its maximum age; asking the agent to reconnect");
                     let _ = tx.send(Ok(go_away("connection reached its maximum age"))).await;
-                    // The agent reconnects (maybe elsewhere) and closes this connection once
-                    // its tunnels finish; past the grace period the host cuts it.
-                    tokio::select! {
-                        _ = &mut agent_left => "agent reconnected after max age",
-                        _ = tx.closed() => "control stream closed",
-                        _ = tokio::time::sleep(age_grace) => {
-                            if let Some(info) = &conn_info {
-                                info.kill.cancel();
-                            }
-                            "max connection age grace over; connection cut"
-                        }
+                    // The agent reconnects (maybe elsewhere) and lets tunnels in flight on
+                    // this connection finish; past the grace period the host cuts it.
+                    if let Some(info) = conn_info {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(age_grace).await;
+                            info.kill.cancel();
+                        });
                     }
+                    "connection reached its maximum age"
                 }
             };
             ctx.session_closed(&session);
