@@ -170,8 +170,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one user request. `outcome` is a short stable word such as `ok`,
-    /// `unauthorized`, `forbidden`, `no_route`, `agent_timeout`, `bad_gateway`, `unavailable`.
+    /// Counts one user request. `outcome` is `proxied` (the workload answered), `upgraded`
+    /// (101, now a byte pipe) or the error code users see in JSON error pages
+    /// (`no_route`, `forbidden`, `no_tunnel`, `agent_refused`, `cluster_unavailable`, ...).
     pub fn request(&self, outcome: &str) {
         self.requests.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
     }

@@ -106,6 +106,7 @@ async fn every_replica_reaches_every_agent() {
     let (_, text) = admin(&hosts[0], "/metrics").await;
     assert!(metric(&text, "burrow_routing_duration_seconds_count{path=\"forwarded\"}") >= 2.0, "{text}");
     assert!(metric(&text, "burrow_routing_duration_seconds_count{path=\"local\"}") >= 1.0, "{text}");
+    assert_eq!(metric(&text, "burrow_requests_total{outcome=\"proxied\"}"), 3.0, "{text}");
     let (_, text) = admin(&hosts[1], "/metrics").await;
     assert!(metric(&text, "burrow_forwards_served_total{result=\"ok\"}") >= 2.0, "{text}");
 }
@@ -235,6 +236,7 @@ async fn an_agent_that_never_comes_times_out_with_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     let (_, text) = admin(&hosts[1], "/metrics").await;
     assert_eq!(metric(&text, "burrow_agent_wait_timeouts_total"), 1.0, "{text}");
+    assert_eq!(metric(&text, "burrow_requests_total{outcome=\"no_tunnel\"}"), 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,4 +574,29 @@ async fn works_on_redis_cluster() {
     // The rate-limit script and per-agent keys stayed in one slot each (no CROSSSLOT errors).
     let (_, text) = admin(&hosts[0], "/metrics").await;
     assert!(!text.contains("burrow_redis_errors_total{op=\"register\"}"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_api_runs_over_tls() {
+    let redis = RedisServer::start();
+    let pki = burrow_tests::tls::TestPki::generate();
+    let tls = format!("tls = {{ cert = {:?}, key = {:?}, ca = {:?} }}", pki.cert, pki.key, pki.ca_cert);
+    let hosts = [start(parts("r0", &redis, &tls)).await, start(parts("r1", &redis, &tls)).await];
+    let workload = Workload::start("w1").await;
+    let _agent = agent_on(&hosts[0], "a1", &workload).await;
+    let (status, _, body) = clients::get(hosts[1].ingress_addr, HOST, "/hello").await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, text) = admin(&hosts[0], "/metrics").await;
+    assert_eq!(metric(&text, "burrow_forwards_served_total{result=\"ok\"}"), 1.0, "{text}");
+    // The port speaks only TLS: a cleartext caller gets nowhere.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", hosts[0].cluster_addr.unwrap()))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+    let mut client = ReplicaTunnelClient::new(channel);
+    let request =
+        tonic::Request::new(futures_util::stream::iter([burrow_proto::tunnel::frames::dial("web", "x")]));
+    assert!(client.forward(request).await.is_err());
 }

@@ -139,9 +139,13 @@ impl Peers {
         Ok(channel)
     }
 
-    /// Forgets the channel to `addr` (the replica is gone; a new one may reuse the address).
-    pub fn drop_channel(&self, addr: &str) {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+    /// Keeps only the channels to `live` addresses: a dead replica's connection would
+    /// otherwise linger, and a new replica may reuse its address.
+    pub fn retain(&self, live: &std::collections::HashSet<&str>) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|addr, _| live.contains(addr.as_str()));
     }
 }
 

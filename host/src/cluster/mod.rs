@@ -493,6 +493,7 @@ impl Cluster {
             Ok(all) => {
                 let now = now_ms();
                 let live: HashMap<_, _> = all.into_iter().filter(|(_, r)| is_live(r, now)).collect();
+                self.peers.retain(&live.values().map(|r| r.addr.as_str()).collect());
                 *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = live;
             }
             Err(e) => self.redis_failed("replicas", &e),

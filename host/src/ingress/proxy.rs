@@ -92,8 +92,17 @@ impl Proxy {
         let raw_host = raw_host(&request).unwrap_or_default().to_owned();
 
         let mut response = match self.proxy(request, conn, &request_id, &raw_host).await {
-            Ok(response) => response,
+            Ok(response) => {
+                // The workload answered (whatever its status): the tunnel did its job.
+                self.ctx.metrics.request(if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    "upgraded"
+                } else {
+                    "proxied"
+                });
+                response
+            }
             Err(error) => {
+                self.ctx.metrics.request(error.code());
                 let status = error.status();
                 if status.is_server_error() {
                     tracing::warn!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request failed");
