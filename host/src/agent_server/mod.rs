@@ -47,6 +47,9 @@ pub enum AgentServerError {
 
 type ConnSender = mpsc::Sender<Result<AgentConn, std::io::Error>>;
 
+/// How long agents get to withdraw their parked tunnels after GoAway, during a drain.
+const GOAWAY_HEAD_START: Duration = Duration::from_secs(1);
+
 struct Acceptor {
     config: Arc<AgentListenerConfig>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -117,6 +120,17 @@ pub async fn serve(
     }
     drop(listener);
     sweeper.abort();
+    // Agents act on GoAway by cancelling their parked tunnels and reconnecting at once.
+    // Give them a moment to do so before dropping what is left: a tunnel the host drops
+    // first looks like a failure to the agent, which then waits out a backoff delay.
+    let deadline = tokio::time::Instant::now() + GOAWAY_HEAD_START;
+    while tokio::time::Instant::now() < deadline {
+        ctx.registry.sweep();
+        if ctx.registry.stats().idle_tunnels == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Parked tunnels would otherwise hold the graceful shutdown open forever.
     ctx.registry.close();
     tracing::info!(grace = ?grace, "agent port draining");
