@@ -377,7 +377,16 @@ impl HostContext {
                     // The serving replica may wait briefly for a free stream; the total
                     // stays within the request's own deadline.
                     let wait = remaining.min(Duration::from_secs(2));
-                    cluster.forward(&c, agent_id, service, request_id, wait, self.dial_answer_timeout).await
+                    crate::cluster::forward::open(
+                        cluster,
+                        &c,
+                        agent_id,
+                        service,
+                        request_id,
+                        wait,
+                        self.dial_answer_timeout,
+                    )
+                    .await
                 };
                 (c, result)
             }

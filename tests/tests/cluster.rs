@@ -81,6 +81,11 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A loopback address nothing listens on (bound, then released).
+fn unused_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -384,10 +389,7 @@ async fn a_dead_replicas_stale_entries_are_ignored_and_swept() {
     let _agent = agent_on(&hosts[1], "a1", &workload).await;
     // A replica that died without cleaning up: its registration of a1 is still "valid"
     // but its liveness record expired, and its address accepts nothing.
-    let dead_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead_addr = unused_addr();
     let exp = now_ms() + 300_000;
     redis.cli(&["HSET", "burrow:agent:{a1}", "ghost", &exp.to_string()]);
     redis.cli(&["SADD", "burrow:replica-agents:{ghost}", "a1", "a9"]);
@@ -414,10 +416,7 @@ async fn a_live_looking_entry_pointing_nowhere_falls_back_to_the_next_candidate(
     let workload = Workload::start("w1").await;
     let _agent = agent_on(&hosts[1], "a1", &workload).await;
     // A replica killed a moment ago: its records have not expired yet, nothing listens.
-    let dead_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead_addr = unused_addr();
     let far = now_ms() + 300_000;
     // Load 0 so the least-loaded policy tries the dead one first.
     let record = format!(r#"{{"addr":"{dead_addr}","exp":{far},"load":0}}"#);

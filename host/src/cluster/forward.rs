@@ -201,8 +201,8 @@ impl tokio::io::AsyncWrite for PeerIo {
     }
 }
 
-/// Opens a relayed tunnel through `candidate`.
-pub(super) async fn open(
+/// Opens a tunnel to `agent_id`'s `service` relayed by `candidate`'s replica API.
+pub(crate) async fn open(
     cluster: &Cluster,
     candidate: &Candidate,
     agent_id: &str,

@@ -365,19 +365,6 @@ impl Cluster {
         });
     }
 
-    /// Opens a tunnel to `agent_id`'s `service` through `candidate`'s private API.
-    pub async fn forward(
-        &self,
-        candidate: &Candidate,
-        agent_id: &str,
-        service: &str,
-        request_id: &str,
-        wait: Duration,
-        answer_timeout: Duration,
-    ) -> Result<crate::tunnel_io::TunnelStream, forward::ForwardError> {
-        forward::open(self, candidate, agent_id, service, request_id, wait, answer_timeout).await
-    }
-
     /// Starts the background work: registrations, heartbeat, sweeping and the pub/sub
     /// listener. `load` reports this replica's agent streams in use.
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
