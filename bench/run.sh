@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Runs Burrow's benchmarks in release mode and prints a markdown table of medians.
-# Usage: bench/run.sh [--runs 5] [--requests 2000] [--bytes 268435456] [--transport grpc|ws]
+# Runs Burrow's benchmarks in release mode and prints markdown tables of medians.
+# Usage:
+#   bench/run.sh [--runs 5] [--requests 2000] [--bytes 268435456] [--calls 5000] [--transport grpc|ws]
+#       tunnel vs direct latency and throughput, plugin call cost (the default suite)
+#   bench/run.sh --suite cluster [--runs 5] [--requests 2000] [--wakeups 10] [--agents 10000]
+#       forwarded vs local latency, wake-up delay, Redis registry cost; needs redis-server
+#       and redis-cli on PATH (or BURROW_TEST_REDIS pointing at redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --release -q -p burrow-bench -- "$@"

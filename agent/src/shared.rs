@@ -338,6 +338,11 @@ impl Slot {
     }
 
     fn open(self: &Arc<Self>, session: &Arc<Session>, n: usize, delay: Option<Duration>) {
+        // A cancelled session (over, or the agent aborted) must not get replacements:
+        // each would end at once and ask for another, spinning without a pause.
+        if session.parked_cancel.is_cancelled() || self.shared.kill.is_cancelled() {
+            return;
+        }
         for _ in 0..n {
             let task = crate::tunnel::run(self.clone(), session.clone(), delay);
             self.shared.tracker.spawn(task.instrument(self.span.clone()));

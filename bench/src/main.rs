@@ -1,8 +1,13 @@
 //! `burrow-bench`: measures, in one process and one run, what the tunnel adds over a
-//! direct connection to the same workload, and what the plugin path costs per request.
+//! direct connection to the same workload, and what the plugin path costs per request
+//! (`--suite tunnel`, the default); or what cluster mode adds: forwarding between
+//! replicas, waking a request when its agent connects, and the registry's cost in Redis
+//! (`--suite cluster`, see [`cluster`]).
 //!
-//! Every figure is the median of `--runs` runs; ratios compare against the direct baseline
+//! Every figure is the median of `--runs` runs; ratios compare against a baseline
 //! measured in the same run. Run it with `bench/run.sh` (release build).
+
+mod cluster;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +21,10 @@ use http_body_util::BodyExt;
 
 #[derive(Parser, Debug)]
 struct Args {
+    /// Which measurements: `tunnel` (tunnel vs direct, plugin path) or `cluster`
+    /// (forwarded vs local, wake-up delay, Redis registry cost).
+    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster"])]
+    suite: String,
     /// Repetitions of each measurement; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -31,6 +40,16 @@ struct Args {
     /// Agent transport for the tunnel runs: grpc or ws.
     #[arg(long, default_value = "grpc")]
     transport: String,
+    /// Cluster suite: requests per path per run when every request opens a new tunnel
+    /// (`max_idle_per_workload = 0`). Keep it below the agent's `max_streams` (1000).
+    #[arg(long, default_value_t = 500)]
+    new_tunnel_requests: usize,
+    /// Cluster suite: wake-ups measured per run and per kind (forwarded, local).
+    #[arg(long, default_value_t = 10)]
+    wakeups: usize,
+    /// Cluster suite: agents registered in Redis for the registry-cost runs.
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
 }
 
 const HOST: &str = "web-a1.localhost";
@@ -61,7 +80,11 @@ async fn latency_run(client: &mut Client, host: &str, n: usize) -> Latency {
         let start = Instant::now();
         let (status, _, body) = client.get(host, "/hello").await;
         samples.push(start.elapsed());
-        assert!(status.is_success() && !body.is_empty());
+        assert!(
+            status.is_success() && !body.is_empty(),
+            "GET http://{host}/hello: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     samples.sort();
     Latency { p50_us: percentile(&samples, 0.5), p99_us: percentile(&samples, 0.99) }
@@ -149,6 +172,14 @@ async fn plugin_run(plugins: &Arc<Plugins>, calls: usize) -> PluginFigures {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    match args.suite.as_str() {
+        "cluster" => cluster::run(&args).await,
+        _ => tunnel_suite(&args).await,
+    }
+}
+
+async fn tunnel_suite(args: &Args) -> anyhow::Result<()> {
     let config = default_config();
     let host = TestHost::start(config.clone()).await;
     let workload = Workload::start("bench").await;

@@ -599,3 +599,58 @@ async fn the_replica_api_runs_over_tls() {
         tonic::Request::new(futures_util::stream::iter([burrow_proto::tunnel::frames::dial("web", "x")]));
     assert!(client.forward(request).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_tunnels_are_released_on_the_agent() {
+    let redis = RedisServer::start();
+    let mut p1 = parts("r1", &redis, "");
+    // A fresh tunnel per request, so every request opens and closes one forward.
+    p1.ingress = "stream_wait = \"5s\"\nmax_idle_per_workload = 0".into();
+    let hosts = [start(parts("r0", &redis, "")).await, start(p1).await];
+    let workload = Workload::start("w1").await;
+    let agent = agent_on(&hosts[0], "a1", &workload).await;
+    let mut client = clients::connect(hosts[1].ingress_addr, &Mode::h1()).await;
+    for _ in 0..30 {
+        assert_eq!(client.get(HOST, "/hello").await.0, StatusCode::OK);
+    }
+    for _ in 0..5 {
+        let (tcp, head) = clients::raw_upgrade(hosts[1].ingress_addr, HOST).await;
+        assert!(head.starts_with("HTTP/1.1 101"));
+        drop(tcp); // the user vanishes without closing anything
+    }
+    drop(client);
+    eventually(Duration::from_secs(10), "the agent has no stream left in use", || {
+        agent.status().borrow().active_streams == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_replica_keeps_its_registration() {
+    let redis = RedisServer::start();
+    let hosts = replicas(&redis, 2).await;
+    let workload = Workload::start("w1").await;
+    let mut config = agent_config(&hosts[0].agent_url("grpc"), &token_of("a1"), &[workload.service("web")]);
+    config.connections = 1;
+    config.min_idle = 1;
+    config.max_streams = 1;
+    let agent = burrow_agent::spawn(config);
+    wait_connected(&agent).await;
+    // The agent's only stream is busy with a long response through r1.
+    let mut long = clients::connect(hosts[1].ingress_addr, &Mode::h1()).await;
+    let resp = long.request("GET", HOST, "/sse?n=2", &[], clients::empty()).await;
+    let mut sse = resp.into_body();
+    sse.frame().await.unwrap().unwrap();
+    // Another request through r1 finds r0 busy: it waits and times out (3 s here)...
+    let (status, _, _) = clients::get(hosts[1].ingress_addr, HOST, "/hello").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    // ...but r0 is still registered: busy is not gone.
+    assert!(redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r0"));
+    workload.release_event();
+    drop(sse);
+    eventually(Duration::from_secs(10), "the stream is free again", || {
+        agent.status().borrow().active_streams == 0
+    })
+    .await;
+    assert_eq!(clients::get(hosts[1].ingress_addr, HOST, "/hello").await.0, StatusCode::OK);
+}

@@ -342,9 +342,10 @@ impl ReplicaTunnel for ForwardService {
                 let refusal = frames::dial_refused(code, message);
                 return Ok(Response::new(Box::pin(futures_util::stream::iter([Ok(refusal)]))));
             }
+            // Busy, not absent: the caller must try elsewhere but keep our registration.
             Err(OpenError::NoTunnel { .. }) => {
-                metrics.forward_served("no_tunnel");
-                return Err(Status::not_found("no free stream of the agent on this replica"));
+                metrics.forward_served("busy");
+                return Err(Status::unavailable("no free stream of the agent on this replica in time"));
             }
             Err(OpenError::ShuttingDown) => return Err(Status::unavailable("replica is shutting down")),
             Err(e) => {
@@ -381,6 +382,7 @@ async fn relay(
         let done = done.clone();
         let to_agent = to_agent.clone();
         async move {
+            let mut saw_eof = false;
             loop {
                 let next = tokio::select! {
                     _ = done.cancelled() => return,
@@ -390,6 +392,10 @@ async fn relay(
                     Ok(Some(frame)) => {
                         let end = match &frame.frame {
                             Some(host_frame::Frame::Reset(_)) => true,
+                            Some(host_frame::Frame::Eof(_)) => {
+                                saw_eof = true;
+                                false
+                            }
                             Some(host_frame::Frame::Dial(_)) | None => {
                                 let _ = to_agent
                                     .send(Ok(frames::host_reset(
@@ -409,9 +415,21 @@ async fn relay(
                             return;
                         }
                     }
-                    // The caller finished its request stream; the agent side carries on
-                    // until it ends too.
-                    Ok(None) => return,
+                    // After the caller's Eof the agent side carries on until it ends too.
+                    // Without one, the caller went away (a cancelled HTTP/2 stream can
+                    // look like a clean end here): the agent must drop its socket.
+                    Ok(None) => {
+                        if !saw_eof {
+                            let _ = to_agent
+                                .send(Ok(frames::host_reset(
+                                    ResetCode::Cancelled,
+                                    "the calling replica went away",
+                                )))
+                                .await;
+                            done.cancel();
+                        }
+                        return;
+                    }
                     Err(_) => {
                         let _ = to_agent
                             .send(Ok(frames::host_reset(
@@ -434,6 +452,14 @@ async fn relay(
                 let next = tokio::select! {
                     _ = done.cancelled() => {
                         let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::Cancelled, "relay cancelled")));
+                        return;
+                    }
+                    // The caller dropped its response stream while the agent is quiet.
+                    _ = to_caller.closed() => {
+                        let _ = to_agent
+                            .send(Ok(frames::host_reset(ResetCode::Cancelled, "the calling replica went away")))
+                            .await;
+                        done.cancel();
                         return;
                     }
                     n = from_agent.message() => n,
