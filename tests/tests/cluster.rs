@@ -184,7 +184,8 @@ async fn forwarded_streams_behave_like_local_ones() {
         assert_eq!(String::from_utf8(got).unwrap(), format!("data: event {i}\n\n"));
         workload.release_event();
     }
-    drop(body);
+    // Read to the end so the keep-alive connection can carry the next request.
+    body.collect().await.unwrap();
 
     // The agent's refusal crosses the forward unchanged: 502 with the refusal code.
     let resp = client
