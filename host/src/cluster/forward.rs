@@ -24,6 +24,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -119,7 +120,7 @@ impl Peers {
                 let tcp = TcpStream::connect(&target).await?;
                 tcp.set_nodelay(true)?;
                 match tls {
-                    None => Ok::<_, std::io::Error>(TokioIo::new(PeerIo::Plain(tcp))),
+                    None => Ok::<_, std::io::Error>(TokioIo::new(PeerIo::Left(tcp))),
                     Some((connector, name)) => {
                         let host = name.unwrap_or_else(|| {
                             target.rsplit_once(':').map_or(target.clone(), |(h, _)| {
@@ -129,7 +130,7 @@ impl Peers {
                         let server_name = ServerName::try_from(host)
                             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                         let tls = connector.connect(server_name, tcp).await?;
-                        Ok(TokioIo::new(PeerIo::Tls(Box::new(tls))))
+                        Ok(TokioIo::new(PeerIo::Right(Box::new(tls))))
                     }
                 }
             }
@@ -150,56 +151,7 @@ impl Peers {
 }
 
 /// TCP or TLS-over-TCP to a peer.
-enum PeerIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl tokio::io::AsyncRead for PeerIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for PeerIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            PeerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            PeerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+type PeerIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Opens a tunnel to `agent_id`'s `service` relayed by `candidate`'s replica API.
 pub(crate) async fn open(
@@ -542,10 +494,10 @@ pub async fn serve(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let conn = match tls {
-                    None => PeerConn { io: PeerServerIo::Plain(tcp), remote },
+                    None => PeerConn { io: Either::Left(tcp), remote },
                     Some(acceptor) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => PeerConn { io: PeerServerIo::Tls(Box::new(tls)), remote },
+                            Ok(Ok(tls)) => PeerConn { io: Either::Right(Box::new(tls)), remote },
                             Ok(Err(e)) => {
                                 tracing::debug!(%remote, error = %e, "replica API TLS handshake failed");
                                 return;
@@ -587,15 +539,10 @@ pub async fn serve(
     }
 }
 
-/// An accepted replica connection.
+/// An accepted replica connection (TCP or TLS), with its peer address for tonic.
 struct PeerConn {
-    io: PeerServerIo,
+    io: Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>,
     remote: SocketAddr,
-}
-
-enum PeerServerIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 impl tonic::transport::server::Connected for PeerConn {
@@ -611,10 +558,7 @@ impl tokio::io::AsyncRead for PeerConn {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            PeerServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -624,29 +568,20 @@ impl tokio::io::AsyncWrite for PeerConn {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().io {
-            PeerServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            PeerServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match &mut self.get_mut().io {
-            PeerServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            PeerServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
