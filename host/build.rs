@@ -1,17 +1,36 @@
-//! Builds the plugin components in `plugins/` (a separate cargo workspace) for
-//! `wasm32-wasip2` so the host can embed the built-ins with `include_bytes!`.
+//! Builds the plugin components for `wasm32-wasip2` so the host can embed the built-ins
+//! with `include_bytes!` and its tests can load every other one: the `plugins/` cargo
+//! workspace (built-ins, the SDK, test-only plugins) and the example plugins under
+//! `examples/plugins/` (standalone crates, each its own workspace). All of them land in
+//! one target directory, `target/wasm-plugins`, whose `wasm32-wasip2/release` directory
+//! becomes `BURROW_PLUGIN_ARTIFACTS`.
 //!
 //! Modelled on wasmtime's `crates/test-programs/artifacts/build.rs`: run the same cargo
-//! that runs us, with the environment it leaks into build scripts removed, into a
-//! target directory of its own under the workspace's `target/`.
+//! that runs us, with the environment it leaks into build scripts removed.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const TARGET: &str = "wasm32-wasip2";
-/// The components `plugins/` must produce; the host's tests load every one of them.
-const ARTIFACTS: &[&str] = &["authorizer_static.wasm", "router_hostname.wasm", "test_misbehave.wasm"];
+/// The components the builds must produce; the host embeds the built-ins and its tests
+/// load every one of them.
+const ARTIFACTS: &[&str] = &[
+    "authorizer_static.wasm",
+    "workload_workspace.wasm",
+    "workload_ci_job.wasm",
+    "workload_terminal.wasm",
+    "router_prefer_local.wasm",
+    "test_misbehave.wasm",
+    "test_http.wasm",
+    "test_old_minor.wasm",
+    "test_swap_v1.wasm",
+    "test_swap_v2.wasm",
+    "office_hours.wasm",
+    "canary_router.wasm",
+];
+/// Example plugin crates under `examples/plugins/`, built alongside the workspace.
+const EXAMPLES: &[&str] = &["office-hours", "canary-router"];
 const MISSING_TARGET: &str = "burrow-host needs the wasm32-wasip2 Rust target to build its built-in \
                               plugins: run \"rustup target add wasm32-wasip2\" and build again.";
 
@@ -35,7 +54,9 @@ fn main() -> ExitCode {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ lives inside the workspace root").to_path_buf();
     let plugins = root.join("plugins");
-    rerun_if_changed(&root, &plugins);
+    let examples: Vec<PathBuf> =
+        EXAMPLES.iter().map(|name| root.join("examples/plugins").join(name)).collect();
+    rerun_if_changed(&root, &plugins, &examples);
 
     if !target_installed() {
         println!("cargo::error={MISSING_TARGET}");
@@ -43,26 +64,12 @@ fn main() -> ExitCode {
     }
 
     let target_dir = root.join("target").join("wasm-plugins");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&plugins)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir);
-    for var in STRIPPED_ENV {
-        cmd.env_remove(var);
-    }
-    let output = match cmd.output() {
-        Ok(output) => output,
-        Err(err) => {
-            println!("cargo::error=could not run cargo to build the plugins in {}: {err}", plugins.display());
-            return ExitCode::SUCCESS;
+    // One directory after another: they share the target directory, and cargo would only
+    // make parallel builds wait for its lock anyway.
+    for dir in std::iter::once(&plugins).chain(&examples) {
+        if let Err(code) = build(dir, &target_dir) {
+            return code;
         }
-    };
-    if !output.status.success() {
-        // Exiting non-zero makes cargo print our stderr: the plugin compiler errors.
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        eprintln!("building the plugins in {} for {TARGET} failed (see above)", plugins.display());
-        return ExitCode::FAILURE;
     }
 
     let artifacts = target_dir.join(TARGET).join("release");
@@ -76,18 +83,53 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Watches sources only, never `plugins/target` or the artifacts, so building does not
+/// `cargo build --release --target wasm32-wasip2` in `dir`, into `target_dir`.
+fn build(dir: &Path, target_dir: &Path) -> Result<(), ExitCode> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(dir).args(["build", "--release", "--target", TARGET, "--target-dir"]).arg(target_dir);
+    for var in STRIPPED_ENV {
+        cmd.env_remove(var);
+    }
+    let output = match cmd.output() {
+        Ok(output) => output,
+        Err(err) => {
+            println!("cargo::error=could not run cargo to build the plugins in {}: {err}", dir.display());
+            return Err(ExitCode::SUCCESS);
+        }
+    };
+    if !output.status.success() {
+        // Exiting non-zero makes cargo print our stderr: the plugin compiler errors.
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        eprintln!("building the plugins in {} for {TARGET} failed (see above)", dir.display());
+        return Err(ExitCode::FAILURE);
+    }
+    Ok(())
+}
+
+/// Watches sources only, never a `target/` or the artifacts, so building does not
 /// retrigger itself.
-fn rerun_if_changed(root: &Path, plugins: &Path) {
-    println!("cargo::rerun-if-changed={}", root.join("wit").display());
-    println!("cargo::rerun-if-changed={}", plugins.join("Cargo.toml").display());
-    println!("cargo::rerun-if-changed={}", plugins.join("Cargo.lock").display());
-    let Ok(entries) = std::fs::read_dir(plugins) else { return };
-    for entry in entries.flatten() {
-        let crate_dir = entry.path();
-        if crate_dir.join("Cargo.toml").is_file() {
-            println!("cargo::rerun-if-changed={}", crate_dir.join("Cargo.toml").display());
-            println!("cargo::rerun-if-changed={}", crate_dir.join("src").display());
+fn rerun_if_changed(root: &Path, plugins: &Path, examples: &[PathBuf]) {
+    let watch = |path: PathBuf| println!("cargo::rerun-if-changed={}", path.display());
+    watch(root.join("wit"));
+    watch(plugins.join("Cargo.toml"));
+    watch(plugins.join("Cargo.lock"));
+    let crates = std::fs::read_dir(plugins)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| dir.join("Cargo.toml").is_file());
+    for crate_dir in crates.chain(examples.iter().cloned()) {
+        watch(crate_dir.join("Cargo.toml"));
+        watch(crate_dir.join("src"));
+        // Standalone example workspaces pin their own dependencies...
+        if crate_dir.join("Cargo.lock").is_file() {
+            watch(crate_dir.join("Cargo.lock"));
+        }
+        // ...and a plugin may build against its own copy of the WIT (test-old-minor).
+        if crate_dir.join("wit").is_dir() {
+            watch(crate_dir.join("wit"));
         }
     }
 }

@@ -5,6 +5,13 @@
 //! - `GET /readyz`: 200 when the replica should get new work, else 503 with the reasons
 //!   (draining; Redis unreachable in cluster mode).
 //! - `GET /metrics`: OpenMetrics text.
+//! - The plugin API, with `Authorization: Bearer <token>` (the token in
+//!   `admin.token_file`; without one configured the plugin API is off):
+//!   - `GET /plugins`: every plugin with kind, source, sha256, load time and state;
+//!   - `POST /plugins/reload`: reload every plugin from its source;
+//!   - `POST /plugins/<name>/reload`: reload one (canary first; the old one keeps serving
+//!     if the new one fails, and the answer says why);
+//!   - `POST /plugins/<name>/rollback`: put the previous version back.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +24,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +39,48 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where it listens. Default `127.0.0.1:8084` (loopback: not reachable from outside).
     pub listen: SocketAddr,
+    /// A file holding the bearer token of the plugin API (one line). Without it the
+    /// plugin API answers 403: it can swap the code that decides who gets in.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: ([127, 0, 0, 1], 8084).into() }
+        Self { enabled: true, listen: ([127, 0, 0, 1], 8084).into(), token_file: None }
+    }
+}
+
+impl AdminConfig {
+    /// Checks that the token file exists and holds a usable token.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(path) = &self.token_file {
+            let token = read_token(path)?;
+            if token.len() < 16 {
+                return Err(format!(
+                    "admin.token_file: the token in {} is shorter than 16 characters",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin.token_file: cannot read {}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+/// The plugin API's token, kept as a SHA-256 so comparisons are constant-time and the
+/// token itself is not held in memory longer than needed.
+struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    fn check(&self, req: &Request<Incoming>) -> bool {
+        let Some(presented) = crate::ingress::headers::bearer_token(req.headers()) else { return false };
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(digest.ct_eq(&self.0))
     }
 }
 
@@ -47,7 +93,18 @@ fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
         .expect("static response parts are valid")
 }
 
-fn handle(ctx: &HostContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    response(status, "application/json", format!("{value}\n"))
+}
+
+async fn handle(
+    ctx: &HostContext,
+    token: Option<&AdminToken>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/plugins" || req.uri().path().starts_with("/plugins/") {
+        return plugin_api(ctx, token, &req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
     }
@@ -71,13 +128,85 @@ fn handle(ctx: &HostContext, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 ctx.metrics.encode(),
             )
         }
-        _ => response(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz, /readyz or /metrics\n"),
+        _ => response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz, /readyz, /metrics or /plugins\n",
+        ),
+    }
+}
+
+async fn plugin_api(
+    ctx: &HostContext,
+    token: Option<&AdminToken>,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(token) = token else {
+        return json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({ "error": "the plugin API is off: set admin.token_file to enable it" }),
+        );
+    };
+    if !token.check(req) {
+        let mut r =
+            json(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": "missing or wrong bearer token" }));
+        r.headers_mut().insert("www-authenticate", hyper::header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let path = req.uri().path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    let plugins = &ctx.plugins;
+    let outcome = |result: Result<crate::plugins::ReloadOutcome, crate::plugins::PluginError>| match result {
+        Ok(outcome) => json(StatusCode::OK, serde_json::to_value(outcome).unwrap_or_default()),
+        Err(err @ crate::plugins::PluginError::NotFound { .. }) => {
+            json(StatusCode::NOT_FOUND, serde_json::json!({ "error": err.to_string() }))
+        }
+        Err(err) => json(StatusCode::CONFLICT, serde_json::json!({ "error": err.to_string() })),
+    };
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, []) => json(StatusCode::OK, serde_json::json!({ "plugins": plugins.status() })),
+        (&Method::POST, ["reload"]) => {
+            let results: Vec<serde_json::Value> = plugins
+                .reload_all()
+                .await
+                .into_iter()
+                .map(|r| match r {
+                    Ok(outcome) => serde_json::to_value(outcome).unwrap_or_default(),
+                    Err(err) => serde_json::json!({ "result": "refused", "error": err.to_string() }),
+                })
+                .collect();
+            let failed = results.iter().any(|r| r["result"] == "refused");
+            let status = if failed { StatusCode::CONFLICT } else { StatusCode::OK };
+            json(status, serde_json::json!({ "results": results }))
+        }
+        (&Method::POST, [name, "reload"]) => outcome(plugins.reload(name).await),
+        (&Method::POST, [name, "rollback"]) => outcome(plugins.rollback(name).await),
+        (_, [] | ["reload"] | [_, "reload" | "rollback"]) => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({ "error": "use GET /plugins, POST /plugins/reload, POST /plugins/<name>/reload or /rollback" }),
+        ),
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("no such endpoint: {path}") })),
     }
 }
 
 /// Serves the admin port until `shutdown`. It outlives the drain on purpose: readiness
 /// must be observable (as 503) while the replica drains.
-pub async fn serve(listener: TcpListener, ctx: Arc<HostContext>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HostContext>,
+    config: Arc<AdminConfig>,
+    shutdown: CancellationToken,
+) {
+    let token = match &config.token_file {
+        Some(path) => match read_token(path) {
+            Ok(token) => Some(Arc::new(AdminToken(Sha256::digest(token.as_bytes()).into()))),
+            Err(e) => {
+                tracing::error!("{e}; the plugin API is off");
+                None
+            }
+        },
+        None => None,
+    };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::debug!(?local, "admin port listening");
     loop {
@@ -94,10 +223,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<HostContext>, shutdown: Cance
         };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let r = handle(&ctx, &req);
-                async move { Ok::<_, Infallible>(r) }
+                let ctx = ctx.clone();
+                let token = token.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, token.as_deref(), req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

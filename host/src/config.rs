@@ -126,6 +126,7 @@ impl Config {
         self.agents.validate().map_err(ConfigError::Invalid)?;
         self.ingress.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.plugins.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.admin.validate().map_err(ConfigError::Invalid)?;
         if let Some(cluster) = &self.cluster {
             cluster.validate().map_err(ConfigError::Invalid)?;
         }

@@ -16,6 +16,7 @@ use crate::cluster::forward::ForwardError;
 use crate::cluster::policy::Candidate;
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
+use crate::plugins::types::{RouteCandidate, RouteRequest, Target};
 use crate::plugins::Plugins;
 use crate::registry::{ClaimError, Session, TunnelRegistry};
 use crate::tunnel_io::{self, DialError, Dialed, TunnelStream};
@@ -39,6 +40,17 @@ pub enum OpenError {
     /// cannot be reached to find another (503).
     #[error("agent {agent_id:?} is not connected to this replica and the cluster registry is unreachable: {reason}")]
     ClusterUnavailable { agent_id: String, reason: String },
+}
+
+/// An agent's labels, shared by its sessions.
+type AgentLabels = Arc<[(String, String)]>;
+
+/// What the router plugin is told about a tunnel being opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHint {
+    pub target: Target,
+    /// Stable per user session (principal id, else client address).
+    pub session_key: String,
 }
 
 /// Whether the host can take traffic, and if not, why.
@@ -71,7 +83,16 @@ pub struct HostContext {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// Labels of each agent held here (from its latest session's identity).
+    labels: Mutex<HashMap<String, AgentLabels>>,
+    /// Workloads (kind, id) found ended, with when: their requests get 410.
+    ended_workloads: Mutex<HashMap<(String, String), Instant>>,
 }
+
+/// How long an ended workload is remembered (its agents are refused at connect anyway).
+const ENDED_WORKLOAD_MEMORY: Duration = Duration::from_secs(3600);
+/// Ended workloads remembered at most; the oldest are forgotten first.
+const ENDED_WORKLOADS_MAX: usize = 100_000;
 
 impl HostContext {
     /// A context for a host with these parts.
@@ -94,7 +115,58 @@ impl HostContext {
             cluster,
             metrics,
             draining: AtomicBool::new(false),
+            ended_workloads: Mutex::new(HashMap::new()),
+            labels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records that a workload has ended: its requests are refused (410) from now on.
+    pub fn mark_workload_ended(&self, kind: &str, workload_id: &str) {
+        let mut ended = self.ended_workloads.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if ended.len() >= ENDED_WORKLOADS_MAX {
+            ended.retain(|_, at| now.duration_since(*at) < ENDED_WORKLOAD_MEMORY);
+            if ended.len() >= ENDED_WORKLOADS_MAX {
+                if let Some(oldest) = ended.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone()) {
+                    ended.remove(&oldest);
+                }
+            }
+        }
+        ended.insert((kind.to_owned(), workload_id.to_owned()), now);
+    }
+
+    /// Forgets that a workload ended (its plugin says it is live again).
+    pub fn clear_workload_ended(&self, kind: &str, workload_id: &str) {
+        let mut ended = self.ended_workloads.lock().unwrap_or_else(|p| p.into_inner());
+        if !ended.is_empty() {
+            ended.remove(&(kind.to_owned(), workload_id.to_owned()));
+        }
+    }
+
+    /// Whether the workload was found ended (within the last hour).
+    pub fn workload_ended(&self, kind: &str, workload_id: &str) -> bool {
+        let ended = self.ended_workloads.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.is_empty() {
+            return false;
+        }
+        ended
+            .get(&(kind.to_owned(), workload_id.to_owned()))
+            .is_some_and(|at| at.elapsed() < ENDED_WORKLOAD_MEMORY)
+    }
+
+    /// The labels of one of `agent_id`'s sessions here (empty when it has none here).
+    pub fn agent_labels(&self, agent_id: &str) -> Vec<(String, String)> {
+        self.labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent_id)
+            .map(|l| l.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The open agent sessions.
+    pub fn sessions_snapshot(&self) -> Vec<Arc<Session>> {
+        self.sessions.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
     /// Records a new agent session (and announces the agent to the cluster if it is the
@@ -110,6 +182,12 @@ impl HostContext {
             .unwrap_or_else(|p| p.into_inner())
             .entry(session.agent_id.clone())
             .or_insert(0) += 1;
+        if let Some(identity) = &session.identity {
+            self.labels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(session.agent_id.clone(), identity.identity.labels.clone().into());
+        }
         if let Some(cluster) = &self.cluster {
             cluster.agent_up(&session.agent_id);
         }
@@ -127,6 +205,7 @@ impl HostContext {
                 *n -= 1;
                 if *n == 0 {
                     agents.remove(&session.agent_id);
+                    self.labels.lock().unwrap_or_else(|p| p.into_inner()).remove(&session.agent_id);
                 }
             }
         }
@@ -237,6 +316,19 @@ impl HostContext {
         request_id: &str,
         wait: Duration,
     ) -> Result<TunnelStream, OpenError> {
+        self.open_tunnel_routed(agent_id, service, request_id, wait, None).await
+    }
+
+    /// [`Self::open_tunnel`], telling the router plugin (cluster mode) which workload and
+    /// user session the tunnel is for.
+    pub async fn open_tunnel_routed(
+        &self,
+        agent_id: &str,
+        service: &str,
+        request_id: &str,
+        wait: Duration,
+        hint: Option<&RouteHint>,
+    ) -> Result<TunnelStream, OpenError> {
         let started = Instant::now();
         let result = match &self.cluster {
             None => {
@@ -248,7 +340,7 @@ impl HostContext {
                 }
                 self.open_local(agent_id, service, request_id, wait).await
             }
-            Some(cluster) => self.open_clustered(cluster, agent_id, service, request_id, wait).await,
+            Some(cluster) => self.open_clustered(cluster, agent_id, service, request_id, wait, hint).await,
         };
         match &result {
             Ok(stream) => self.metrics.routed(stream.path(), started.elapsed().as_secs_f64()),
@@ -267,14 +359,18 @@ impl HostContext {
         service: &str,
         request_id: &str,
         wait: Duration,
+        hint: Option<&RouteHint>,
     ) -> Result<TunnelStream, OpenError> {
         let deadline = Instant::now() + wait;
         let no_tunnel = || OpenError::NoTunnel { agent_id: agent_id.to_owned(), waited: wait };
         let mut counted_wait = false;
+        // A router plugin may prefer another replica to this one (a canary), so it sees
+        // every candidate; the built-in policy always prefers local, so it skips Redis.
+        let routed = self.plugins.has_router();
         loop {
             // Fast path: a parked stream here needs neither Redis nor a hop.
             let draining = self.is_draining();
-            if !draining && self.holds_agent(agent_id) && self.registry.idle_count(agent_id) > 0 {
+            if !routed && !draining && self.holds_agent(agent_id) && self.registry.idle_count(agent_id) > 0 {
                 match self.open_local(agent_id, service, request_id, Duration::ZERO).await {
                     Ok(s) => return Ok(s),
                     Err(e @ OpenError::Refused { .. }) => return Err(e),
@@ -304,7 +400,7 @@ impl HostContext {
                 });
             }
             if !candidates.is_empty() {
-                let ordered = cluster.order(agent_id, candidates);
+                let ordered = self.order_candidates(cluster, agent_id, service, hint, candidates).await;
                 match self.race(cluster, ordered, agent_id, service, request_id, deadline).await {
                     Ok(s) => return Ok(s),
                     Err(Some(e)) => return Err(e),
@@ -344,6 +440,47 @@ impl HostContext {
                 },
                 _ = tokio::time::sleep_until(deadline) => return Err(no_tunnel()),
             }
+        }
+    }
+
+    /// The router plugin's order when one is configured and there is a choice, else the
+    /// cluster's built-in policy (also the fallback when the plugin fails).
+    async fn order_candidates(
+        &self,
+        cluster: &Cluster,
+        agent_id: &str,
+        service: &str,
+        hint: Option<&RouteHint>,
+        candidates: Vec<Candidate>,
+    ) -> Vec<Candidate> {
+        if candidates.len() < 2 || !self.plugins.has_router() {
+            return cluster.order(agent_id, candidates);
+        }
+        let target = hint.map(|h| h.target.clone()).unwrap_or_else(|| Target {
+            workload_kind: String::new(),
+            workload_id: String::new(),
+            agent_id: agent_id.to_owned(),
+            service: service.to_owned(),
+        });
+        let request = RouteRequest {
+            target,
+            session_key: hint.map(|h| h.session_key.clone()).unwrap_or_default(),
+            candidates: candidates
+                .iter()
+                .map(|c| RouteCandidate {
+                    replica_id: c.replica_id.clone(),
+                    local: c.local,
+                    load: u32::try_from(c.load).unwrap_or(u32::MAX),
+                    age_ms: c.age.map_or(0, |a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+                })
+                .collect(),
+        };
+        match self.plugins.route(&request).await {
+            Some(order) => {
+                let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+                order.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)).collect()
+            }
+            None => cluster.order(agent_id, candidates),
         }
     }
 

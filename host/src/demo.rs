@@ -70,8 +70,8 @@ grace = "5s"
 [plugins.authorizer]
 source = "builtin:authorizer-static"
 config = {{ agents = [{{ id = "demo", token_sha256 = "{token_sha256}" }}], default_access = "open" }}
-[plugins.router]
-source = "builtin:router-hostname"
+[[plugins.workload]]
+source = "builtin:workload-workspace"
 config = {{ root_domains = ["localhost"] }}
 "#
     );

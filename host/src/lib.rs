@@ -93,19 +93,43 @@ pub enum HostError {
     Task(String),
 }
 
+/// Requests a running host accepts from its embedder (the binary sends them on SIGHUP).
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Apply a new `[plugins]` table: changed slots are rebuilt, unchanged ones reloaded
+    /// from their files. The answer says what happened.
+    ReloadPlugins(
+        Box<plugins::PluginsConfig>,
+        Option<tokio::sync::oneshot::Sender<Result<Vec<plugins::ReloadOutcome>, plugins::PluginError>>>,
+    ),
+}
+
+/// The sending side of a host's control channel.
+pub type ControlSender = tokio::sync::mpsc::Sender<ControlRequest>;
+
+/// A control channel for [`run_with_control`].
+pub fn control_channel() -> (ControlSender, tokio::sync::mpsc::Receiver<ControlRequest>) {
+    tokio::sync::mpsc::channel(8)
+}
+
 /// Runs a host until `shutdown` completes, then drains gracefully (`[shutdown] grace`).
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), HostError> {
-    config.validate()?;
-    // Compiling components is CPU-heavy; keep it off the async workers.
-    let plugin_config = config.plugins.clone();
-    let plugins = tokio::task::spawn_blocking(move || plugins::Plugins::load(&plugin_config))
-        .await
-        .map_err(|e| HostError::Task(e.to_string()))??;
+    let (_keep, control) = control_channel();
+    run_with_control(config, listeners, shutdown, control).await
+}
 
+/// [`run`], taking [`ControlRequest`]s (plugin reloads) while it runs.
+pub async fn run_with_control(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    mut control: tokio::sync::mpsc::Receiver<ControlRequest>,
+) -> Result<(), HostError> {
+    config.validate()?;
     let replica_id = config.replica_id();
     let metrics = Arc::new(metrics::Metrics::new());
     let cluster = match (&config.cluster, &listeners.cluster) {
@@ -130,8 +154,13 @@ pub async fn run(
             Some(cluster::Cluster::new(cc.clone(), replica_id.clone(), advertise, metrics.clone())?)
         }
     };
+    let mut plugin_options = plugins::PluginsOptions::default().with_metrics(metrics.plugins.clone());
+    if let Some(c) = &cluster {
+        plugin_options = plugin_options.with_redis_kv(c.store().clone());
+    }
+    let plugins = plugins::Plugins::load(&config.plugins, plugin_options).await?;
     let ctx = Arc::new(HostContext::new(
-        Arc::new(plugins),
+        plugins.clone(),
         Arc::new(LocalRegistry::new()),
         replica_id.clone(),
         config.agents.dial_answer_timeout,
@@ -153,7 +182,29 @@ pub async fn run(
     // and the admin port (readiness must read "draining" while we drain).
     let background = CancellationToken::new();
     let cluster_task = cluster.as_ref().map(|c| c.start(background.clone()));
-    let admin_task = listeners.admin.map(|l| tokio::spawn(admin::serve(l, ctx.clone(), background.clone())));
+    let admin_task = listeners.admin.map(|l| {
+        tokio::spawn(admin::serve(l, ctx.clone(), Arc::new(config.admin.clone()), background.clone()))
+    });
+    let watcher_task = plugins.spawn_watcher(background.clone());
+    let expiry_task =
+        tokio::spawn(agent_server::expiry::run(ctx.clone(), config.plugins.expiry_check, background.clone()));
+    let control_plugins = plugins.clone();
+    let control_task = tokio::spawn(async move {
+        while let Some(request) = control.recv().await {
+            match request {
+                ControlRequest::ReloadPlugins(cfg, reply) => {
+                    let result = control_plugins.apply_config(*cfg).await;
+                    match &result {
+                        Ok(outcomes) => tracing::info!(?outcomes, "plugin configuration reloaded"),
+                        Err(err) => tracing::error!("plugin configuration reload refused: {err}"),
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    });
 
     let mut agents = tokio::spawn(agent_server::serve(
         listeners.agents,
@@ -184,6 +235,11 @@ pub async fn run(
         if let Some(t) = &admin_task {
             t.abort();
         }
+        if let Some(t) = &watcher_task {
+            t.abort();
+        }
+        expiry_task.abort();
+        control_task.abort();
     };
 
     let early = tokio::select! {

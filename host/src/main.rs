@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use burrow_host::config::{Config, LogConfig, LogFormat};
+use burrow_host::plugins::PluginKind;
 use clap::{Parser, Subcommand};
 
 /// Burrow host: reach workloads behind NAT through reverse tunnels their agents open.
@@ -27,6 +28,9 @@ enum Command {
         /// Path to the config file.
         file: PathBuf,
     },
+    /// Plugin tools.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Quickstart: a host, an agent and a demo workload (web page, WebSocket echo, SSE
     /// clock) in one process, with embedded defaults and no Redis.
     Demo {
@@ -40,6 +44,104 @@ enum Command {
         #[arg(long, default_value = "grpc")]
         transport: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Validate a plugin component offline, as the host would load it (world, imports,
+    /// init, probe, and the test vectors of FILE's manifest FILE.toml if there is one),
+    /// and print its world and exports. Exit 0 if it would load, 1 otherwise.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// The kind to check it as (default: detect): authorizer, workload or router.
+        #[arg(long)]
+        kind: Option<String>,
+        /// A TOML file with the plugin's `config` table (what the host would pass).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn plugin_check(
+    file: PathBuf,
+    kind: Option<String>,
+    config: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let kind = match kind.as_deref() {
+        None => None,
+        Some("authorizer") => Some(PluginKind::Authorizer),
+        Some("workload") => Some(PluginKind::Workload),
+        Some("router") => Some(PluginKind::Router),
+        Some(other) => anyhow::bail!("--kind {other:?}: expected authorizer, workload or router"),
+    };
+    let config = match config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str::<toml::Table>(&text)
+                .with_context(|| format!("{} is not a TOML table", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    match burrow_host::plugins::check::check_file(&file, kind, config).await {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Ok(report) => {
+            println!("{}: OK", report.file.display());
+            println!("  world:    {}", report.world);
+            println!("  sha256:   {}", report.sha256);
+            println!("  size:     {} bytes", report.size_bytes);
+            if let Some(kind) = &report.workload_kind {
+                println!(
+                    "  serves:   workload kind {kind:?} (lifecycle hooks: {})",
+                    if report.lifecycle_hooks { "yes" } else { "no" }
+                );
+            }
+            println!("  tests:    {} manifest test vector(s) passed", report.tests_passed);
+            println!("  exports:");
+            for e in &report.exports {
+                println!("    {e}");
+            }
+            println!("  imports:");
+            for i in &report.imports {
+                println!("    {i}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// On SIGHUP, re-reads the config file and applies its `[plugins]` table.
+#[cfg(unix)]
+fn reload_on_sighup(path: PathBuf, control: burrow_host::ControlSender) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; plugin reloads only through the admin API");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the plugin configuration");
+            match Config::from_file(&path) {
+                Ok(config) => {
+                    let _ = control
+                        .send(burrow_host::ControlRequest::ReloadPlugins(Box::new(config.plugins), None))
+                        .await;
+                }
+                Err(e) => tracing::error!("SIGHUP: the config file is invalid, nothing reloaded: {e}"),
+            }
+        }
+    });
 }
 
 fn init_logging(log: &LogConfig) {
@@ -88,11 +190,20 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
-        Command::Run { config } => {
-            let config = Config::from_file(&config)?;
+        Command::Run { config: path } => {
+            let config = Config::from_file(&path)?;
             init_logging(&config.log);
             let listeners = burrow_host::Listeners::bind(&config).await?;
-            burrow_host::run(config, listeners, shutdown_signal()).await.context("host failed")
+            let (control, requests) = burrow_host::control_channel();
+            #[cfg(unix)]
+            reload_on_sighup(path, control.clone());
+            let result = burrow_host::run_with_control(config, listeners, shutdown_signal(), requests).await;
+            drop(control);
+            result.context("host failed")
+        }
+        Command::Plugin(PluginCommand::Check { file, kind, config, json }) => {
+            init_logging(&LogConfig { filter: "warn".into(), ..LogConfig::default() });
+            plugin_check(file, kind, config, json).await
         }
         Command::Demo { port, agent_port, transport } => {
             init_logging(&LogConfig::default());

@@ -56,6 +56,163 @@ struct ResultLabel {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginCallLabel {
+    plugin: String,
+    kind: &'static str,
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginErrorLabel {
+    plugin: String,
+    error: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginTrapLabel {
+    plugin: String,
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginNameLabel {
+    plugin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginSwapLabel {
+    plugin: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginInfoLabel {
+    plugin: String,
+    kind: &'static str,
+    sha256: String,
+}
+
+fn plugin_histogram() -> Histogram {
+    // 1 µs … ~0.5 s: a warm call is a few µs, a call with outbound HTTP up to its timeout.
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 20))
+}
+
+/// Per-plugin metrics (`burrow_plugin_*`). Cheap to clone; the families are shared.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    calls: Family<PluginCallLabel, Counter>,
+    duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    errors: Family<PluginErrorLabel, Counter>,
+    traps: Family<PluginTrapLabel, Counter>,
+    quarantined: Family<PluginNameLabel, Gauge>,
+    swaps: Family<PluginSwapLabel, Counter>,
+    info: Family<PluginInfoLabel, Gauge>,
+    info_current: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, PluginInfoLabel>>>,
+}
+
+impl std::fmt::Debug for PluginMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginMetrics")
+    }
+}
+
+impl PluginMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = PluginMetrics {
+            calls: Family::default(),
+            duration: Family::new_with_constructor(plugin_histogram as fn() -> Histogram),
+            errors: Family::default(),
+            traps: Family::default(),
+            quarantined: Family::default(),
+            swaps: Family::default(),
+            info: Family::default(),
+            info_current: Default::default(),
+        };
+        registry.register("plugin_calls", "Plugin calls by plugin, export and result", m.calls.clone());
+        registry.register_with_unit(
+            "plugin_call_duration",
+            "Plugin call latency, instantiation included",
+            prometheus_client::registry::Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register("plugin_errors", "Failed plugin calls by error kind", m.errors.clone());
+        registry.register(
+            "plugin_traps",
+            "Plugin calls stopped by a limit (time, memory, stack, fuel) or a trap (none)",
+            m.traps.clone(),
+        );
+        registry.register(
+            "plugin_quarantined",
+            "1 while the crash-loop breaker holds the plugin",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "plugin_swaps",
+            "Plugin swaps by result (reload, rollback, refused)",
+            m.swaps.clone(),
+        );
+        registry.register("plugin_info", "The loaded version of each plugin (value 1)", m.info.clone());
+        m
+    }
+
+    /// Records one call: its latency, result and, on failure, the error kind and limit.
+    pub fn call(
+        &self,
+        plugin: &str,
+        kind: crate::plugins::PluginKind,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        error: Option<&crate::plugins::PluginError>,
+    ) {
+        let kind = kind.as_str();
+        let result = if error.is_some() { "error" } else { "ok" };
+        self.calls.get_or_create(&PluginCallLabel { plugin: plugin.to_owned(), kind, op, result }).inc();
+        self.duration
+            .get_or_create(&PluginLabel { plugin: plugin.to_owned(), kind })
+            .observe(elapsed.as_secs_f64());
+        if let Some(error) = error {
+            self.errors
+                .get_or_create(&PluginErrorLabel { plugin: plugin.to_owned(), error: error.kind_label() })
+                .inc();
+            if let Some(limit) = error.trap_limit() {
+                self.traps.get_or_create(&PluginTrapLabel { plugin: plugin.to_owned(), limit }).inc();
+            }
+        }
+    }
+
+    pub fn set_quarantined(&self, plugin: &str, quarantined: bool) {
+        self.quarantined
+            .get_or_create(&PluginNameLabel { plugin: plugin.to_owned() })
+            .set(i64::from(quarantined));
+    }
+
+    /// `result`: `reload`, `rollback` or `refused`.
+    pub fn swap(&self, plugin: &str, result: &'static str) {
+        self.swaps.get_or_create(&PluginSwapLabel { plugin: plugin.to_owned(), result }).inc();
+    }
+
+    /// Marks `sha256` as the plugin's loaded version, dropping the series of the one before.
+    pub fn set_info(&self, plugin: &str, kind: crate::plugins::PluginKind, sha256: &str) {
+        let label =
+            PluginInfoLabel { plugin: plugin.to_owned(), kind: kind.as_str(), sha256: sha256.to_owned() };
+        let mut current = self.info_current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.insert(plugin.to_owned(), label.clone()) {
+            if old != label {
+                self.info.remove(&old);
+            }
+        }
+        self.info.get_or_create(&label).set(1);
+    }
+}
+
 fn routing_histogram() -> Histogram {
     // 50 µs … ~26 s: a local claim is tens of µs, a wait for an agent up to 20 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
@@ -86,6 +243,8 @@ pub struct Metrics {
     pub draining: Gauge,
     /// Whether the cluster store (Redis) is reachable (1), unreachable (0); absent in single-process mode.
     pub redis_up: Gauge,
+    /// Per-plugin metrics, handed to the plugin runtime.
+    pub plugins: PluginMetrics,
 }
 
 /// The atomic type behind [`Metrics::tunnels_active`].
@@ -150,6 +309,7 @@ impl Metrics {
         );
         registry.register("draining", "1 while this replica drains", draining.clone());
         registry.register("redis_up", "1 while Redis is reachable (cluster mode)", redis_up.clone());
+        let plugins = PluginMetrics::register(&mut registry);
 
         Self {
             registry,
@@ -167,6 +327,7 @@ impl Metrics {
             forwards_served,
             draining,
             redis_up,
+            plugins,
         }
     }
 

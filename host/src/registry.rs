@@ -34,6 +34,18 @@ pub struct Session {
     pub remote_addr: String,
     /// SHA-256 of the session's token: tunnels must present the same token.
     pub token_sha256: [u8; 32],
+    /// The authorizer's identity of the agent; `None` for a forwarded tunnel's stand-in.
+    pub identity: Option<Arc<SessionIdentity>>,
+}
+
+/// Who an agent session serves, and the switch that ends it when its workload ends.
+#[derive(Debug)]
+pub struct SessionIdentity {
+    pub identity: crate::plugins::types::AgentIdentity,
+    /// Unix milliseconds.
+    pub connected_at: u64,
+    /// Cancelled when the workload has ended (the control loop then sends GoAway).
+    pub ended: tokio_util::sync::CancellationToken,
 }
 
 /// A parked tunnel RPC.
@@ -296,6 +308,7 @@ mod tests {
             session_id: tag.into(),
             remote_addr: String::new(),
             token_sha256: [0; 32],
+            identity: None,
         });
         (IdleTunnel { inbound, outbound: tx, session }, rx)
     }

@@ -40,6 +40,7 @@ fn check_config_names_the_offending_key() {
         ("typo.toml", "[ingress]\nstream_wiat = \"5s\"\n", "stream_wiat"),
         ("range.toml", "[agents]\nkeepalive_timeout = \"0s\"\n", "agents.keepalive_timeout"),
         ("plugin.toml", "[plugins.router]\nsource = \"builtin:nope\"\n", "plugins.router.source"),
+        ("workload.toml", "[[plugins.workload]]\nsource = \"builtin:authorizer-static\"\n", "plugins.workload[0].source"),
         ("syntax.toml", "[agents\n", "config file"),
         ("cluster.toml", "[cluster]\nlisten = \"127.0.0.1:0\"\n", "cluster.secret_file"),
         (
@@ -69,4 +70,65 @@ fn help_documents_commands_and_defaults() {
     let out = burrow_host().args(["demo", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("[default: 8080]"), "{help}");
+}
+
+fn artifact(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(burrow_host::plugins::ARTIFACTS_DIR).join(name)
+}
+
+#[test]
+fn plugin_check_describes_a_component() {
+    let out =
+        burrow_host().args(["plugin", "check"]).arg(artifact("router_prefer_local.wasm")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("world:    burrow:plugin/router-plugin@1.1.0"), "{stdout}");
+    assert!(stdout.contains("burrow:plugin/router@1.1.0{route}"), "{stdout}");
+
+    // A workload plugin, with the config its manifest's defaults need, as JSON.
+    let out = burrow_host()
+        .args(["plugin", "check", "--json"])
+        .arg(artifact("workload_ci_job.wasm"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "workload");
+    assert_eq!(report["workload_kind"], "ci-job");
+    assert_eq!(report["lifecycle_hooks"], true);
+}
+
+#[test]
+fn plugin_check_refuses_what_the_host_would_refuse() {
+    let junk = write("junk.wasm", "not wasm");
+    let out = burrow_host().args(["plugin", "check"]).arg(&junk).output().unwrap();
+    let _ = std::fs::remove_file(&junk);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a WebAssembly binary"));
+
+    // The right file checked as the wrong kind.
+    let out = burrow_host()
+        .args(["plugin", "check", "--kind", "authorizer"])
+        .arg(artifact("router_prefer_local.wasm"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("implements none of the worlds"), "{stderr}");
+
+    // A config the plugin refuses fails its init.
+    let cfg = write("bad-plugin-config.toml", "unknown_key = 1\n");
+    let out = burrow_host()
+        .args(["plugin", "check", "--config"])
+        .arg(&cfg)
+        .arg(artifact("router_prefer_local.wasm"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("init"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

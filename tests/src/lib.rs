@@ -90,8 +90,8 @@ listen = "127.0.0.1:0"
 grace = "5s"
 [plugins.authorizer]
 {authorizer}
-[plugins.router]
-source = "builtin:router-hostname"
+[[plugins.workload]]
+source = "builtin:workload-workspace"
 config = {{ root_domains = ["localhost"] }}
 {extra}
 "#,
@@ -161,6 +161,8 @@ pub struct TestHost {
     pub admin_addr: SocketAddr,
     /// The replica API (cluster mode only).
     pub cluster_addr: Option<SocketAddr>,
+    /// What the binary sends on SIGHUP (plugin config reloads).
+    pub control: burrow_host::ControlSender,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), HostError>>,
 }
@@ -187,10 +189,16 @@ impl TestHost {
         let cluster_addr = cluster.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners { agents, ingress, admin: Some(admin), cluster };
-        let task = tokio::spawn(burrow_host::run(config, listeners, async move {
-            let _ = stopped.await;
-        }));
-        TestHost { agent_addr, ingress_addr, admin_addr, cluster_addr, stop: Some(stop), task }
+        let (control, requests) = burrow_host::control_channel();
+        let task = tokio::spawn(burrow_host::run_with_control(
+            config,
+            listeners,
+            async move {
+                let _ = stopped.await;
+            },
+            requests,
+        ));
+        TestHost { agent_addr, ingress_addr, admin_addr, cluster_addr, control, stop: Some(stop), task }
     }
 
     /// The agent URL for a scheme (`grpc`, `ws`, `grpcs`, `wss`).

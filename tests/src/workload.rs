@@ -38,6 +38,9 @@ struct Shared {
     sse_gate: Semaphore,
     disconnects: AtomicUsize,
     connections: AtomicUsize,
+    /// `/hold` requests waiting for [`Workload::release_holds`].
+    held: AtomicUsize,
+    hold_release: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running workload.
@@ -64,6 +67,8 @@ impl Workload {
             sse_gate: Semaphore::new(0),
             disconnects: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            hold_release: tokio::sync::watch::channel(false).0,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -92,6 +97,16 @@ impl Workload {
     /// Lets `/sse` send one more event.
     pub fn release_event(&self) {
         self.shared.sse_gate.add_permits(1);
+    }
+
+    /// How many `/hold` requests are waiting (reached the workload, not yet answered).
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Answers every waiting and future `/hold` request.
+    pub fn release_holds(&self) {
+        self.shared.hold_release.send_replace(true);
     }
 
     /// How many `/drip` responses ended because the connection went away.
@@ -145,6 +160,13 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
     let path = req.uri().path().to_owned();
     Ok(match path.as_str() {
         "/hello" => full(StatusCode::OK, format!("hello from {}", s.name)),
+        "/hold" => {
+            let mut released = s.hold_release.subscribe();
+            s.held.fetch_add(1, Ordering::SeqCst);
+            let _ = released.wait_for(|r| *r).await;
+            s.held.fetch_sub(1, Ordering::SeqCst);
+            full(StatusCode::OK, format!("released by {}", s.name))
+        }
         "/headers" => {
             let mut map = serde_json::Map::new();
             for name in req.headers().keys() {

@@ -136,7 +136,7 @@ async fn user_access_rules_401_403_and_allow() {
 
     let resp =
         client.request("GET", HOST, "/hello", &[("authorization", "Bearer wrong")], clients::empty()).await;
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "an unknown credential is rejected");
     clients::collect(resp).await;
 
     let bearer = format!("Bearer {user_token}");

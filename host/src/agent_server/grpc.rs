@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::io::AgentConnInfo;
 use crate::context::HostContext;
-use crate::plugins::{AgentAuthOutcome, AgentAuthRequest};
+use crate::plugins::types::{AgentAuthOutcome, AgentEvent, AgentHello, ExpiryRequest};
 use crate::ratelimit::ConnectRateLimiter;
-use crate::registry::{IdleTunnel, Session};
+use crate::registry::{IdleTunnel, Session, SessionIdentity};
 
 /// Frames buffered per tunnel in the host → agent direction. Small on purpose: HTTP/2
 /// flow control, not this queue, absorbs a slow agent.
@@ -69,7 +69,58 @@ fn new_session_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// What the agent sent besides its token: ASCII metadata, lowercased keys, without
+/// credentials or transport headers.
+fn handshake_metadata(metadata: &MetadataMap) -> Vec<(String, String)> {
+    const SKIP: &[&str] =
+        &["authorization", "te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-timeout"];
+    metadata
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned()))
+            }
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        })
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()) && !k.starts_with(':'))
+        .take(32)
+        .collect()
+}
+
+/// What a lifecycle hook needs, detached from `&self` so the session task can use it.
+struct LifecycleNotifier {
+    ctx: Arc<HostContext>,
+}
+
+impl LifecycleNotifier {
+    fn lifecycle(&self, session: &Session, connected: bool) {
+        notify_lifecycle(&self.ctx, session, connected);
+    }
+}
+
+fn notify_lifecycle(ctx: &Arc<HostContext>, session: &Session, connected: bool) {
+    let Some(id) = &session.identity else { return };
+    let event = AgentEvent {
+        agent_id: session.agent_id.clone(),
+        workload_id: id.identity.workload_id.clone(),
+        replica_id: session.agent_replica_id.clone(),
+        host_replica: ctx.replica_id.clone(),
+        remote_addr: session.remote_addr.clone(),
+        at: crate::cluster::store::now_ms(),
+        agent_labels: id.identity.labels.clone(),
+    };
+    ctx.plugins.agent_event(&id.identity.workload_kind, connected, event);
+}
+
 impl TunnelService {
+    fn lifecycle(&self, session: &Session, connected: bool) {
+        notify_lifecycle(&self.ctx, session, connected);
+    }
+
+    fn clone_for_task(&self) -> LifecycleNotifier {
+        LifecycleNotifier { ctx: self.ctx.clone() }
+    }
+
     fn remote(req_info: Option<&AgentConnInfo>) -> String {
         req_info.map(|i| format!("{} via {}", i.remote_addr, i.transport.scheme())).unwrap_or_default()
     }
@@ -100,6 +151,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             }
             return Err(status);
         }
+        let request_metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
 
         let hello = match tokio::time::timeout(self.handshake_timeout, inbound.message()).await {
@@ -120,23 +172,17 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             )));
         }
 
-        let auth_request = AgentAuthRequest {
+        let hello_request = AgentHello {
             token: token.clone(),
             agent_version: hello.agent_version.clone(),
             replica_id: hello.replica_id.clone(),
             remote_addr: remote.clone(),
             services: hello.services.clone(),
+            metadata: handshake_metadata(&request_metadata),
         };
-        // The call may take up to the plugin's deadline: it runs on a plugin thread.
-        let outcome = self
-            .ctx
-            .plugins
-            .run_async(move |plugins| plugins.authenticate_agent(&auth_request))
-            .await
-            .and_then(|outcome| outcome);
-        let identity = match outcome {
+        let identity = match self.ctx.plugins.authenticate_agent(&hello_request).await {
             Ok(AgentAuthOutcome::Accepted(identity)) => identity,
-            Ok(AgentAuthOutcome::Rejected { reason }) => {
+            Ok(AgentAuthOutcome::Rejected(reason)) => {
                 self.ctx.metrics.agent_connect("rejected");
                 tracing::info!(%remote, replica_id = %hello.replica_id, %reason, "agent rejected by the authorizer");
                 return Err(Status::unauthenticated(format!("agent token rejected: {reason}")));
@@ -147,16 +193,62 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 return Err(Status::unavailable(format!("authorizer plugin failed: {e}")));
             }
         };
+        let now = crate::cluster::store::now_ms();
+        if identity.expires_at.is_some_and(|at| at <= now) {
+            self.ctx.metrics.agent_connect("rejected");
+            return Err(Status::permission_denied(format!(
+                "the identity of agent {:?} has expired; get a new token",
+                identity.agent_id
+            )));
+        }
+        if !self.ctx.plugins.serves_kind(&identity.workload_kind) {
+            self.ctx.metrics.agent_connect("rejected");
+            tracing::warn!(%remote, agent_id = %identity.agent_id, kind = %identity.workload_kind, "no workload plugin serves the agent's workload kind");
+            return Err(Status::failed_precondition(format!(
+                "no workload plugin on this host serves workload kind {:?}",
+                identity.workload_kind
+            )));
+        }
+        let expiry = ExpiryRequest {
+            workload_id: identity.workload_id.clone(),
+            agent_id: identity.agent_id.clone(),
+            connected_at: now,
+            agent_labels: identity.labels.clone(),
+        };
+        match self.ctx.plugins.expired(&identity.workload_kind, &expiry).await {
+            Ok(true) => {
+                self.ctx.mark_workload_ended(&identity.workload_kind, &identity.workload_id);
+                self.ctx.metrics.agent_connect("rejected");
+                tracing::info!(%remote, agent_id = %identity.agent_id, workload = %identity.workload_id, "agent refused: its workload has ended");
+                return Err(Status::failed_precondition(format!(
+                    "workload {:?} ({}) has ended",
+                    identity.workload_id, identity.workload_kind
+                )));
+            }
+            Ok(false) => self.ctx.clear_workload_ended(&identity.workload_kind, &identity.workload_id),
+            // The expiry check runs again periodically; a failing check must not lock
+            // every agent out.
+            Err(e) => {
+                tracing::warn!(agent_id = %identity.agent_id, "workload expiry check failed at connect: {e}")
+            }
+        }
 
+        let expires_at = identity.expires_at;
         let session = Arc::new(Session {
             agent_id: identity.agent_id.clone(),
             agent_replica_id: hello.replica_id.clone(),
             session_id: new_session_id(),
             remote_addr: remote.clone(),
             token_sha256,
+            identity: Some(Arc::new(SessionIdentity {
+                identity,
+                connected_at: now,
+                ended: tokio_util::sync::CancellationToken::new(),
+            })),
         });
         self.ctx.session_opened(&session);
         self.ctx.metrics.agent_connect("accepted");
+        self.lifecycle(&session, true);
         tracing::info!(
             agent_id = %session.agent_id, replica_id = %session.agent_replica_id, %remote,
             agent_version = %hello.agent_version, services = ?hello.services, "agent connected"
@@ -176,6 +268,9 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         let _ = tx.try_send(Ok(welcome));
 
         let ctx = self.ctx.clone();
+        let ended = session.identity.as_ref().map(|i| i.ended.clone()).unwrap_or_default();
+        let identity_expiry = expires_at.map(|at| Duration::from_millis(at.saturating_sub(now)));
+        let service = self.clone_for_task();
         let max_age = self.max_connection_age.map(jittered);
         let age_grace = self.connection_age_grace;
         tokio::spawn(async move {
@@ -187,7 +282,21 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     None => std::future::pending().await,
                 }
             };
+            let identity_expired = async {
+                match identity_expiry {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            };
             let reason = tokio::select! {
+                _ = ended.cancelled() => {
+                    let _ = tx.send(Ok(go_away("the workload has ended"))).await;
+                    "workload ended"
+                }
+                _ = identity_expired => {
+                    let _ = tx.send(Ok(go_away("the agent's identity has expired"))).await;
+                    "identity expired"
+                }
                 _ = ctx.shutdown.cancelled() => {
                     let _ = tx.send(Ok(go_away("host is shutting down"))).await;
                     "host shutdown"
@@ -209,6 +318,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 }
             };
             ctx.session_closed(&session);
+            service.lifecycle(&session, false);
             tracing::info!(agent_id = %session.agent_id, replica_id = %session.agent_replica_id, remote = %session.remote_addr, reason, "agent session ended");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

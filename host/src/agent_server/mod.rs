@@ -6,6 +6,7 @@
 //! the RPC code never knows how the agent arrived.
 
 mod config;
+pub mod expiry;
 mod grpc;
 pub mod io;
 pub mod sniff;

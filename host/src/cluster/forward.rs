@@ -210,6 +210,7 @@ pub(crate) async fn open(
                 session_id: String::new(),
                 remote_addr: format!("via replica {}", candidate.replica_id),
                 token_sha256: [0; 32],
+                identity: None,
             });
             Ok(TunnelStream::forwarded(inbound, tx, state, session, Some(cluster.metrics.clone())))
         }

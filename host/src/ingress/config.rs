@@ -49,6 +49,11 @@ pub struct IngressConfig {
     /// `X-Forwarded-For`, incoming `X-Forwarded-Proto/-Host` and `Forwarded` are kept, and an
     /// incoming `X-Request-Id` is reused.
     pub trust_forwarded: bool,
+    /// A cookie that carries a user's session: when a request has no `Authorization:
+    /// Bearer`, this cookie's value goes to the authorizer as a `cookie` credential (and
+    /// is removed before forwarding when the authorizer asks to strip credentials).
+    /// Default: none.
+    pub session_cookie: Option<String>,
 }
 
 impl Default for IngressConfig {
@@ -61,6 +66,7 @@ impl Default for IngressConfig {
             max_idle_per_workload: 32,
             header_read_timeout: Duration::from_secs(30),
             trust_forwarded: false,
+            session_cookie: None,
         }
     }
 }
@@ -92,6 +98,17 @@ impl IngressConfig {
         for (key, value) in positive {
             if value.is_zero() {
                 return Err(IngressConfigError::new(key, "must be greater than zero"));
+            }
+        }
+        if let Some(name) = &self.session_cookie {
+            // RFC 6265 cookie-name is an RFC 7230 token.
+            if name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return Err(IngressConfigError::new(
+                    "session_cookie",
+                    format!("{name:?} is not a valid cookie name"),
+                ));
             }
         }
         if let Some(tls) = &self.tls {

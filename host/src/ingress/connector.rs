@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 
 use super::headers::new_request_id;
-use crate::context::{HostContext, OpenError};
+use crate::context::{HostContext, OpenError, RouteHint};
 use crate::tunnel_io::TunnelStream;
 
 /// Every synthetic authority ends with this; `.invalid` can never resolve (RFC 6761).
@@ -29,6 +29,16 @@ tokio::task_local! {
     /// The id of the request being sent, so a tunnel opened on its behalf carries it in `Dial`
     /// (the agent logs it). The connector only sees a URI, hence the task-local.
     static REQUEST_ID: String;
+}
+
+tokio::task_local! {
+    /// The workload and user session a request is for, for the router plugin.
+    static ROUTE_HINT: RouteHint;
+}
+
+/// Runs `future` with the route hint visible to the connector.
+pub fn with_route_hint<F: Future>(hint: RouteHint, future: F) -> impl Future<Output = F::Output> {
+    ROUTE_HINT.scope(hint, future)
 }
 
 /// Runs `future` (a client request) with `request_id` visible to the connector.
@@ -104,9 +114,10 @@ impl TunnelConnector {
         agent_id: &str,
         service: &str,
         request_id: &str,
+        hint: Option<&RouteHint>,
     ) -> Result<TunnelConnection, ConnectError> {
         self.ctx
-            .open_tunnel(agent_id, service, request_id, self.stream_wait)
+            .open_tunnel_routed(agent_id, service, request_id, self.stream_wait, hint)
             .await
             .map(TunnelConnection::new)
             .map_err(|error| ConnectError::Open {
@@ -130,11 +141,12 @@ impl tower::Service<Uri> for TunnelConnector {
         // Read now: hyper-util may finish this connect in a background task after the request
         // that started it was served by another pooled connection.
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| new_request_id());
+        let hint = ROUTE_HINT.try_with(Clone::clone).ok();
         let connector = self.clone();
         Box::pin(async move {
             let (agent_id, service) =
                 decode_workload_uri(&uri).ok_or_else(|| ConnectError::BadDestination(uri.to_string()))?;
-            connector.open(&agent_id, &service, &request_id).await
+            connector.open(&agent_id, &service, &request_id, hint.as_ref()).await
         })
     }
 }

@@ -28,12 +28,15 @@ pub enum ProxyError {
     /// No usable host in the request (400).
     #[error("{0}")]
     BadHost(HostError),
-    /// The router plugin maps the host to nothing (404).
+    /// No workload plugin claims the host (404).
     #[error("no workload is served at {host}")]
     NoRoute { host: String },
     /// A plugin trapped, ran out of time or memory, or misbehaved (503, fail closed).
     #[error("the {stage} plugin failed: {message}")]
     Plugin { stage: &'static str, message: String },
+    /// The workload was found ended (a finished CI job, an expired workspace) (410).
+    #[error("workload {workload_id:?} ({kind}) has ended")]
+    WorkloadEnded { kind: String, workload_id: String },
     /// The authorizer denied the request (401 or 403).
     #[error("access denied: {reason}")]
     Denied { status: StatusCode, reason: String },
@@ -84,6 +87,7 @@ impl ProxyError {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Plugin { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Denied { status, .. } => *status,
+            Self::WorkloadEnded { .. } => StatusCode::GONE,
             Self::Open { error, .. } => open_error_status(error),
             Self::Workload { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectUnsupported => StatusCode::NOT_IMPLEMENTED,
@@ -99,6 +103,7 @@ impl ProxyError {
             Self::Plugin { .. } => "plugin_failed",
             Self::Denied { status, .. } if *status == StatusCode::UNAUTHORIZED => "unauthenticated",
             Self::Denied { .. } => "forbidden",
+            Self::WorkloadEnded { .. } => "workload_ended",
             Self::Open { error: OpenError::NoTunnel { .. }, .. } => "no_tunnel",
             Self::Open { error: OpenError::Refused { .. }, .. } => "agent_refused",
             Self::Open { error: OpenError::Broken(_), .. } => "tunnel_broken",

@@ -125,6 +125,37 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers, if present.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+}
+
+/// Removes cookie `name` from the `Cookie` headers (dropping a header left empty).
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
 /// Picks the request id: an incoming `X-Request-Id` when forwarded headers are trusted and it
 /// is a short visible-ASCII token, else a fresh random 128-bit hex id.
 pub fn request_id(headers: &HeaderMap, trust_forwarded: bool) -> String {
@@ -300,6 +331,20 @@ mod tests {
         ] {
             assert!(matches!(parse_host(bad), Err(HostError::Invalid(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cookies_are_found_and_removed() {
+        let mut h = map(&[("cookie", "a=1; burrow_session=s3cret; b=2")]);
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        assert_eq!(cookie(&h, "burrow_session").as_deref(), Some("s3cret"));
+        assert_eq!(cookie(&h, "c").as_deref(), Some("3"));
+        assert!(cookie(&h, "missing").is_none());
+        remove_cookie(&mut h, "burrow_session");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2; c=3");
+        let mut only = map(&[("cookie", "burrow_session=x")]);
+        remove_cookie(&mut only, "burrow_session");
+        assert!(only.get(header::COOKIE).is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 mod config;
 mod connector;
 mod errors;
-mod headers;
+pub mod headers;
 mod proxy;
 mod upgrade;
 

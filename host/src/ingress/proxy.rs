@@ -1,7 +1,6 @@
 //! One user request: route, authorize, forward over a tunnel, stream the answer back.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,13 +17,17 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use super::config::IngressConfig;
-use super::connector::{find_connect_error, with_request_id, workload_uri, ConnectError, TunnelConnector};
+use super::connector::{
+    find_connect_error, with_request_id, with_route_hint, workload_uri, ConnectError, TunnelConnector,
+};
 use super::errors::{wants_json, ProxyError};
 use super::headers::{self, ForwardedInfo, X_REQUEST_ID};
 use super::upgrade;
 use super::InFlight;
-use crate::context::HostContext;
-use crate::plugins::{AccessDecision, AccessRequest, Protocol, Route, RouteRequest};
+use crate::context::{HostContext, RouteHint};
+use crate::plugins::types::{
+    Action, AuthorizeRequest, Credential, Decision, ResolveRequest, Target, UserAuthOutcome, UserAuthRequest,
+};
 
 /// Body of every response the ingress sends: the workload's streamed body or a small error page.
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -52,9 +55,11 @@ pub struct Proxy {
 
 /// The plugins' verdict on a request.
 struct Admitted {
-    route: Route,
+    route: Target,
     principal: String,
     strip_credentials: bool,
+    /// The session cookie the credential came from, if any (stripped with the rest).
+    cookie: Option<String>,
 }
 
 impl Proxy {
@@ -149,14 +154,20 @@ impl Proxy {
         } else {
             None
         };
-        let protocol = match &upgrade {
-            None => Protocol::Http,
-            Some(value) if value.as_bytes().eq_ignore_ascii_case(b"websocket") => Protocol::WebSocket,
-            Some(_) => Protocol::Upgrade,
+        let action = match &upgrade {
+            None => Action::Http,
+            Some(value) if value.as_bytes().eq_ignore_ascii_case(b"websocket") => Action::Websocket,
+            Some(_) => Action::Upgrade,
         };
 
-        let admitted = self.admit(&request, conn, host, protocol).await?;
-        let Admitted { route, principal, strip_credentials } = admitted;
+        let admitted = self.admit(&request, conn, host, action).await?;
+        let Admitted { route, principal, strip_credentials, cookie } = admitted;
+        let session_key = if principal == "anonymous" {
+            conn.peer.ip().to_canonical().to_string()
+        } else {
+            principal.clone()
+        };
+        let hint = RouteHint { target: route.clone(), session_key };
         tracing::debug!(request_id, agent_id = %route.agent_id, service = %route.service, %principal, "admitted");
 
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -164,6 +175,9 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         if strip_credentials {
             parts.headers.remove(header::AUTHORIZATION);
+            if let Some(name) = &cookie {
+                headers::remove_cookie(&mut parts.headers, name);
+            }
         }
         let proto = if conn.tls { "https" } else { "http" };
         let forwarded = ForwardedInfo { client_ip: conn.peer.ip(), proto, host: raw_host };
@@ -180,15 +194,16 @@ impl Proxy {
             parts.headers.insert(header::UPGRADE, protocol);
             parts.uri = origin_form(&parts.uri);
             let request = Request::from_parts(parts, body);
-            return upgrade::forward(self, &route, request, client_upgrade, request_id).await;
+            return upgrade::forward(self, &route, request, client_upgrade, request_id, &hint).await;
         }
 
         parts.uri = workload_uri(&route.agent_id, &route.service, parts.uri.path_and_query())
             .map_err(|e| ProxyError::Internal(format!("cannot build the workload URI: {e}")))?;
         let request = Request::from_parts(parts, body);
-        let response = with_request_id(request_id.to_owned(), self.client.request(request))
-            .await
-            .map_err(|error| workload_error(&route, &error))?;
+        let response =
+            with_request_id(request_id.to_owned(), with_route_hint(hint, self.client.request(request)))
+                .await
+                .map_err(|error| workload_error(&route, &error))?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Workload {
                 agent_id: route.agent_id,
@@ -199,56 +214,83 @@ impl Proxy {
         Ok(relay_response(response))
     }
 
-    /// Runs the router, then the authorizer, off the async workers: plugin calls are
-    /// synchronous and may run up to their epoch deadline. Takes what it needs from the request
-    /// up front so the returned future does not borrow it.
-    fn admit(
+    /// Asks the workload plugins which workload the request is for, then the authorizer
+    /// who the user is and whether they may reach it (both in one instance).
+    async fn admit(
         &self,
         request: &Request<Incoming>,
         conn: ConnInfo,
         host: String,
-        protocol: Protocol,
-    ) -> impl Future<Output = Result<Admitted, ProxyError>> + Send + 'static {
-        let plugins = self.ctx.plugins.clone();
+        action: Action,
+    ) -> Result<Admitted, ProxyError> {
+        let plugins = &self.ctx.plugins;
         let method = request.method().as_str().to_owned();
         let path =
             request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
-        let bearer_token = headers::bearer_token(request.headers());
         let client_addr = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port()).to_string();
-        let decide = move |plugins: &crate::plugins::Plugins| {
-            let route_request =
-                RouteRequest { host: host.clone(), path: path.clone(), method: method.clone() };
-            let route = match plugins.route(&route_request) {
-                Ok(Some(route)) => route,
-                Ok(None) => return Err(ProxyError::NoRoute { host }),
-                Err(error) => return Err(ProxyError::Plugin { stage: "router", message: error.to_string() }),
-            };
-            let access = AccessRequest {
-                agent_id: route.agent_id.clone(),
-                service: route.service.clone(),
-                workload_id: route.workload_id.clone(),
-                host,
-                method,
-                path,
-                protocol,
-                client_addr,
-                bearer_token,
-            };
-            match plugins.authorize(&access) {
-                Ok(AccessDecision::Allow { principal, strip_credentials }) => {
-                    Ok(Admitted { route, principal, strip_credentials })
-                }
-                Ok(AccessDecision::Deny { status, reason }) => {
-                    Err(ProxyError::Denied { status: deny_status(status)?, reason })
-                }
-                Err(error) => Err(ProxyError::Plugin { stage: "authorizer", message: error.to_string() }),
-            }
+
+        let resolve = ResolveRequest {
+            action,
+            host: host.clone(),
+            path: path.clone(),
+            method: method.clone(),
+            ssh_user: String::new(),
+            port: 0,
         };
-        async move {
-            plugins
-                .run_async(decide)
-                .await
-                .map_err(|e| ProxyError::Plugin { stage: "runtime", message: e.to_string() })?
+        let target = match plugins.resolve(&resolve).await {
+            Ok(Some(target)) => target,
+            Ok(None) => return Err(ProxyError::NoRoute { host }),
+            Err(error) => return Err(ProxyError::Plugin { stage: "workload", message: error.to_string() }),
+        };
+        if self.ctx.workload_ended(&target.workload_kind, &target.workload_id) {
+            return Err(ProxyError::WorkloadEnded {
+                kind: target.workload_kind,
+                workload_id: target.workload_id,
+            });
+        }
+
+        let (credential, cookie) = match headers::bearer_token(request.headers()) {
+            Some(token) => (Credential::Bearer(token), None),
+            None => match self.config.session_cookie.as_deref().and_then(|name| {
+                headers::cookie(request.headers(), name).map(|value| (name.to_owned(), value))
+            }) {
+                Some((name, value)) => (Credential::Cookie { name: name.clone(), value }, Some(name)),
+                None => (Credential::None, None),
+            },
+        };
+        let user =
+            UserAuthRequest { credential, client_addr: client_addr.clone(), host: host.clone(), action };
+        let agent_labels = self.ctx.agent_labels(&target.agent_id);
+        let authz_target = target.clone();
+        let make = move |principal: Option<&crate::plugins::types::Principal>| AuthorizeRequest {
+            principal: principal.cloned(),
+            target: authz_target,
+            action,
+            client_addr,
+            host,
+            method,
+            path,
+            agent_labels,
+        };
+        let verdict = plugins
+            .authorize_user(&user, make)
+            .await
+            .map_err(|error| ProxyError::Plugin { stage: "authorizer", message: error.to_string() })?;
+        let principal = match verdict.who {
+            UserAuthOutcome::Rejected(reason) => {
+                return Err(ProxyError::Denied { status: StatusCode::UNAUTHORIZED, reason })
+            }
+            UserAuthOutcome::Anonymous => "anonymous".to_owned(),
+            UserAuthOutcome::Authenticated(p) => p.id,
+        };
+        match verdict.decision {
+            Some(Decision::Allow { strip_credentials }) => {
+                Ok(Admitted { route: target, principal, strip_credentials, cookie })
+            }
+            Some(Decision::Deny { status, reason }) => {
+                Err(ProxyError::Denied { status: deny_status(status)?, reason })
+            }
+            None => Err(ProxyError::Internal("the authorizer gave no decision".into())),
         }
     }
 
@@ -285,7 +327,7 @@ fn origin_form(uri: &Uri) -> Uri {
 
 /// Maps a pooled-client failure to the user-facing error: a failed tunnel open keeps its
 /// precise status (504/502/503); anything after that is the workload's fault (502).
-fn workload_error(route: &Route, error: &hyper_util::client::legacy::Error) -> ProxyError {
+fn workload_error(route: &Target, error: &hyper_util::client::legacy::Error) -> ProxyError {
     match find_connect_error(error) {
         Some(ConnectError::Open { agent_id, service, error }) => {
             ProxyError::Open { agent_id: agent_id.clone(), service: service.clone(), error: error.clone() }

@@ -11,23 +11,26 @@ use super::connector::ConnectError;
 use super::errors::ProxyError;
 use super::headers;
 use super::proxy::{empty_body, error_chain, relay_response, Proxy, ResponseBody};
-use crate::plugins::Route;
+use crate::context::RouteHint;
+use crate::plugins::types::Target;
 
 /// Sends an upgrade request (headers already prepared, origin-form URI) to the workload over
 /// its own tunnel, outside the pool: an upgraded connection must never serve another request.
 /// On `101` the client gets the workload's `101` and a task splices the two upgraded streams.
 pub(super) async fn forward(
     proxy: &Proxy,
-    route: &Route,
+    route: &Target,
     request: Request<Incoming>,
     client_upgrade: OnUpgrade,
     request_id: &str,
+    hint: &RouteHint,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let io =
-        proxy.connector().open(&route.agent_id, &route.service, request_id).await.map_err(|e| match e {
+    let io = proxy.connector().open(&route.agent_id, &route.service, request_id, Some(hint)).await.map_err(
+        |e| match e {
             ConnectError::Open { agent_id, service, error } => ProxyError::Open { agent_id, service, error },
             bad @ ConnectError::BadDestination(_) => ProxyError::Internal(bad.to_string()),
-        })?;
+        },
+    )?;
     let workload_error = |error: hyper::Error| ProxyError::Workload {
         agent_id: route.agent_id.clone(),
         service: route.service.clone(),

@@ -1,26 +1,43 @@
 //! The `[plugins]` table of the host configuration.
 //!
 //! ```toml
-//! [plugins.authorizer]
-//! source = "builtin:authorizer-static"   # default; or a path to a .wasm component
-//! call_timeout = "100ms"                 # default 100ms
-//! max_memory_mb = 64                     # default 64
-//! config = { ... }                       # handed to the plugin as JSON (default empty)
+//! [plugins]
+//! dir = "/etc/burrow/plugins"       # optional: NAME.wasm files (+ NAME.toml manifests)
+//! cache_dir = "/var/cache/burrow"   # optional: compiled components, so restarts skip compiling
+//! watch = true                      # reload a plugin when its file changes
 //!
-//! [plugins.router]
-//! source = "builtin:router-hostname"     # default
+//! [plugins.runtime]                 # the engine, sized once at start
+//! max_instances = 128
+//!
+//! [plugins.authorizer]              # exactly one
+//! source = "builtin:authorizer-static"
+//! config = { ... }                  # handed to the plugin (host import `config`)
+//!
+//! [[plugins.workload]]              # consulted in order; the first to resolve a request wins
+//! source = "builtin:workload-workspace"
 //! config = { root_domains = ["localhost"] }
+//!
+//! [plugins.router]                  # optional; without it the built-in native policy orders replicas
+//! source = "builtin:router-prefer-local"
 //! ```
+//!
+//! Every slot takes the same keys: `source`, `name`, limits (`call_timeout`,
+//! `max_memory_mb`, `fuel`, `max_concurrent`), `instances` (`fresh` or `warm`),
+//! `warm_pool`, `failure`, `config` and `[...http]` (outbound HTTP allowlist).
 
+use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::breaker::BreakerConfig;
+use super::host_api::http::OutboundHttpConfig;
+
 /// Smallest and largest accepted `call_timeout`: a plugin call blocks a request, so
-/// anything longer than a few seconds is a configuration mistake.
+/// anything longer than a minute is a configuration mistake.
 pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(1);
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest accepted `max_memory_mb` (a 32-bit linear memory cannot exceed 4 GiB).
@@ -28,55 +45,55 @@ pub const MAX_MEMORY_MB: u32 = 4096;
 
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_MEMORY_MB: u32 = 64;
+const DEFAULT_MAX_CONCURRENT: u32 = 64;
+const DEFAULT_WARM_POOL: u32 = 8;
 
-/// The kinds of plugin slot; each expects components of its own WIT world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The kinds of plugin; each expects components of its own WIT world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     /// World `burrow:plugin/authorizer-plugin`.
     Authorizer,
+    /// World `burrow:plugin/workload-plugin` (optionally with `workload-lifecycle`).
+    Workload,
     /// World `burrow:plugin/router-plugin`.
     Router,
 }
 
 impl PluginKind {
-    /// The slot's name in the config (`plugins.<name>`).
-    pub fn slot(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             PluginKind::Authorizer => "authorizer",
+            PluginKind::Workload => "workload",
             PluginKind::Router => "router",
         }
     }
 
-    /// The WIT world a component in this slot must implement.
+    /// The WIT world a component of this kind must implement.
     pub fn world(self) -> &'static str {
         match self {
-            PluginKind::Authorizer => "burrow:plugin/authorizer-plugin@0.1.0",
-            PluginKind::Router => "burrow:plugin/router-plugin@0.1.0",
-        }
-    }
-
-    /// The built-in used when the slot names no `source`.
-    pub fn default_source(self) -> PluginSource {
-        match self {
-            PluginKind::Authorizer => PluginSource::Builtin("authorizer-static".into()),
-            PluginKind::Router => PluginSource::Builtin("router-hostname".into()),
+            PluginKind::Authorizer => "burrow:plugin/authorizer-plugin@1.1.0",
+            PluginKind::Workload => "burrow:plugin/workload-plugin@1.1.0",
+            PluginKind::Router => "burrow:plugin/router-plugin@1.1.0",
         }
     }
 }
 
 impl fmt::Display for PluginKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.slot())
+        f.write_str(self.as_str())
     }
 }
 
-/// Where a plugin's component comes from: `builtin:<name>` or a path to a `.wasm` file.
+/// Where a plugin's component comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(try_from = "String")]
 pub enum PluginSource {
-    /// A component embedded in the host binary.
+    /// `builtin:<name>`: embedded in the host binary, unless `[plugins] dir` holds a
+    /// `<name>.wasm`, which replaces it.
     Builtin(String),
-    /// A component file, relative paths resolved against the working directory.
+    /// A path to a `.wasm` component; a bare name (no `/`, no `.wasm`) means
+    /// `<dir>/<name>.wasm`.
     File(PathBuf),
 }
 
@@ -85,10 +102,13 @@ impl FromStr for PluginSource {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(name) = s.strip_prefix("builtin:") {
+            if name.is_empty() {
+                return Err("\"builtin:\" needs a name, e.g. \"builtin:authorizer-static\"".into());
+            }
             return Ok(PluginSource::Builtin(name.to_string()));
         }
         if s.trim().is_empty() {
-            return Err("must be \"builtin:<name>\" or a path to a .wasm component, not empty".into());
+            return Err("must be \"builtin:<name>\", a plugin name or a path to a .wasm component".into());
         }
         Ok(PluginSource::File(PathBuf::from(s)))
     }
@@ -111,75 +131,151 @@ impl fmt::Display for PluginSource {
     }
 }
 
-/// The `[plugins]` table.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PluginsConfig {
-    /// `[plugins.authorizer]`: authenticates agents and authorizes users.
-    pub authorizer: PluginSlotConfig,
-    /// `[plugins.router]`: maps a request's host name to a workload.
-    pub router: PluginSlotConfig,
+/// Instance policy of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstancePolicy {
+    /// A new instance for every call: nothing leaks between users (default).
+    #[default]
+    Fresh,
+    /// Reuse up to `warm_pool` initialised instances; one that traps is discarded.
+    Warm,
 }
 
-impl PluginsConfig {
-    /// Checks every key; the error names the offending one.
-    pub fn validate(&self) -> Result<(), PluginConfigError> {
-        self.authorizer.validate(PluginKind::Authorizer)?;
-        self.router.validate(PluginKind::Router)
-    }
-
-    /// The configuration of one slot.
-    pub fn slot(&self, kind: PluginKind) -> &PluginSlotConfig {
-        match kind {
-            PluginKind::Authorizer => &self.authorizer,
-            PluginKind::Router => &self.router,
-        }
-    }
+/// What the host does when a plugin call fails (trap, limit, quarantine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Refuse the request or agent (503 for users). The only policy an authorizer takes.
+    Closed,
+    /// Workloads: act as if this plugin did not claim the request (the next one is asked).
+    Skip,
+    /// Routers: order candidates with the built-in policy.
+    Fallback,
 }
 
-/// One plugin slot (`[plugins.authorizer]` or `[plugins.router]`).
+/// One plugin slot.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginSlotConfig {
-    /// `builtin:<name>` or a path to a `.wasm` component. Default: the slot's built-in
-    /// (`builtin:authorizer-static`, `builtin:router-hostname`).
+    /// Name in logs, metrics and the admin API. Default: the built-in's name or the
+    /// file stem.
+    pub name: Option<String>,
+    /// `builtin:<name>`, a plugin name in `[plugins] dir`, or a path to a `.wasm` file.
+    /// Required for workloads and the router; the authorizer defaults to
+    /// `builtin:authorizer-static`.
     pub source: Option<PluginSource>,
-    /// Wall-clock budget of one call, instantiation included. Default 100ms.
+    /// Wall time per call, instantiation and host calls included. Default 100ms.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
-    /// Cap on the plugin's linear memory per call, in MiB. Default 64.
+    /// Linear memory per instance, in MiB. Default 64.
     pub max_memory_mb: u32,
-    /// Arbitrary table handed to the plugin as JSON through `host.config`. Default empty.
+    /// Optional fuel (wasm instructions, roughly) per call; needs `[plugins.runtime] fuel = true`.
+    pub fuel: Option<u64>,
+    /// Calls running at once; more wait up to `call_timeout` for a turn. Default 64.
+    pub max_concurrent: u32,
+    /// `fresh` (default) or `warm`.
+    pub instances: InstancePolicy,
+    /// Warm instances kept between calls (with `instances = "warm"`). Default 8.
+    pub warm_pool: u32,
+    /// `closed`, `skip` (workloads) or `fallback` (routers). Default: `closed` for
+    /// authorizers and workloads, `fallback` for routers.
+    pub failure: Option<FailurePolicy>,
+    /// Outbound HTTP: `[plugins.<slot>.http] allow = ["gitlab.example.com"]`.
+    pub http: OutboundHttpConfig,
+    /// Handed to the plugin through the `config` import.
     pub config: toml::Table,
 }
 
 impl Default for PluginSlotConfig {
     fn default() -> Self {
         Self {
+            name: None,
             source: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             max_memory_mb: DEFAULT_MAX_MEMORY_MB,
+            fuel: None,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            instances: InstancePolicy::Fresh,
+            warm_pool: DEFAULT_WARM_POOL,
+            failure: None,
+            http: OutboundHttpConfig::default(),
             config: toml::Table::new(),
         }
     }
 }
 
-/// Plugin configs may hold credentials for third-party plugins: show only their keys.
+/// Plugin configs may hold credentials for third-party services: show only their keys.
 impl fmt::Debug for PluginSlotConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PluginSlotConfig")
+            .field("name", &self.name)
             .field("source", &self.source)
             .field("call_timeout", &self.call_timeout)
             .field("max_memory_mb", &self.max_memory_mb)
+            .field("fuel", &self.fuel)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("instances", &self.instances)
+            .field("warm_pool", &self.warm_pool)
+            .field("failure", &self.failure)
+            .field("http", &self.http)
             .field("config_keys", &self.config.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
+impl PartialEq for PluginSlotConfig {
+    fn eq(&self, other: &Self) -> bool {
+        // Compared to decide whether a reload must rebuild the slot; `http` compares by
+        // its Debug form, which lists every key it has.
+        self.name == other.name
+            && self.source == other.source
+            && self.call_timeout == other.call_timeout
+            && self.max_memory_mb == other.max_memory_mb
+            && self.fuel == other.fuel
+            && self.max_concurrent == other.max_concurrent
+            && self.instances == other.instances
+            && self.warm_pool == other.warm_pool
+            && self.failure == other.failure
+            && format!("{:?}", self.http) == format!("{:?}", other.http)
+            && self.config == other.config
+    }
+}
+
 impl PluginSlotConfig {
-    /// The configured source, or the slot's built-in.
-    pub fn source_or_default(&self, kind: PluginKind) -> PluginSource {
-        self.source.clone().unwrap_or_else(|| kind.default_source())
+    /// A slot running `source` with default limits and `config`.
+    pub fn with_source(source: PluginSource, config: toml::Table) -> Self {
+        Self { source: Some(source), config, ..Self::default() }
+    }
+
+    /// The configured source, or the kind's default.
+    pub fn source_or_default(&self, kind: PluginKind) -> Option<PluginSource> {
+        self.source.clone().or_else(|| match kind {
+            PluginKind::Authorizer => Some(PluginSource::Builtin("authorizer-static".into())),
+            PluginKind::Workload | PluginKind::Router => None,
+        })
+    }
+
+    /// The slot's name: `name`, else the built-in's name or the file's stem.
+    pub fn plugin_name(&self, kind: PluginKind) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match self.source_or_default(kind) {
+            Some(PluginSource::Builtin(name)) => name,
+            Some(PluginSource::File(path)) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| kind.as_str().to_string()),
+            None => kind.as_str().to_string(),
+        }
+    }
+
+    pub fn failure_policy(&self, kind: PluginKind) -> FailurePolicy {
+        self.failure.unwrap_or(match kind {
+            PluginKind::Router => FailurePolicy::Fallback,
+            PluginKind::Authorizer | PluginKind::Workload => FailurePolicy::Closed,
+        })
     }
 
     /// `max_memory_mb` in bytes.
@@ -187,83 +283,357 @@ impl PluginSlotConfig {
         u64::from(self.max_memory_mb) * 1024 * 1024
     }
 
-    /// Checks the slot's keys; errors are named `plugins.<slot>.<key>`.
-    pub fn validate(&self, kind: PluginKind) -> Result<(), PluginConfigError> {
-        let key = |name: &str| format!("plugins.{}.{name}", kind.slot());
+    /// Checks the slot's keys; errors are named `<key>.<name>` from `prefix`
+    /// (`plugins.authorizer`, `plugins.workload[1]`).
+    pub fn validate(
+        &self,
+        kind: PluginKind,
+        prefix: &str,
+        runtime: &RuntimeConfig,
+    ) -> Result<(), PluginConfigError> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        let err = |name: &str, message: String| Err(PluginConfigError::new(key(name), message));
+        if let Some(name) = &self.name {
+            if !valid_name(name) {
+                return err("name", format!("{name:?}: use 1-64 lowercase letters, digits, '-' or '_'"));
+            }
+        }
         match self.source_or_default(kind) {
-            PluginSource::Builtin(name) => match super::builtin(&name) {
+            None => {
+                return err(
+                    "source",
+                    format!("required: a {kind} plugin (\"builtin:<name>\" or a .wasm path)"),
+                )
+            }
+            Some(PluginSource::Builtin(name)) => match super::builtin(&name) {
                 None => {
-                    return Err(PluginConfigError::new(
-                        key("source"),
+                    return err(
+                        "source",
                         format!(
                             "unknown built-in plugin \"builtin:{name}\" (known: {})",
                             super::builtin_names()
                         ),
-                    ))
+                    )
                 }
                 Some(builtin) if builtin.kind != kind => {
-                    return Err(PluginConfigError::new(
-                        key("source"),
+                    return err(
+                        "source",
                         format!(
-                            "\"builtin:{name}\" is a {} plugin, this slot needs {} (e.g. \"{}\")",
-                            builtin.kind,
-                            kind.world(),
-                            kind.default_source()
+                            "\"builtin:{name}\" is a {} plugin, this slot needs a {kind} plugin",
+                            builtin.kind
                         ),
-                    ))
+                    )
                 }
                 Some(_) => {}
             },
-            PluginSource::File(path) => match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => {}
-                Ok(_) => {
-                    return Err(PluginConfigError::new(
-                        key("source"),
-                        format!("not a file: {}", path.display()),
-                    ))
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(PluginConfigError::new(
-                        key("source"),
-                        format!("file not found: {}", path.display()),
-                    ))
-                }
-                Err(err) => {
-                    return Err(PluginConfigError::new(
-                        key("source"),
-                        format!("cannot read {}: {err}", path.display()),
-                    ))
-                }
-            },
+            Some(PluginSource::File(_)) => {}
         }
         if !(MIN_CALL_TIMEOUT..=MAX_CALL_TIMEOUT).contains(&self.call_timeout) {
-            return Err(PluginConfigError::new(
-                key("call_timeout"),
+            return err(
+                "call_timeout",
                 format!(
                     "must be between {} and {}, got {}",
                     humantime::format_duration(MIN_CALL_TIMEOUT),
                     humantime::format_duration(MAX_CALL_TIMEOUT),
                     humantime::format_duration(self.call_timeout)
                 ),
-            ));
+            );
+        }
+        if !(1..=runtime.max_memory_mb).contains(&self.max_memory_mb) {
+            return err(
+                "max_memory_mb",
+                format!(
+                    "must be between 1 and plugins.runtime.max_memory_mb ({}), got {}",
+                    runtime.max_memory_mb, self.max_memory_mb
+                ),
+            );
+        }
+        match self.fuel {
+            Some(0) => return err("fuel", "must be at least 1 (leave it out for no fuel limit)".into()),
+            Some(_) if !runtime.fuel => {
+                return err("fuel", "needs plugins.runtime.fuel = true (fuel metering is engine-wide)".into())
+            }
+            _ => {}
+        }
+        if self.max_concurrent == 0 || self.max_concurrent > runtime.max_instances {
+            return err(
+                "max_concurrent",
+                format!(
+                    "must be between 1 and plugins.runtime.max_instances ({}), got {}",
+                    runtime.max_instances, self.max_concurrent
+                ),
+            );
+        }
+        if self.instances == InstancePolicy::Warm
+            && (self.warm_pool == 0 || self.warm_pool > self.max_concurrent)
+        {
+            return err(
+                "warm_pool",
+                format!(
+                    "must be between 1 and max_concurrent ({}), got {}",
+                    self.max_concurrent, self.warm_pool
+                ),
+            );
+        }
+        match (kind, self.failure) {
+            (_, None) => {}
+            (PluginKind::Authorizer, Some(FailurePolicy::Closed)) => {}
+            (PluginKind::Authorizer, Some(_)) => {
+                return err(
+                    "failure",
+                    "an authorizer always fails closed; only \"closed\" is accepted".into(),
+                )
+            }
+            (PluginKind::Workload, Some(FailurePolicy::Closed | FailurePolicy::Skip)) => {}
+            (PluginKind::Workload, Some(_)) => {
+                return err("failure", "a workload takes \"closed\" or \"skip\"".into())
+            }
+            (PluginKind::Router, Some(FailurePolicy::Fallback)) => {}
+            (PluginKind::Router, Some(_)) => {
+                return err(
+                    "failure",
+                    "a router always falls back to the built-in policy; only \"fallback\" is accepted".into(),
+                )
+            }
+        }
+        self.http.validate().map_err(|e| PluginConfigError::new(key("http"), e.to_string()))?;
+        Ok(())
+    }
+
+    /// The `config` table as JSON text.
+    pub fn config_json(&self) -> String {
+        serde_json::Value::Object(table_to_json(&self.config)).to_string()
+    }
+
+    /// The `config` table as TOML text.
+    pub fn config_toml(&self) -> String {
+        toml::to_string(&self.config).unwrap_or_default()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// `[plugins.runtime]`: the engine, configured once at start (a reload does not change it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Instances alive at once across every plugin (the pooling allocator's slots):
+    /// calls in flight plus warm instances. Default 128.
+    pub max_instances: u32,
+    /// Largest `max_memory_mb` a slot may ask for (the pool reserves this per instance).
+    /// Default 256.
+    pub max_memory_mb: u32,
+    /// Meter fuel, so slots may set `fuel`. Costs some speed on every call. Default false.
+    pub fuel: bool,
+    /// Wasm stack per call, in KiB; deeper recursion traps as a stack overflow. Default 512.
+    pub max_wasm_stack_kb: u32,
+    /// The crash-loop breaker applied to every plugin.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 128,
+            max_memory_mb: 256,
+            fuel: false,
+            max_wasm_stack_kb: 512,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    fn validate(&self) -> Result<(), PluginConfigError> {
+        let err = |key: &str, message: String| {
+            Err(PluginConfigError::new(format!("plugins.runtime.{key}"), message))
+        };
+        if !(1..=10_000).contains(&self.max_instances) {
+            return err("max_instances", format!("must be between 1 and 10000, got {}", self.max_instances));
         }
         if !(1..=MAX_MEMORY_MB).contains(&self.max_memory_mb) {
-            return Err(PluginConfigError::new(
-                key("max_memory_mb"),
+            return err(
+                "max_memory_mb",
                 format!("must be between 1 and {MAX_MEMORY_MB}, got {}", self.max_memory_mb),
+            );
+        }
+        if !(64..=16 * 1024).contains(&self.max_wasm_stack_kb) {
+            return err(
+                "max_wasm_stack_kb",
+                format!("must be between 64 and 16384, got {}", self.max_wasm_stack_kb),
+            );
+        }
+        self.breaker
+            .validate()
+            .map_err(|e| PluginConfigError::new("plugins.runtime.breaker".into(), e.to_string()))
+    }
+}
+
+/// The `[plugins]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Admin plugins by name: `<name>.wasm` (and an optional `<name>.toml` manifest).
+    /// A file named like a built-in replaces it wherever `builtin:<name>` is used.
+    pub dir: Option<PathBuf>,
+    /// Compiled components, keyed by the wasm's SHA-256 and the engine's settings.
+    pub cache_dir: Option<PathBuf>,
+    /// Reload a plugin when its file changes.
+    pub watch: bool,
+    /// How often plugin files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    /// How often connected agents' workloads are asked whether they have ended.
+    #[serde(with = "humantime_serde")]
+    pub expiry_check: Duration,
+    pub runtime: RuntimeConfig,
+    pub authorizer: PluginSlotConfig,
+    /// Consulted in order for every request; empty means the built-in workspace scheme
+    /// (`builtin:workload-workspace`, host names `<service>-<agent>.localhost`).
+    pub workload: Vec<PluginSlotConfig>,
+    pub router: Option<PluginSlotConfig>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            cache_dir: None,
+            watch: true,
+            watch_interval: Duration::from_secs(1),
+            expiry_check: Duration::from_secs(60),
+            runtime: RuntimeConfig::default(),
+            authorizer: PluginSlotConfig::default(),
+            workload: Vec::new(),
+            router: None,
+        }
+    }
+}
+
+/// One slot as the manager sees it: its kind, its place in the config and its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotSpec {
+    pub kind: PluginKind,
+    /// `plugins.authorizer`, `plugins.workload[0]`, `plugins.router`.
+    pub key: String,
+    pub name: String,
+    pub config: PluginSlotConfig,
+}
+
+impl PluginsConfig {
+    /// Every slot, authorizer first, then workloads in order, then the router.
+    pub fn slots(&self) -> Vec<SlotSpec> {
+        let mut slots = vec![SlotSpec {
+            kind: PluginKind::Authorizer,
+            key: "plugins.authorizer".into(),
+            name: self.authorizer.plugin_name(PluginKind::Authorizer),
+            config: self.authorizer.clone(),
+        }];
+        let default_workload;
+        let workloads = if self.workload.is_empty() {
+            default_workload = [PluginSlotConfig::with_source(
+                PluginSource::Builtin("workload-workspace".into()),
+                toml::Table::new(),
+            )];
+            &default_workload[..]
+        } else {
+            &self.workload[..]
+        };
+        for (i, slot) in workloads.iter().enumerate() {
+            slots.push(SlotSpec {
+                kind: PluginKind::Workload,
+                key: format!("plugins.workload[{i}]"),
+                name: slot.plugin_name(PluginKind::Workload),
+                config: slot.clone(),
+            });
+        }
+        if let Some(router) = &self.router {
+            slots.push(SlotSpec {
+                kind: PluginKind::Router,
+                key: "plugins.router".into(),
+                name: router.plugin_name(PluginKind::Router),
+                config: router.clone(),
+            });
+        }
+        slots
+    }
+
+    /// Checks every key; the error names the offending one. File sources are checked
+    /// for existence here, so a typo fails `check-config` rather than the start.
+    pub fn validate(&self) -> Result<(), PluginConfigError> {
+        self.runtime.validate()?;
+        if self.watch_interval < Duration::from_millis(100) || self.watch_interval > Duration::from_secs(3600)
+        {
+            return Err(PluginConfigError::new(
+                "plugins.watch_interval".into(),
+                "must be between 100ms and 1h".into(),
             ));
+        }
+        if self.expiry_check < Duration::from_secs(1) {
+            return Err(PluginConfigError::new("plugins.expiry_check".into(), "must be at least 1s".into()));
+        }
+        if let Some(dir) = &self.dir {
+            if !dir.is_dir() {
+                return Err(PluginConfigError::new(
+                    "plugins.dir".into(),
+                    format!("not a directory: {}", dir.display()),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for slot in self.slots() {
+            slot.config.validate(slot.kind, &slot.key, &self.runtime)?;
+            if !names.insert(slot.name.clone()) {
+                return Err(PluginConfigError::new(
+                    format!("{}.name", slot.key),
+                    format!(
+                        "the plugin name {:?} is used by two slots; set `name` to tell them apart",
+                        slot.name
+                    ),
+                ));
+            }
+            if let Some(PluginSource::File(_)) = slot.config.source_or_default(slot.kind) {
+                let path = self.resolve_file(&slot.config.source_or_default(slot.kind).expect("checked"));
+                match path {
+                    Some(path) if path.is_file() => {}
+                    Some(path) => {
+                        return Err(PluginConfigError::new(
+                            format!("{}.source", slot.key),
+                            format!("file not found: {}", path.display()),
+                        ))
+                    }
+                    None => {}
+                }
+            }
         }
         Ok(())
     }
 
-    /// The `config` table as the JSON text the plugin reads through `host.config`.
-    pub fn config_json(&self) -> String {
-        serde_json::Value::Object(table_to_json(&self.config)).to_string()
+    /// The file a source loads from: a path as given, a bare name inside `dir`, or a
+    /// built-in's override in `dir`. `None`: the embedded built-in.
+    pub fn resolve_file(&self, source: &PluginSource) -> Option<PathBuf> {
+        match source {
+            PluginSource::Builtin(name) => {
+                let candidate = self.dir.as_deref()?.join(format!("{name}.wasm"));
+                candidate.is_file().then_some(candidate)
+            }
+            PluginSource::File(path) => Some(match (&self.dir, is_bare_name(path)) {
+                (Some(dir), true) => dir.join(format!("{}.wasm", path.display())),
+                _ => path.clone(),
+            }),
+        }
     }
 }
 
+fn is_bare_name(path: &Path) -> bool {
+    path.components().count() == 1 && path.extension().is_none()
+}
+
 /// TOML datetimes have no JSON counterpart: they become RFC 3339 strings.
-fn toml_to_json(value: &toml::Value) -> serde_json::Value {
+pub(crate) fn toml_to_json(value: &toml::Value) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
         toml::Value::String(s) => J::String(s.clone()),
@@ -277,7 +647,7 @@ fn toml_to_json(value: &toml::Value) -> serde_json::Value {
     }
 }
 
-fn table_to_json(table: &toml::Table) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn table_to_json(table: &toml::Table) -> serde_json::Map<String, serde_json::Value> {
     table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()
 }
 
@@ -292,7 +662,7 @@ pub struct PluginConfigError {
 }
 
 impl PluginConfigError {
-    fn new(key: String, message: String) -> Self {
+    pub(crate) fn new(key: String, message: String) -> Self {
         Self { key, message }
     }
 }

@@ -1,5 +1,13 @@
-//! The authorizer's decisions as plain functions, testable natively.
+//! The authorizer's config and decisions as plain functions, testable natively.
+//!
+//! Every credential lives in the config as a SHA-256 hash only, so a leaked config file
+//! does not leak credentials; presented secrets are hashed and compared against every
+//! entry in constant time.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
+use burrow_plugin_sdk::{AgentIdentity, Credential, Principal};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -10,7 +18,15 @@ struct RawConfig {
     #[serde(default)]
     agents: Vec<RawAgent>,
     #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    ssh_keys: Vec<RawSshKey>,
+    #[serde(default)]
+    session_cookie: Option<String>,
+    #[serde(default)]
     default_access: DefaultAccess,
+    #[serde(default)]
+    unknown_credentials: UnknownCredentials,
     #[serde(default)]
     workloads: Vec<RawWorkload>,
 }
@@ -20,14 +36,55 @@ struct RawConfig {
 struct RawAgent {
     id: String,
     token_sha256: String,
+    #[serde(default = "default_workload_kind")]
+    workload_kind: String,
+    #[serde(default)]
+    workload_id: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
+fn default_workload_kind() -> String {
+    "workspace".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    #[serde(default)]
+    token_sha256: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSshKey {
+    user: String,
+    fingerprint: String,
+}
+
+/// Access for workloads no rule names.
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
-enum DefaultAccess {
+pub enum DefaultAccess {
     #[default]
     Deny,
     Open,
+}
+
+/// What an unrecognised credential gets.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownCredentials {
+    /// 401 with a reason (default).
+    #[default]
+    Reject,
+    /// Treated as no credential, so an open workload still receives its own tokens.
+    Anonymous,
 }
 
 #[derive(Deserialize)]
@@ -37,7 +94,25 @@ struct RawWorkload {
     service: String,
     access: Access,
     #[serde(default)]
-    users: Vec<RawUser>,
+    users: Vec<RuleUser>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// A rule's user: a name from `users`, or (the original config form) a user defined
+/// inline with its token hash.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RuleUser {
+    Name(String),
+    Inline(RawInlineUser),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInlineUser {
+    name: String,
+    token_sha256: String,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -47,42 +122,90 @@ enum Access {
     Token,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUser {
-    name: String,
-    token_sha256: String,
-}
-
 type Hash = [u8; 32];
 
-struct Credential {
-    name: String,
+/// A secret's hash and the index of whom it identifies.
+struct Secret {
     sha256: Hash,
+    owner: usize,
 }
 
-struct Workload {
+struct Agent {
+    identity: AgentIdentity,
+}
+
+struct User {
+    name: String,
+    groups: Vec<String>,
+}
+
+struct Rule {
     agent: String,
     /// `None` is the `"*"` wildcard.
     service: Option<String>,
     access: Access,
-    users: Vec<Credential>,
+    users: Vec<String>,
+    groups: Vec<String>,
 }
 
+/// The parsed, validated config.
 pub struct Policy {
-    agents: Vec<Credential>,
+    agents: Vec<Agent>,
+    agent_tokens: Vec<Secret>,
+    users: Vec<User>,
+    user_tokens: Vec<Secret>,
+    ssh_keys: Vec<(String, usize)>,
+    session_cookie: Option<String>,
     default_access: DefaultAccess,
-    workloads: Vec<Workload>,
+    unknown_credentials: UnknownCredentials,
+    rules: Vec<Rule>,
 }
 
+/// Hashes are not secrets, but the list is long and dull: show counts only.
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("agents", &self.agents.len())
+            .field("users", &self.users.len())
+            .field("ssh_keys", &self.ssh_keys.len())
+            .field("session_cookie", &self.session_cookie)
+            .field("default_access", &self.default_access)
+            .field("unknown_credentials", &self.unknown_credentials)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+/// The authorizer's verdict on an agent token.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
-    Allow { principal: String, strip_credentials: bool },
+pub enum AgentVerdict {
+    Accepted(AgentIdentity),
+    Rejected(&'static str),
+}
+
+/// The authorizer's verdict on a user credential.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UserVerdict {
+    Authenticated(Principal),
+    Anonymous,
+    Rejected(&'static str),
+}
+
+/// The authorizer's verdict on a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow { strip_credentials: bool },
     Deny { status: u16, reason: &'static str },
 }
 
-pub const NO_BEARER: &str = "this workload requires a bearer token";
-pub const BAD_BEARER: &str = "token not allowed for this workload";
+pub const UNKNOWN_AGENT: &str = "agent token not recognised";
+pub const EXPIRED_AGENT: &str = "agent credentials have expired";
+pub const UNKNOWN_TOKEN: &str = "token not recognised";
+pub const UNKNOWN_SESSION: &str = "session not recognised";
+pub const UNKNOWN_SSH_KEY: &str = "ssh key not recognised";
+pub const NO_PASSWORDS: &str = "password logins are not accepted";
+pub const NEEDS_CREDENTIALS: &str = "this workload requires credentials";
+pub const NOT_ALLOWED: &str = "not allowed for this workload";
 pub const DENIED_BY_DEFAULT: &str = "no access rule allows this workload";
 
 fn parse_hash(field: &str, hex_text: &str) -> Result<Hash, String> {
@@ -96,32 +219,91 @@ fn sha256(secret: &str) -> Hash {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Index of the credential whose hash equals `hash`, visiting every entry with no
-/// early exit and no data-dependent branch so timing reveals nothing about which
-/// (or whether any) entry matched.
-fn find_constant_time(credentials: &[Credential], hash: &Hash) -> Option<usize> {
+/// Owner of the secret whose hash equals `hash`, visiting every entry with no early exit
+/// and no data-dependent branch, so timing reveals nothing about which (or whether any)
+/// entry matched.
+fn find_constant_time(secrets: &[Secret], hash: &Hash) -> Option<usize> {
     let mut found = subtle::Choice::from(0);
-    let mut index = 0u64;
-    for (i, credential) in credentials.iter().enumerate() {
-        let matches = credential.sha256.ct_eq(hash);
+    let mut owner = 0u64;
+    for secret in secrets {
+        let matches = secret.sha256.ct_eq(hash);
         found |= matches;
-        index = u64::conditional_select(&index, &(i as u64), matches);
+        owner = u64::conditional_select(&owner, &(secret.owner as u64), matches);
     }
-    bool::from(found).then_some(index as usize)
+    bool::from(found).then_some(owner as usize)
+}
+
+fn valid_kind(kind: &str) -> bool {
+    !kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Adds a secret unless the same owner already has it; the same hash for two owners
+/// would make a credential ambiguous.
+fn add_secret(secrets: &mut Vec<Secret>, field: &str, sha256: Hash, owner: usize) -> Result<(), String> {
+    match secrets.iter().find(|s| s.sha256 == sha256) {
+        Some(s) if s.owner == owner => Ok(()),
+        Some(_) => Err(format!("{field}: the same token hash is configured for two different identities")),
+        None => {
+            secrets.push(Secret { sha256, owner });
+            Ok(())
+        }
+    }
 }
 
 impl Policy {
     pub fn from_json(json: &str) -> Result<Policy, String> {
         let raw: RawConfig = serde_json::from_str(json).map_err(|err| err.to_string())?;
+
         let mut agents = Vec::with_capacity(raw.agents.len());
+        let mut agent_tokens = Vec::with_capacity(raw.agents.len());
         for (i, agent) in raw.agents.into_iter().enumerate() {
             if agent.id.is_empty() {
                 return Err(format!("agents[{i}].id: must not be empty"));
             }
-            let sha256 = parse_hash(&format!("agents[{i}].token_sha256"), &agent.token_sha256)?;
-            agents.push(Credential { name: agent.id, sha256 });
+            if !valid_kind(&agent.workload_kind) {
+                return Err(format!(
+                    "agents[{i}].workload_kind: {:?} must be lowercase letters, digits and '-'",
+                    agent.workload_kind
+                ));
+            }
+            if agent.workload_id.as_deref() == Some("") {
+                return Err(format!(
+                    "agents[{i}].workload_id: must not be empty (leave it out to use the id)"
+                ));
+            }
+            let field = format!("agents[{i}].token_sha256");
+            add_secret(&mut agent_tokens, &field, parse_hash(&field, &agent.token_sha256)?, i)?;
+            agents.push(Agent {
+                identity: AgentIdentity {
+                    workload_id: agent.workload_id.unwrap_or_else(|| agent.id.clone()),
+                    agent_id: agent.id,
+                    workload_kind: agent.workload_kind,
+                    expires_at: agent.expires_at,
+                    labels: agent.labels.into_iter().collect(),
+                },
+            });
         }
-        let mut workloads: Vec<Workload> = Vec::with_capacity(raw.workloads.len());
+
+        let mut users: Vec<User> = Vec::with_capacity(raw.users.len());
+        let mut user_tokens = Vec::new();
+        for (i, user) in raw.users.into_iter().enumerate() {
+            if user.name.is_empty() {
+                return Err(format!("users[{i}].name: must not be empty"));
+            }
+            if users.iter().any(|u| u.name == user.name) {
+                return Err(format!("users[{i}].name: {:?} is listed twice", user.name));
+            }
+            if let Some(j) = user.groups.iter().position(String::is_empty) {
+                return Err(format!("users[{i}].groups[{j}]: must not be empty"));
+            }
+            if let Some(hex_text) = &user.token_sha256 {
+                let field = format!("users[{i}].token_sha256");
+                add_secret(&mut user_tokens, &field, parse_hash(&field, hex_text)?, i)?;
+            }
+            users.push(User { name: user.name, groups: user.groups });
+        }
+
+        let mut rules: Vec<Rule> = Vec::with_capacity(raw.workloads.len());
         for (i, rule) in raw.workloads.into_iter().enumerate() {
             if rule.agent.is_empty() {
                 return Err(format!("workloads[{i}].agent: must not be empty"));
@@ -131,65 +313,174 @@ impl Policy {
                 "*" => None,
                 _ => Some(rule.service),
             };
-            if workloads.iter().any(|w| w.agent == rule.agent && w.service == service) {
+            if rules.iter().any(|r| r.agent == rule.agent && r.service == service) {
                 return Err(format!(
                     "workloads[{i}]: a rule for agent {:?} and service {:?} already exists",
                     rule.agent,
                     service.as_deref().unwrap_or("*")
                 ));
             }
-            if rule.access == Access::Open && !rule.users.is_empty() {
-                return Err(format!("workloads[{i}].users: only allowed with access = \"token\""));
+            if rule.access == Access::Open && (!rule.users.is_empty() || !rule.groups.is_empty()) {
+                return Err(format!(
+                    "workloads[{i}]: users and groups are only allowed with access = \"token\""
+                ));
             }
-            let mut users = Vec::with_capacity(rule.users.len());
+            if let Some(j) = rule.groups.iter().position(String::is_empty) {
+                return Err(format!("workloads[{i}].groups[{j}]: must not be empty"));
+            }
+            let mut names = Vec::with_capacity(rule.users.len());
             for (j, user) in rule.users.into_iter().enumerate() {
-                if user.name.is_empty() {
-                    return Err(format!("workloads[{i}].users[{j}].name: must not be empty"));
-                }
-                let field = format!("workloads[{i}].users[{j}].token_sha256");
-                users.push(Credential { sha256: parse_hash(&field, &user.token_sha256)?, name: user.name });
+                let name = match user {
+                    RuleUser::Name(name) => {
+                        if !users.iter().any(|u| u.name == name) {
+                            return Err(format!("workloads[{i}].users[{j}]: no user {name:?} in `users`"));
+                        }
+                        name
+                    }
+                    RuleUser::Inline(inline) => {
+                        if inline.name.is_empty() {
+                            return Err(format!("workloads[{i}].users[{j}].name: must not be empty"));
+                        }
+                        let owner = match users.iter().position(|u| u.name == inline.name) {
+                            Some(owner) => owner,
+                            None => {
+                                users.push(User { name: inline.name.clone(), groups: Vec::new() });
+                                users.len() - 1
+                            }
+                        };
+                        let field = format!("workloads[{i}].users[{j}].token_sha256");
+                        add_secret(
+                            &mut user_tokens,
+                            &field,
+                            parse_hash(&field, &inline.token_sha256)?,
+                            owner,
+                        )?;
+                        inline.name
+                    }
+                };
+                names.push(name);
             }
-            workloads.push(Workload { agent: rule.agent, service, access: rule.access, users });
+            rules.push(Rule {
+                agent: rule.agent,
+                service,
+                access: rule.access,
+                users: names,
+                groups: rule.groups,
+            });
         }
-        Ok(Policy { agents, default_access: raw.default_access, workloads })
+
+        let mut ssh_keys: Vec<(String, usize)> = Vec::with_capacity(raw.ssh_keys.len());
+        for (i, key) in raw.ssh_keys.into_iter().enumerate() {
+            let Some(owner) = users.iter().position(|u| u.name == key.user) else {
+                return Err(format!("ssh_keys[{i}].user: no user {:?} in `users`", key.user));
+            };
+            let fingerprint = key.fingerprint.trim().to_string();
+            if !fingerprint.starts_with("SHA256:") || fingerprint.len() <= "SHA256:".len() {
+                return Err(format!(
+                    "ssh_keys[{i}].fingerprint: expected \"SHA256:<base64>\" as `ssh-keygen -l` prints it"
+                ));
+            }
+            if ssh_keys.iter().any(|(f, _)| *f == fingerprint) {
+                return Err(format!("ssh_keys[{i}].fingerprint: listed twice"));
+            }
+            ssh_keys.push((fingerprint, owner));
+        }
+
+        if raw.session_cookie.as_deref().is_some_and(|name| name.trim().is_empty()) {
+            return Err("session_cookie: must not be empty (leave it out to ignore cookies)".into());
+        }
+
+        Ok(Policy {
+            agents,
+            agent_tokens,
+            users,
+            user_tokens,
+            ssh_keys,
+            session_cookie: raw.session_cookie,
+            default_access: raw.default_access,
+            unknown_credentials: raw.unknown_credentials,
+            rules,
+        })
     }
 
-    /// The agent id whose token hash matches, if any.
-    pub fn authenticate_agent(&self, token: &str) -> Option<String> {
+    /// The identity whose token hash matches, unless it has expired at `now` (unix ms).
+    pub fn authenticate_agent(&self, token: &str, now: u64) -> AgentVerdict {
         if token.is_empty() {
-            return None;
+            return AgentVerdict::Rejected(UNKNOWN_AGENT);
         }
-        find_constant_time(&self.agents, &sha256(token)).map(|i| self.agents[i].name.clone())
+        let Some(i) = find_constant_time(&self.agent_tokens, &sha256(token)) else {
+            return AgentVerdict::Rejected(UNKNOWN_AGENT);
+        };
+        let identity = &self.agents[i].identity;
+        if identity.expires_at.is_some_and(|at| now >= at) {
+            return AgentVerdict::Rejected(EXPIRED_AGENT);
+        }
+        AgentVerdict::Accepted(identity.clone())
     }
 
-    pub fn authorize(&self, agent: &str, service: &str, bearer: Option<&str>) -> Decision {
-        let exact = self.workloads.iter().find(|w| w.agent == agent && w.service.as_deref() == Some(service));
-        let rule = exact.or_else(|| self.workloads.iter().find(|w| w.agent == agent && w.service.is_none()));
+    pub fn authenticate_user(&self, credential: &Credential) -> UserVerdict {
+        let (owner, method, unknown) = match credential {
+            Credential::None => return UserVerdict::Anonymous,
+            Credential::Bearer(token) if token.is_empty() => return UserVerdict::Anonymous,
+            Credential::Bearer(token) => {
+                (find_constant_time(&self.user_tokens, &sha256(token)), "bearer", UNKNOWN_TOKEN)
+            }
+            Credential::Cookie { name, value } => {
+                // Only the configured session cookie is ours; others belong to the workload.
+                if self.session_cookie.as_deref() != Some(name.as_str()) || value.is_empty() {
+                    return UserVerdict::Anonymous;
+                }
+                (find_constant_time(&self.user_tokens, &sha256(value)), "cookie", UNKNOWN_SESSION)
+            }
+            Credential::SshPublicKey { fingerprint, .. } => {
+                // Fingerprints are public: an ordinary comparison reveals nothing.
+                let owner = self.ssh_keys.iter().find(|(f, _)| f == fingerprint).map(|(_, owner)| *owner);
+                (owner, "ssh-key", UNKNOWN_SSH_KEY)
+            }
+            Credential::SshPassword { .. } => (None, "ssh-password", NO_PASSWORDS),
+        };
+        match owner {
+            Some(i) => {
+                let user = &self.users[i];
+                UserVerdict::Authenticated(Principal {
+                    id: user.name.clone(),
+                    groups: user.groups.clone(),
+                    labels: vec![("authenticated-by".to_string(), method.to_string())],
+                })
+            }
+            None => match self.unknown_credentials {
+                UnknownCredentials::Reject => UserVerdict::Rejected(unknown),
+                UnknownCredentials::Anonymous => UserVerdict::Anonymous,
+            },
+        }
+    }
+
+    /// Whether `principal` (`None`: anonymous) may use `service` on `agent`.
+    pub fn authorize(&self, agent: &str, service: &str, principal: Option<&Principal>) -> Verdict {
+        let exact = self.rules.iter().find(|r| r.agent == agent && r.service.as_deref() == Some(service));
+        let rule = exact.or_else(|| self.rules.iter().find(|r| r.agent == agent && r.service.is_none()));
         let Some(rule) = rule else {
             return match self.default_access {
-                DefaultAccess::Open => open(),
-                DefaultAccess::Deny => Decision::Deny { status: 403, reason: DENIED_BY_DEFAULT },
+                DefaultAccess::Open => Verdict::Allow { strip_credentials: false },
+                DefaultAccess::Deny => Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT },
             };
         };
         match rule.access {
-            Access::Open => open(),
+            Access::Open => Verdict::Allow { strip_credentials: false },
             Access::Token => {
-                let Some(bearer) = bearer.filter(|b| !b.is_empty()) else {
-                    return Decision::Deny { status: 401, reason: NO_BEARER };
+                let Some(principal) = principal else {
+                    return Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS };
                 };
-                match find_constant_time(&rule.users, &sha256(bearer)) {
-                    Some(i) => {
-                        Decision::Allow { principal: rule.users[i].name.clone(), strip_credentials: true }
-                    }
-                    None => Decision::Deny { status: 403, reason: BAD_BEARER },
+                let by_name = rule.users.contains(&principal.id);
+                let by_group = rule.groups.iter().any(|g| principal.in_group(g));
+                if by_name || by_group {
+                    Verdict::Allow { strip_credentials: true }
+                } else {
+                    Verdict::Deny { status: 403, reason: NOT_ALLOWED }
                 }
             }
         }
     }
-}
-
-fn open() -> Decision {
-    Decision::Allow { principal: "anonymous".to_string(), strip_credentials: false }
 }
 
 #[cfg(test)]
@@ -201,49 +492,143 @@ mod tests {
     }
 
     fn policy() -> Policy {
-        let json = format!(
-            r#"{{
-                "agents": [
-                    {{"id": "demo", "token_sha256": "{}"}},
-                    {{"id": "edge-eu-1", "token_sha256": "{}"}}
-                ],
-                "workloads": [
-                    {{"agent": "demo", "service": "*", "access": "open"}},
-                    {{"agent": "demo", "service": "admin", "access": "token",
-                      "users": [{{"name": "alice", "token_sha256": "{}"}}]}}
-                ]
-            }}"#,
-            hex_sha256("agent-secret"),
-            hex_sha256("edge-secret"),
-            hex_sha256("alice-secret"),
-        );
-        Policy::from_json(&json).unwrap()
+        let json = serde_json::json!({
+            "agents": [
+                {"id": "demo", "token_sha256": hex_sha256("agent-secret")},
+                {"id": "edge-eu-1", "token_sha256": hex_sha256("edge-secret"),
+                 "workload_kind": "ci-job", "workload_id": "job-9", "labels": {"zone": "eu", "arch": "arm"},
+                 "expires_at": 2_000},
+            ],
+            "users": [
+                {"name": "bob", "token_sha256": hex_sha256("bob-secret"), "groups": ["ops"]},
+                {"name": "carol", "groups": ["dev"]},
+            ],
+            "ssh_keys": [{"user": "carol", "fingerprint": "SHA256:carolkey"}],
+            "session_cookie": "burrow_session",
+            "workloads": [
+                {"agent": "demo", "service": "*", "access": "open"},
+                {"agent": "demo", "service": "admin", "access": "token",
+                 "users": [{"name": "alice", "token_sha256": hex_sha256("alice-secret")}, "bob"]},
+                {"agent": "edge-eu-1", "service": "ssh", "access": "token", "groups": ["dev"]},
+            ],
+        });
+        Policy::from_json(&json.to_string()).unwrap()
+    }
+
+    fn principal(p: &Policy, credential: Credential) -> Principal {
+        match p.authenticate_user(&credential) {
+            UserVerdict::Authenticated(principal) => principal,
+            other => panic!("{credential:?}: {other:?}"),
+        }
     }
 
     #[test]
-    fn authenticates_by_token_hash() {
+    fn authenticates_agents_by_token_hash() {
         let p = policy();
-        assert_eq!(p.authenticate_agent("agent-secret").as_deref(), Some("demo"));
-        assert_eq!(p.authenticate_agent("edge-secret").as_deref(), Some("edge-eu-1"));
-        assert_eq!(p.authenticate_agent("nope"), None);
-        assert_eq!(p.authenticate_agent(""), None);
+        match p.authenticate_agent("agent-secret", 0) {
+            AgentVerdict::Accepted(id) => {
+                assert_eq!((id.agent_id.as_str(), id.workload_kind.as_str()), ("demo", "workspace"));
+                assert_eq!(id.workload_id, "demo", "workload id defaults to the agent id");
+            }
+            other => panic!("{other:?}"),
+        }
+        match p.authenticate_agent("edge-secret", 1_999) {
+            AgentVerdict::Accepted(id) => {
+                assert_eq!(id.workload_kind, "ci-job");
+                assert_eq!(id.workload_id, "job-9");
+                assert_eq!(id.expires_at, Some(2_000));
+                assert_eq!(id.labels, vec![("arch".into(), "arm".into()), ("zone".into(), "eu".into())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.authenticate_agent("edge-secret", 2_000), AgentVerdict::Rejected(EXPIRED_AGENT));
+        assert_eq!(p.authenticate_agent("nope", 0), AgentVerdict::Rejected(UNKNOWN_AGENT));
+        assert_eq!(p.authenticate_agent("", 0), AgentVerdict::Rejected(UNKNOWN_AGENT));
     }
 
     #[test]
-    fn exact_service_beats_wildcard() {
+    fn empty_token_is_rejected_even_if_its_hash_is_configured() {
+        let json = format!(r#"{{"agents": [{{"id": "x", "token_sha256": "{}"}}]}}"#, hex_sha256(""));
+        let p = Policy::from_json(&json).unwrap();
+        assert_eq!(p.authenticate_agent("", 0), AgentVerdict::Rejected(UNKNOWN_AGENT));
+    }
+
+    #[test]
+    fn authenticates_users_by_every_credential_kind() {
         let p = policy();
+        assert_eq!(p.authenticate_user(&Credential::None), UserVerdict::Anonymous);
+        assert_eq!(p.authenticate_user(&Credential::Bearer(String::new())), UserVerdict::Anonymous);
+        let bob = principal(&p, Credential::Bearer("bob-secret".into()));
+        assert_eq!((bob.id.as_str(), bob.groups.as_slice()), ("bob", &["ops".to_string()][..]));
         assert_eq!(
-            p.authorize("demo", "web", None),
-            Decision::Allow { principal: "anonymous".into(), strip_credentials: false }
+            principal(&p, Credential::Bearer("alice-secret".into())).id,
+            "alice",
+            "inline users count"
         );
-        assert_eq!(p.authorize("demo", "admin", None), Decision::Deny { status: 401, reason: NO_BEARER });
+        let cookie = |name: &str, value: &str| Credential::Cookie { name: name.into(), value: value.into() };
+        let by_cookie = principal(&p, cookie("burrow_session", "bob-secret"));
+        assert_eq!(by_cookie.id, "bob");
+        assert_eq!(by_cookie.labels, vec![("authenticated-by".into(), "cookie".into())]);
+        assert_eq!(p.authenticate_user(&cookie("other", "bob-secret")), UserVerdict::Anonymous);
         assert_eq!(
-            p.authorize("demo", "admin", Some("wrong")),
-            Decision::Deny { status: 403, reason: BAD_BEARER }
+            p.authenticate_user(&cookie("burrow_session", "nope")),
+            UserVerdict::Rejected(UNKNOWN_SESSION)
         );
+        let key = |fingerprint: &str| Credential::SshPublicKey {
+            user: "workspace-1".into(),
+            algorithm: "ssh-ed25519".into(),
+            key: vec![1, 2, 3],
+            fingerprint: fingerprint.into(),
+        };
+        assert_eq!(principal(&p, key("SHA256:carolkey")).id, "carol");
+        assert_eq!(p.authenticate_user(&key("SHA256:other")), UserVerdict::Rejected(UNKNOWN_SSH_KEY));
+        let password = Credential::SshPassword { user: "carol".into(), password: "pw".into() };
+        assert_eq!(p.authenticate_user(&password), UserVerdict::Rejected(NO_PASSWORDS));
         assert_eq!(
-            p.authorize("demo", "admin", Some("alice-secret")),
-            Decision::Allow { principal: "alice".into(), strip_credentials: true }
+            p.authenticate_user(&Credential::Bearer("wrong".into())),
+            UserVerdict::Rejected(UNKNOWN_TOKEN)
+        );
+    }
+
+    #[test]
+    fn unknown_credentials_may_count_as_anonymous() {
+        let p =
+            Policy::from_json(r#"{"unknown_credentials": "anonymous", "default_access": "open"}"#).unwrap();
+        assert_eq!(
+            p.authenticate_user(&Credential::Bearer("workload-own-token".into())),
+            UserVerdict::Anonymous
+        );
+    }
+
+    #[test]
+    fn exact_service_beats_wildcard_and_rules_name_users_or_groups() {
+        let p = policy();
+        let bob = principal(&p, Credential::Bearer("bob-secret".into()));
+        let alice = principal(&p, Credential::Bearer("alice-secret".into()));
+        let carol = principal(
+            &p,
+            Credential::SshPublicKey {
+                user: "x".into(),
+                algorithm: "ssh-ed25519".into(),
+                key: Vec::new(),
+                fingerprint: "SHA256:carolkey".into(),
+            },
+        );
+        assert_eq!(p.authorize("demo", "web", None), Verdict::Allow { strip_credentials: false });
+        assert_eq!(
+            p.authorize("demo", "admin", None),
+            Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS }
+        );
+        assert_eq!(p.authorize("demo", "admin", Some(&alice)), Verdict::Allow { strip_credentials: true });
+        assert_eq!(p.authorize("demo", "admin", Some(&bob)), Verdict::Allow { strip_credentials: true });
+        assert_eq!(
+            p.authorize("demo", "admin", Some(&carol)),
+            Verdict::Deny { status: 403, reason: NOT_ALLOWED }
+        );
+        assert_eq!(p.authorize("edge-eu-1", "ssh", Some(&carol)), Verdict::Allow { strip_credentials: true });
+        assert_eq!(
+            p.authorize("edge-eu-1", "ssh", Some(&bob)),
+            Verdict::Deny { status: 403, reason: NOT_ALLOWED }
         );
     }
 
@@ -252,16 +637,35 @@ mod tests {
         let p = policy();
         assert_eq!(
             p.authorize("edge-eu-1", "web", None),
-            Decision::Deny { status: 403, reason: DENIED_BY_DEFAULT }
+            Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT }
         );
         let open = Policy::from_json(r#"{"default_access": "open"}"#).unwrap();
-        assert!(matches!(open.authorize("x", "y", None), Decision::Allow { .. }));
+        assert_eq!(open.authorize("x", "y", None), Verdict::Allow { strip_credentials: false });
         let empty = Policy::from_json("{}").unwrap();
-        assert!(matches!(empty.authorize("x", "y", None), Decision::Deny { status: 403, .. }));
+        assert!(matches!(empty.authorize("x", "y", None), Verdict::Deny { status: 403, .. }));
     }
 
-    fn config_error(json: &str) -> String {
-        match Policy::from_json(json) {
+    /// The config the host's end-to-end tests have always used keeps working.
+    #[test]
+    fn original_config_form_is_accepted() {
+        let json = serde_json::json!({
+            "agents": [{"id": "a1", "token_sha256": hex_sha256("t")}],
+            "default_access": "deny",
+            "workloads": [{"agent": "a1", "service": "web", "access": "token",
+                           "users": [{"name": "alice", "token_sha256": hex_sha256("alice-secret-token")}]}],
+        });
+        let p = Policy::from_json(&json.to_string()).unwrap();
+        let alice = principal(&p, Credential::Bearer("alice-secret-token".into()));
+        assert_eq!(p.authorize("a1", "web", Some(&alice)), Verdict::Allow { strip_credentials: true });
+        assert_eq!(p.authorize("a1", "web", None), Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS });
+        assert_eq!(
+            p.authorize("a1", "other", None),
+            Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT }
+        );
+    }
+
+    fn config_error(json: serde_json::Value) -> String {
+        match Policy::from_json(&json.to_string()) {
             Ok(_) => panic!("config accepted: {json}"),
             Err(err) => err,
         }
@@ -269,14 +673,36 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_field() {
-        let err = config_error(r#"{"agents": [{"id": "a", "token_sha256": "xyz"}]}"#);
-        assert!(err.starts_with("agents[0].token_sha256"), "{err}");
-        let err = config_error(r#"{"agents": [], "extra": 1}"#);
-        assert!(err.contains("unknown field"), "{err}");
-        let err = config_error(r#"{"default_access": "maybe"}"#);
-        assert!(err.contains("unknown variant"), "{err}");
-        let dup = r#"{"workloads": [{"agent": "a", "service": "*", "access": "open"},
-                                    {"agent": "a", "service": "*", "access": "open"}]}"#;
+        use serde_json::json;
+        let h = hex_sha256("x");
+        assert!(config_error(json!({"agents": [{"id": "a", "token_sha256": "xyz"}]}))
+            .starts_with("agents[0].token_sha256"));
+        assert!(config_error(json!({"agents": [], "extra": 1})).contains("unknown field"));
+        assert!(config_error(json!({"default_access": "maybe"})).contains("unknown variant"));
+        assert!(config_error(json!({"agents": [{"id": "a", "token_sha256": h, "workload_kind": "CI"}]}))
+            .starts_with("agents[0].workload_kind"));
+        assert!(config_error(
+            json!({"agents": [{"id": "a", "token_sha256": h}, {"id": "b", "token_sha256": h}]})
+        )
+        .contains("two different identities"));
+        assert!(config_error(json!({"users": [{"name": "u"}, {"name": "u"}]})).starts_with("users[1].name"));
+        assert!(config_error(json!({"ssh_keys": [{"user": "ghost", "fingerprint": "SHA256:x"}]}))
+            .starts_with("ssh_keys[0].user"));
+        assert!(config_error(
+            json!({"users": [{"name": "u"}], "ssh_keys": [{"user": "u", "fingerprint": "MD5:x"}]})
+        )
+        .starts_with("ssh_keys[0].fingerprint"));
+        assert!(config_error(
+            json!({"workloads": [{"agent": "a", "service": "*", "access": "token", "users": ["ghost"]}]})
+        )
+        .starts_with("workloads[0].users[0]"));
+        assert!(config_error(
+            json!({"workloads": [{"agent": "a", "service": "*", "access": "open", "groups": ["g"]}]})
+        )
+        .starts_with("workloads[0]"));
+        let dup = json!({"workloads": [{"agent": "a", "service": "*", "access": "open"},
+                                       {"agent": "a", "service": "*", "access": "open"}]});
         assert!(config_error(dup).starts_with("workloads[1]"));
+        assert!(config_error(json!({"session_cookie": " "})).starts_with("session_cookie"));
     }
 }

@@ -1,0 +1,69 @@
+//! Periodically asks each connected workload's plugin whether the workload has ended
+//! (`workload.expired`), and ends the sessions of those that have: their agents get a
+//! GoAway, are refused if they reconnect, and users get 410.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::context::HostContext;
+use crate::plugins::types::ExpiryRequest;
+use crate::registry::Session;
+
+/// Runs until `shutdown`, checking every `interval`.
+pub async fn run(ctx: Arc<HostContext>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; agents were just checked at connect.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        check_once(&ctx).await;
+    }
+}
+
+/// One pass: one `expired` call per (kind, workload), however many sessions it has.
+pub async fn check_once(ctx: &Arc<HostContext>) -> usize {
+    let mut workloads: HashMap<(String, String), Vec<Arc<Session>>> = HashMap::new();
+    for session in ctx.sessions_snapshot() {
+        if let Some(id) = &session.identity {
+            let key = (id.identity.workload_kind.clone(), id.identity.workload_id.clone());
+            workloads.entry(key).or_default().push(session);
+        }
+    }
+    let mut ended = 0;
+    for ((kind, workload_id), sessions) in workloads {
+        let first = sessions[0].identity.as_ref().expect("grouped by identity");
+        let request = ExpiryRequest {
+            workload_id: workload_id.clone(),
+            agent_id: first.identity.agent_id.clone(),
+            connected_at: sessions
+                .iter()
+                .filter_map(|s| s.identity.as_ref())
+                .map(|i| i.connected_at)
+                .min()
+                .unwrap_or(0),
+            agent_labels: first.identity.labels.clone(),
+        };
+        match ctx.plugins.expired(&kind, &request).await {
+            Ok(true) => {
+                tracing::info!(kind, workload = %workload_id, sessions = sessions.len(), "workload has ended; disconnecting its agents");
+                ctx.mark_workload_ended(&kind, &workload_id);
+                for session in &sessions {
+                    if let Some(id) = &session.identity {
+                        id.ended.cancel();
+                    }
+                }
+                ended += 1;
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(kind, workload = %workload_id, "workload expiry check failed: {err}"),
+        }
+    }
+    ended
+}

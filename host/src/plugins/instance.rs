@@ -1,0 +1,631 @@
+//! One loaded version of one plugin, and how a call into it runs.
+//!
+//! A call: the breaker admits it (a quarantined plugin is refused at once), a permit of
+//! `max_concurrent` bounds it, an instance is taken (warm pool) or made (fresh), the
+//! epoch deadline and fuel are set, and the whole call — instantiation and host calls
+//! such as outbound HTTP included — runs under `call_timeout`. A failed call is mapped
+//! to a [`PluginError`] naming the plugin, its version (sha256) and the limit hit; a
+//! warm instance that failed is discarded, never reused.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{authorizer, router, types as wit, workload, workload_plain};
+use super::breaker::SharedBreaker;
+use super::config::{FailurePolicy, InstancePolicy, PluginKind};
+use super::convert;
+use super::engine::PluginEngine;
+use super::host_api::{http, kv, CallState, ClockSource, PluginEnv};
+use super::types::{
+    AgentAuthOutcome, AgentEvent, AgentHello, AuthorizeRequest, Decision, ExpiryRequest, Principal,
+    ResolveRequest, Resolved, RouteRequest, UserAuthOutcome, UserAuthRequest,
+};
+use super::PluginError;
+use crate::metrics::PluginMetrics;
+
+/// The future a call body returns: borrows the instance and its store.
+pub(crate) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;
+
+/// The component's exports, ready to instantiate, by world.
+#[derive(Clone)]
+pub(crate) enum Pre {
+    Authorizer(authorizer::AuthorizerPluginPre<CallState>),
+    Workload(workload::WorkloadPluginWithLifecyclePre<CallState>),
+    WorkloadPlain(workload_plain::WorkloadPluginPre<CallState>),
+    Router(router::RouterPluginPre<CallState>),
+}
+
+impl Pre {
+    /// Type-checks `pre` against `kind`'s world. A workload without the optional
+    /// `workload-lifecycle` export (a 1.0 plugin) loads as `WorkloadPlain`.
+    pub(crate) fn new(kind: PluginKind, pre: InstancePre<CallState>) -> wasmtime::Result<Pre> {
+        Ok(match kind {
+            PluginKind::Authorizer => Pre::Authorizer(authorizer::AuthorizerPluginPre::new(pre)?),
+            PluginKind::Router => Pre::Router(router::RouterPluginPre::new(pre)?),
+            PluginKind::Workload => match workload::WorkloadPluginWithLifecyclePre::new(pre.clone()) {
+                Ok(full) => Pre::Workload(full),
+                Err(_) => Pre::WorkloadPlain(workload_plain::WorkloadPluginPre::new(pre)?),
+            },
+        })
+    }
+
+    pub(crate) fn has_lifecycle(&self) -> bool {
+        matches!(self, Pre::Workload(_))
+    }
+
+    async fn instantiate(&self, store: &mut Store<CallState>) -> wasmtime::Result<Bound> {
+        Ok(match self {
+            Pre::Authorizer(p) => Bound::Authorizer(p.instantiate_async(store).await?),
+            Pre::Workload(p) => Bound::Workload(p.instantiate_async(store).await?),
+            Pre::WorkloadPlain(p) => Bound::WorkloadPlain(p.instantiate_async(store).await?),
+            Pre::Router(p) => Bound::Router(p.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instance's exports.
+pub(crate) enum Bound {
+    Authorizer(authorizer::AuthorizerPlugin),
+    Workload(workload::WorkloadPluginWithLifecycle),
+    WorkloadPlain(workload_plain::WorkloadPlugin),
+    Router(router::RouterPlugin),
+}
+
+// Exports are generated per world (`with` only maps imports), so the two workload
+// worlds have distinct `Guest` types: the calls below match on the variant.
+impl Bound {
+    pub(crate) fn authorizer(
+        &self,
+    ) -> wasmtime::Result<&authorizer::exports::burrow::plugin::authorizer::Guest> {
+        match self {
+            Bound::Authorizer(b) => Ok(b.burrow_plugin_authorizer()),
+            _ => wasmtime::bail!("not an authorizer"),
+        }
+    }
+
+    pub(crate) fn router(&self) -> wasmtime::Result<&router::exports::burrow::plugin::router::Guest> {
+        match self {
+            Bound::Router(b) => Ok(b.burrow_plugin_router()),
+            _ => wasmtime::bail!("not a router"),
+        }
+    }
+
+    /// `None` for a workload plugin without the optional lifecycle export.
+    pub(crate) fn lifecycle(&self) -> Option<&workload::exports::burrow::plugin::workload_lifecycle::Guest> {
+        match self {
+            Bound::Workload(b) => Some(b.burrow_plugin_workload_lifecycle()),
+            _ => None,
+        }
+    }
+
+    pub(crate) async fn workload_kind(&self, store: &mut Store<CallState>) -> wasmtime::Result<String> {
+        match self {
+            Bound::Workload(b) => b.burrow_plugin_workload().call_kind(store).await,
+            Bound::WorkloadPlain(b) => b.burrow_plugin_workload().call_kind(store).await,
+            _ => wasmtime::bail!("not a workload plugin"),
+        }
+    }
+
+    pub(crate) async fn workload_resolve(
+        &self,
+        store: &mut Store<CallState>,
+        req: &wit::ResolveRequest,
+    ) -> wasmtime::Result<Option<wit::Resolved>> {
+        match self {
+            Bound::Workload(b) => b.burrow_plugin_workload().call_resolve(store, req).await,
+            Bound::WorkloadPlain(b) => b.burrow_plugin_workload().call_resolve(store, req).await,
+            _ => wasmtime::bail!("not a workload plugin"),
+        }
+    }
+
+    pub(crate) async fn workload_expired(
+        &self,
+        store: &mut Store<CallState>,
+        req: &wit::ExpiryRequest,
+    ) -> wasmtime::Result<bool> {
+        match self {
+            Bound::Workload(b) => b.burrow_plugin_workload().call_expired(store, req).await,
+            Bound::WorkloadPlain(b) => b.burrow_plugin_workload().call_expired(store, req).await,
+            _ => wasmtime::bail!("not a workload plugin"),
+        }
+    }
+
+    async fn init(&self, store: &mut Store<CallState>) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Bound::Authorizer(b) => b.burrow_plugin_plugin().call_init(store).await,
+            Bound::Workload(b) => b.burrow_plugin_plugin().call_init(store).await,
+            Bound::WorkloadPlain(b) => b.burrow_plugin_plugin().call_init(store).await,
+            Bound::Router(b) => b.burrow_plugin_plugin().call_init(store).await,
+        }
+    }
+}
+
+/// What identifies a loaded version, for logs, metrics and the admin API.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    pub name: String,
+    pub kind: PluginKind,
+    /// The config's `source` (e.g. `builtin:authorizer-static`).
+    pub source: String,
+    /// The file it was read from (`None`: embedded built-in).
+    pub file: Option<std::path::PathBuf>,
+    /// Full hex SHA-256 of the component.
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+    /// Workload plugins: the kind they serve.
+    pub workload_kind: Option<String>,
+    /// Workload plugins: whether they export the optional lifecycle hooks.
+    pub lifecycle: bool,
+    /// Test vectors the canary ran.
+    pub tests_passed: usize,
+    /// `authorizer office-hours@3f2a9c1b0d4e`.
+    pub label: String,
+}
+
+impl VersionInfo {
+    pub fn sha256_short(&self) -> &str {
+        &self.sha256[..12.min(self.sha256.len())]
+    }
+}
+
+/// Per-slot limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub call_timeout: Duration,
+    pub max_memory_bytes: u64,
+    pub fuel: Option<u64>,
+    pub instances: InstancePolicy,
+    pub warm_pool: usize,
+    pub failure: FailurePolicy,
+}
+
+struct Warm {
+    store: Store<CallState>,
+    bound: Bound,
+}
+
+/// One loaded version of a plugin. Cheap to share; calls are independent.
+pub(crate) struct Version {
+    pub info: VersionInfo,
+    pub limits: Limits,
+    engine: Arc<PluginEngine>,
+    pre: Pre,
+    env: Arc<PluginEnv>,
+    kv: kv::KvStore,
+    http: Arc<http::OutboundPolicy>,
+    permits: Semaphore,
+    max_concurrent: usize,
+    warm: Mutex<Vec<Warm>>,
+    pub breaker: SharedBreaker,
+    metrics: Option<PluginMetrics>,
+}
+
+/// Everything needed to build a [`Version`] besides the compiled component.
+pub(crate) struct VersionParts {
+    pub info: VersionInfo,
+    pub limits: Limits,
+    pub max_concurrent: usize,
+    pub env: Arc<PluginEnv>,
+    pub kv: kv::KvStore,
+    pub http: Arc<http::OutboundPolicy>,
+    pub breaker: SharedBreaker,
+    pub metrics: Option<PluginMetrics>,
+}
+
+impl Version {
+    pub(crate) fn new(engine: Arc<PluginEngine>, pre: Pre, parts: VersionParts) -> Version {
+        Version {
+            info: parts.info,
+            limits: parts.limits,
+            engine,
+            pre,
+            env: parts.env,
+            kv: parts.kv,
+            http: parts.http,
+            permits: Semaphore::new(parts.max_concurrent),
+            max_concurrent: parts.max_concurrent,
+            warm: Mutex::new(Vec::new()),
+            breaker: parts.breaker,
+            metrics: parts.metrics,
+        }
+    }
+
+    pub(crate) fn has_lifecycle(&self) -> bool {
+        self.pre.has_lifecycle()
+    }
+
+    pub(crate) fn set_metrics(&mut self, metrics: Option<PluginMetrics>) {
+        self.metrics = metrics;
+    }
+
+    fn new_store(&self, clock: ClockSource) -> Store<CallState> {
+        let state = CallState::new(
+            self.env.clone(),
+            clock,
+            kv::KvCtx { store: self.kv.clone(), namespace: self.env.name.clone() },
+            http::OutboundHooks::new(self.http.clone(), self.env.label.clone()),
+            self.limits.max_memory_bytes,
+        );
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn arm(&self, store: &mut Store<CallState>) {
+        store.set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.call_timeout));
+        if self.engine.fuel {
+            // With metering on engine-wide, a slot without a limit still needs fuel.
+            let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
+        }
+    }
+
+    /// Makes an instance; warm ones are initialised (`plugin.init`) first.
+    async fn instantiate(&self, clock: ClockSource, init: bool) -> Result<Warm, PluginError> {
+        let mut store = self.new_store(clock);
+        self.arm(&mut store);
+        let bound = match self.pre.instantiate(&mut store).await {
+            Ok(bound) => bound,
+            Err(err) if is_guest_failure(&store, &err) => return Err(self.classify(&store, err)),
+            Err(err) => return Err(self.unavailable(format!("cannot instantiate: {err:#}"))),
+        };
+        if init {
+            match bound.init(&mut store).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => return Err(self.init_failed(reason)),
+                Err(err) => return Err(self.classify(&store, err)),
+            }
+        }
+        Ok(Warm { store, bound })
+    }
+
+    /// Instantiates once and calls `plugin.init`: the first step of every canary.
+    pub(crate) async fn canary_init(&self, clock: ClockSource) -> Result<(), PluginError> {
+        let run = async {
+            let warm = self.instantiate(clock, true).await?;
+            if self.limits.instances == InstancePolicy::Warm {
+                self.put_back(warm);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.limits.call_timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
+    fn take_warm(&self) -> Option<Warm> {
+        if self.limits.instances != InstancePolicy::Warm {
+            return None;
+        }
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put_back(&self, warm: Warm) {
+        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < self.limits.warm_pool {
+            pool.push(warm);
+        }
+    }
+
+    /// Drops every warm instance (their pool slots return to the engine).
+    pub(crate) fn drain_warm(&self) {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Runs one call. `op` names the export for metrics; `body` calls it.
+    pub(crate) async fn call<R, F>(
+        &self,
+        op: &'static str,
+        clock: ClockSource,
+        body: F,
+    ) -> Result<R, PluginError>
+    where
+        R: Send,
+        F: for<'a> FnOnce(&'a Bound, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
+    {
+        let started = Instant::now();
+        let result = self.call_inner(clock, body).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.call(&self.info.name, self.info.kind, op, started.elapsed(), result.as_ref().err());
+        }
+        result
+    }
+
+    async fn call_inner<R, F>(&self, clock: ClockSource, body: F) -> Result<R, PluginError>
+    where
+        R: Send,
+        F: for<'a> FnOnce(&'a Bound, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
+    {
+        let admission = match self.breaker.admit(Instant::now()) {
+            Ok(admission) => admission,
+            Err(quarantined) => {
+                return Err(PluginError::Quarantined {
+                    plugin: self.info.label.clone(),
+                    sha256: self.info.sha256_short().to_owned(),
+                    until: quarantined.remaining(Instant::now()),
+                })
+            }
+        };
+        if admission.is_trial() {
+            tracing::info!(plugin = %self.info.label, "quarantine over: trying the plugin with one call");
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
+        let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                admission.abandon();
+                return Err(PluginError::Busy {
+                    plugin: self.info.label.clone(),
+                    sha256: self.info.sha256_short().to_owned(),
+                    limit: self.max_concurrent,
+                });
+            }
+        };
+        let run = async {
+            let mut instance = match self.take_warm() {
+                Some(warm) => warm,
+                None => self.instantiate(clock, self.limits.instances == InstancePolicy::Warm).await?,
+            };
+            instance.store.data_mut().begin_call(clock);
+            self.arm(&mut instance.store);
+            let Warm { store, bound } = &mut instance;
+            match body(bound, store).await {
+                Ok(value) => Ok((value, instance)),
+                Err(err) => Err(self.classify(&instance.store, err)),
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.timeout()),
+        };
+        drop(permit);
+        match outcome {
+            Ok((value, instance)) => {
+                if let Some(super::breaker::Transition::Recovered) = admission.succeeded() {
+                    tracing::info!(plugin = %self.info.label, "plugin recovered: its trial call succeeded");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.set_quarantined(&self.info.name, false);
+                    }
+                }
+                if self.limits.instances == InstancePolicy::Warm {
+                    self.put_back(instance);
+                }
+                Ok(value)
+            }
+            Err(err) => {
+                if err.is_guest_failure() {
+                    if let Some(transition) = admission.failed(Instant::now(), &err.to_string()) {
+                        tracing::error!(
+                            plugin = %self.info.label,
+                            "plugin quarantined after repeated failures ({transition}); last error: {err}"
+                        );
+                        if let Some(metrics) = &self.metrics {
+                            metrics.set_quarantined(&self.info.name, true);
+                        }
+                    }
+                } else {
+                    admission.abandon();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn unavailable(&self, reason: String) -> PluginError {
+        PluginError::Unavailable {
+            plugin: self.info.label.clone(),
+            sha256: self.info.sha256_short().to_owned(),
+            reason,
+        }
+    }
+
+    fn timeout(&self) -> PluginError {
+        PluginError::Timeout {
+            plugin: self.info.label.clone(),
+            sha256: self.info.sha256_short().to_owned(),
+            limit: self.limits.call_timeout,
+        }
+    }
+
+    fn init_failed(&self, reason: String) -> PluginError {
+        PluginError::Init {
+            plugin: self.info.label.clone(),
+            sha256: self.info.sha256_short().to_owned(),
+            reason,
+        }
+    }
+
+    /// An answer the contract forbids.
+    pub(crate) fn invalid(&self, reason: String) -> PluginError {
+        PluginError::InvalidResult {
+            plugin: self.info.label.clone(),
+            sha256: self.info.sha256_short().to_owned(),
+            reason,
+        }
+    }
+
+    /// Turns a failed call into the error that names the limit the plugin hit.
+    fn classify(&self, store: &Store<CallState>, err: wasmtime::Error) -> PluginError {
+        let plugin = self.info.label.clone();
+        let sha256 = self.info.sha256_short().to_owned();
+        // The memory check comes first: a guest whose allocation failed may trap in many
+        // ways (abort, unreachable, out of bounds) but the cause is the limit.
+        if store.data().limiter.hit {
+            return PluginError::Memory { plugin, sha256, limit_bytes: self.limits.max_memory_bytes };
+        }
+        let printed = store.data().stderr.summary();
+        let with_stderr = |message: String| match &printed {
+            Some(printed) => format!("{message}; plugin stderr: {printed}"),
+            None => message,
+        };
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PluginError::Timeout { plugin, sha256, limit: self.limits.call_timeout },
+            Some(Trap::StackOverflow) => {
+                PluginError::StackOverflow { plugin, sha256, limit_bytes: self.engine.max_wasm_stack as u64 }
+            }
+            Some(Trap::OutOfFuel) => {
+                PluginError::Fuel { plugin, sha256, limit: self.limits.fuel.unwrap_or(0) }
+            }
+            Some(trap) => PluginError::Trap { plugin, sha256, message: with_stderr(trap.to_string()) },
+            None => PluginError::Trap { plugin, sha256, message: with_stderr(format!("{err:#}")) },
+        }
+    }
+}
+
+fn is_guest_failure(store: &Store<CallState>, err: &wasmtime::Error) -> bool {
+    store.data().limiter.hit || err.downcast_ref::<Trap>().is_some()
+}
+
+/// The typed calls: each converts the request, calls the export and checks the answer.
+impl Version {
+    pub(crate) async fn authenticate_agent(
+        &self,
+        req: &AgentHello,
+        clock: ClockSource,
+    ) -> Result<AgentAuthOutcome, PluginError> {
+        let wit_req = wit::AgentHello::from(req);
+        let out = self
+            .call("authenticate-agent", clock, move |b, s| {
+                Box::pin(async move { b.authorizer()?.call_authenticate_agent(s, &wit_req).await })
+            })
+            .await?;
+        convert::agent_outcome(out).map_err(|e| self.invalid(e))
+    }
+
+    pub(crate) async fn authenticate_user(
+        &self,
+        req: &UserAuthRequest,
+        clock: ClockSource,
+    ) -> Result<UserAuthOutcome, PluginError> {
+        let wit_req = wit::UserAuthRequest::from(req);
+        let out = self
+            .call("authenticate-user", clock, move |b, s| {
+                Box::pin(async move { b.authorizer()?.call_authenticate_user(s, &wit_req).await })
+            })
+            .await?;
+        convert::user_outcome(out).map_err(|e| self.invalid(e))
+    }
+
+    pub(crate) async fn authorize(
+        &self,
+        req: &AuthorizeRequest,
+        clock: ClockSource,
+    ) -> Result<Decision, PluginError> {
+        let wit_req = wit::AuthorizeRequest::from(req);
+        let out = self
+            .call("authorize", clock, move |b, s| {
+                Box::pin(async move { b.authorizer()?.call_authorize(s, &wit_req).await })
+            })
+            .await?;
+        convert::decision(out).map_err(|e| self.invalid(e))
+    }
+
+    /// `authenticate-user` then, unless the credential was rejected, `authorize` with
+    /// the request `make` builds from the principal: in ONE instance, so a fresh-instance
+    /// plugin pays one instantiation per request.
+    pub(crate) async fn authenticate_and_authorize<M>(
+        &self,
+        req: &UserAuthRequest,
+        make: M,
+        clock: ClockSource,
+    ) -> Result<(UserAuthOutcome, Option<Decision>), PluginError>
+    where
+        M: FnOnce(Option<&Principal>) -> AuthorizeRequest + Send + 'static,
+    {
+        let wit_req = wit::UserAuthRequest::from(req);
+        let (who, decision) = self
+            .call("authorize", clock, move |b, s| {
+                Box::pin(async move {
+                    let a = b.authorizer()?;
+                    let who = a.call_authenticate_user(&mut *s, &wit_req).await?;
+                    let principal = match &who {
+                        wit::UserAuthOutcome::Rejected(_) => return Ok((who, None)),
+                        wit::UserAuthOutcome::Anonymous => None,
+                        wit::UserAuthOutcome::Authenticated(p) => Some(Principal::from(p.clone())),
+                    };
+                    let authz = wit::AuthorizeRequest::from(&make(principal.as_ref()));
+                    let decision = a.call_authorize(&mut *s, &authz).await?;
+                    Ok((who, Some(decision)))
+                })
+            })
+            .await?;
+        let who = convert::user_outcome(who).map_err(|e| self.invalid(e))?;
+        let decision = decision.map(convert::decision).transpose().map_err(|e| self.invalid(e))?;
+        Ok((who, decision))
+    }
+
+    pub(crate) async fn kind_name(&self, clock: ClockSource) -> Result<String, PluginError> {
+        let kind = self.call("kind", clock, |b, s| Box::pin(async move { b.workload_kind(s).await })).await?;
+        convert::check_kind_name(&kind).map_err(|e| self.invalid(e))?;
+        Ok(kind)
+    }
+
+    pub(crate) async fn resolve(
+        &self,
+        req: &ResolveRequest,
+        clock: ClockSource,
+    ) -> Result<Option<Resolved>, PluginError> {
+        let wit_req = wit::ResolveRequest::from(req);
+        let out = self
+            .call("resolve", clock, move |b, s| {
+                Box::pin(async move { b.workload_resolve(s, &wit_req).await })
+            })
+            .await?;
+        convert::resolved(out).map_err(|e| self.invalid(e))
+    }
+
+    pub(crate) async fn expired(&self, req: &ExpiryRequest, clock: ClockSource) -> Result<bool, PluginError> {
+        let wit_req = wit::ExpiryRequest::from(req);
+        self.call("expired", clock, move |b, s| {
+            Box::pin(async move { b.workload_expired(s, &wit_req).await })
+        })
+        .await
+    }
+
+    /// Tells a workload plugin an agent came or went; a no-op for plugins without the
+    /// optional lifecycle export.
+    pub(crate) async fn agent_event(
+        &self,
+        connected: bool,
+        event: &AgentEvent,
+        clock: ClockSource,
+    ) -> Result<(), PluginError> {
+        if !self.has_lifecycle() {
+            return Ok(());
+        }
+        let wit_event = wit::AgentEvent::from(event);
+        let op = if connected { "agent-connected" } else { "agent-disconnected" };
+        self.call(op, clock, move |b, s| {
+            Box::pin(async move {
+                let Some(hooks) = b.lifecycle() else { return Ok(()) };
+                match connected {
+                    true => hooks.call_agent_connected(s, &wit_event).await,
+                    false => hooks.call_agent_disconnected(s, &wit_event).await,
+                }
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn route(
+        &self,
+        req: &RouteRequest,
+        clock: ClockSource,
+    ) -> Result<Vec<usize>, PluginError> {
+        let wit_req = wit::RouteRequest::from(req);
+        let candidates = req.candidates.len();
+        let out = self
+            .call("route", clock, move |b, s| {
+                Box::pin(async move { b.router()?.call_route(s, &wit_req).await })
+            })
+            .await?;
+        convert::route_order(out, candidates).map_err(|e| self.invalid(e))
+    }
+}

@@ -1,0 +1,3 @@
+//! Version 1 of the hot-swap test authorizer: allows every request. See `test-swap`.
+
+burrow_plugin_sdk::export_authorizer!(test_swap::Swap<1>);
