@@ -6,6 +6,10 @@
 #   bench/run.sh --suite cluster [--runs 5] [--requests 2000] [--wakeups 10] [--agents 10000]
 #       forwarded vs local latency, wake-up delay, Redis registry cost; needs redis-server
 #       and redis-cli on PATH (or BURROW_TEST_REDIS pointing at redis-server)
+#   bench/run.sh --suite plugins [--runs 5] [--calls 5000] [--decisions 100000] [--tasks 2]
+#                [--swaps 10] [--http-requests 4000] [--clients 8]
+#       plugin call latency (fresh, warm) vs the same policy compiled natively, decision
+#       throughput, hot-swap time with and without the artifact cache, HTTP requests/s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --release -q -p burrow-bench -- "$@"

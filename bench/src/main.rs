@@ -2,17 +2,24 @@
 //! direct connection to the same workload, and what the plugin path costs per request
 //! (`--suite tunnel`, the default); or what cluster mode adds: forwarding between
 //! replicas, waking a request when its agent connects, and the registry's cost in Redis
-//! (`--suite cluster`, see [`cluster`]).
+//! (`--suite cluster`, see [`cluster`]); or what the plugin platform costs against the
+//! same policy compiled natively: per-call latency with fresh and warm instances,
+//! decision throughput, hot-swap time, HTTP requests per second (`--suite plugins`, see
+//! [`plugins`]).
 //!
 //! Every figure is the median of `--runs` runs; ratios compare against a baseline
 //! measured in the same run. Run it with `bench/run.sh` (release build).
 
 mod cluster;
+mod plugins;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_host::plugins::{AccessRequest, Plugins, Protocol, RouteRequest};
+use burrow_host::plugins::types::{
+    Action, AuthorizeRequest, Credential, Principal, ResolveRequest, Target, UserAuthRequest,
+};
+use burrow_host::plugins::{Plugins, PluginsOptions};
 use burrow_tests::clients::{self, Client, Mode};
 use burrow_tests::workload::Workload;
 use burrow_tests::{agent_config, default_config, wait_connected, TestHost, TOKEN};
@@ -21,9 +28,10 @@ use http_body_util::BodyExt;
 
 #[derive(Parser, Debug)]
 struct Args {
-    /// Which measurements: `tunnel` (tunnel vs direct, plugin path) or `cluster`
-    /// (forwarded vs local, wake-up delay, Redis registry cost).
-    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster"])]
+    /// Which measurements: `tunnel` (tunnel vs direct, plugin path), `cluster`
+    /// (forwarded vs local, wake-up delay, Redis registry cost) or `plugins` (plugin
+    /// call cost vs native, throughput, swap time).
+    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins"])]
     suite: String,
     /// Repetitions of each measurement; the median is reported.
     #[arg(long, default_value_t = 5)]
@@ -34,7 +42,8 @@ struct Args {
     /// Bytes per throughput run.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     bytes: u64,
-    /// Plugin calls per plugin run.
+    /// Plugin calls per plugin run (plugins suite: sequential decisions per latency run
+    /// and path, then as many router calls).
     #[arg(long, default_value_t = 5000)]
     calls: usize,
     /// Agent transport for the tunnel runs: grpc or ws.
@@ -50,6 +59,21 @@ struct Args {
     /// Cluster suite: agents registered in Redis for the registry-cost runs.
     #[arg(long, default_value_t = 10_000)]
     agents: usize,
+    /// Plugins suite: decisions per throughput run and path, shared by `--tasks` tasks.
+    #[arg(long, default_value_t = 100_000)]
+    decisions: usize,
+    /// Plugins suite: concurrent decision loops in the throughput runs.
+    #[arg(long, default_value_t = 2)]
+    tasks: usize,
+    /// Plugins suite: hot swaps per run and variant (with and without `cache_dir`).
+    #[arg(long, default_value_t = 10)]
+    swaps: usize,
+    /// Plugins suite: HTTP requests per run and path, shared by `--clients` connections.
+    #[arg(long, default_value_t = 4000)]
+    http_requests: usize,
+    /// Plugins suite: concurrent keep-alive client connections in the HTTP runs.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
 }
 
 const HOST: &str = "web-a1.localhost";
@@ -105,65 +129,70 @@ async fn throughput_run(client: &mut Client, host: &str, bytes: u64) -> f64 {
     (bytes as f64 / (1024.0 * 1024.0)) / start.elapsed().as_secs_f64()
 }
 
-fn requests() -> (RouteRequest, AccessRequest) {
-    let route = RouteRequest { host: HOST.into(), path: "/".into(), method: "GET".into() };
-    let access = AccessRequest {
-        agent_id: "a1".into(),
-        service: "web".into(),
-        workload_id: "a1/web".into(),
+fn requests() -> (ResolveRequest, UserAuthRequest) {
+    let resolve = ResolveRequest {
+        action: Action::Http,
+        host: HOST.into(),
+        path: "/".into(),
+        method: "GET".into(),
+        ssh_user: String::new(),
+        port: 0,
+    };
+    let user = UserAuthRequest {
+        credential: Credential::None,
+        client_addr: "127.0.0.1:1".into(),
+        host: HOST.into(),
+        action: Action::Http,
+    };
+    (resolve, user)
+}
+
+/// The authorize request the ingress builds from the resolved target and the principal.
+fn access(target: Target) -> impl FnOnce(Option<&Principal>) -> AuthorizeRequest + Send + 'static {
+    move |principal| AuthorizeRequest {
+        principal: principal.cloned(),
+        target,
+        action: Action::Http,
+        client_addr: "127.0.0.1:1".into(),
         host: HOST.into(),
         method: "GET".into(),
         path: "/".into(),
-        protocol: Protocol::Http,
-        client_addr: "127.0.0.1:1".into(),
-        bearer_token: None,
-    };
-    (route, access)
+        agent_labels: Vec::new(),
+    }
 }
 
 struct PluginFigures {
-    route_us: f64,
+    resolve_us: f64,
     authorize_us: f64,
     request_path_us: f64,
 }
 
-/// Bare call cost (measured on a plugin thread, where calls run inline) and the cost of
-/// the request path as the ingress runs it: one hand-off for route + authorize.
+/// Cost of each call alone and of the request path as the ingress runs it: the workload
+/// plugin's `resolve`, then the authorizer's `authorize_user` (authenticate + authorize in
+/// one instance). (`--suite plugins` measures these in detail, warm and fresh.)
 async fn plugin_run(plugins: &Arc<Plugins>, calls: usize) -> PluginFigures {
-    let (mut route, mut authorize) = plugins
-        .run_async(move |p| {
-            let (route_req, access) = requests();
-            let (mut route, mut authorize) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
-            for _ in 0..calls {
-                let t = Instant::now();
-                p.route(&route_req).unwrap().expect("route");
-                route.push(t.elapsed());
-                let t = Instant::now();
-                p.authorize(&access).unwrap();
-                authorize.push(t.elapsed());
-            }
-            (route, authorize)
-        })
-        .await
-        .unwrap();
+    let (resolve_req, user) = requests();
+    let (mut resolve, mut authorize) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    for _ in 0..calls {
+        let t = Instant::now();
+        let target = plugins.resolve(&resolve_req).await.unwrap().expect("resolve");
+        resolve.push(t.elapsed());
+        let t = Instant::now();
+        plugins.authorize_user(&user, access(target)).await.unwrap();
+        authorize.push(t.elapsed());
+    }
     let mut path = Vec::with_capacity(calls);
     for _ in 0..calls {
         let t = Instant::now();
-        plugins
-            .run_async(|p| {
-                let (route_req, access) = requests();
-                p.route(&route_req).unwrap().expect("route");
-                p.authorize(&access).unwrap()
-            })
-            .await
-            .unwrap();
+        let target = plugins.resolve(&resolve_req).await.unwrap().expect("resolve");
+        plugins.authorize_user(&user, access(target)).await.unwrap();
         path.push(t.elapsed());
     }
-    route.sort();
+    resolve.sort();
     authorize.sort();
     path.sort();
     PluginFigures {
-        route_us: percentile(&route, 0.5),
+        resolve_us: percentile(&resolve, 0.5),
         authorize_us: percentile(&authorize, 0.5),
         request_path_us: percentile(&path, 0.5),
     }
@@ -175,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     match args.suite.as_str() {
         "cluster" => cluster::run(&args).await,
+        "plugins" => plugins::run(&args).await,
         _ => tunnel_suite(&args).await,
     }
 }
@@ -208,11 +238,11 @@ async fn tunnel_suite(args: &Args) -> anyhow::Result<()> {
         dtp.push(throughput_run(&mut direct, HOST, args.bytes).await);
         ttp.push(throughput_run(&mut tunnel, HOST, args.bytes).await);
     }
-    let plugins = Arc::new(tokio::task::spawn_blocking(move || Plugins::load(&config.plugins)).await??);
+    let plugins = Plugins::load(&config.plugins, PluginsOptions::default()).await?;
     let (mut r50, mut a50, mut p50) = (vec![], vec![], vec![]);
     for _ in 0..args.runs {
         let f = plugin_run(&plugins, args.calls).await;
-        r50.push(f.route_us);
+        r50.push(f.resolve_us);
         a50.push(f.authorize_us);
         p50.push(f.request_path_us);
     }
@@ -238,9 +268,9 @@ async fn tunnel_suite(args: &Args) -> anyhow::Result<()> {
     println!();
     println!("| plugin path (fresh instance per call) | p50 µs |");
     println!("|---|---|");
-    println!("| router-hostname `route`, one call | {r50:.1} |");
-    println!("| authorizer-static `authorize`, one call | {a50:.1} |");
-    println!("| per request as the ingress runs it (hand-off + route + authorize) | {p50:.1} |");
+    println!("| workload-workspace `resolve`, one call | {r50:.1} |");
+    println!("| authorizer-static `authorize_user` (authenticate + authorize), one call | {a50:.1} |");
+    println!("| per request as the ingress runs it (resolve + authorize_user) | {p50:.1} |");
     agent.shutdown().await;
     host.stop().await?;
     Ok(())
