@@ -431,3 +431,31 @@ async fn a_plugin_built_against_an_older_minor_still_loads_and_serves() {
     let (status, _, body) = clients::get(host.ingress_addr, "legacy.localhost", "/hello").await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello from legacy"[..]));
 }
+
+#[tokio::test]
+async fn an_admin_plugin_in_dir_replaces_the_builtin_of_the_same_name() {
+    let scratch = Scratch::new("override");
+    // `dir` holds authorizer-static.wasm: wherever builtin:authorizer-static is named, it loads.
+    scratch.install("authorizer-static.wasm", &artifact("test_swap_v2.wasm"));
+    let authorizer = format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ agent_id = \"{AGENT}\", agent_token_sha256 = \"{}\" }}",
+        sha256_hex(TOKEN)
+    );
+    let extra = format!(
+        "[plugins]\ndir = {:?}\nwatch = false\n[admin]\ntoken_file = {:?}\n",
+        scratch.0.display().to_string(),
+        scratch.path("admin-token").display().to_string()
+    );
+    let host = TestHost::start(ConfigParts { authorizer, extra, ..Default::default() }.build()).await;
+    let workload = Workload::start("swap").await;
+    let _agent = connected_agent(&host, &workload).await;
+    expect_version(&host, 2).await;
+    let status = plugin_status(&host, "authorizer-static").await;
+    assert_eq!(status["source"], "builtin:authorizer-static");
+    assert!(status["file"].as_str().unwrap().ends_with("authorizer-static.wasm"), "{status}");
+
+    // Replace the override and reload by name: the override's new version serves.
+    scratch.install("authorizer-static.wasm", &artifact("test_swap_v1.wasm"));
+    assert_eq!(reload(&host, "authorizer-static").await.0, StatusCode::OK);
+    expect_version(&host, 1).await;
+}
