@@ -12,7 +12,7 @@ use super::config::{PluginKind, PluginSlotConfig, PluginSource, PluginsConfig, R
 use super::engine::PluginEngine;
 use super::host_api::{kv, ClockSource};
 use super::instance::Pre;
-use super::manager::Loader;
+use super::loader::Loader;
 use super::PluginError;
 
 /// What `plugin check` found.
@@ -68,7 +68,7 @@ pub async fn check_file(
 ) -> Result<CheckReport, PluginError> {
     let err = |reason: String| PluginError::Load { plugin: path.display().to_string(), reason };
     let bytes = tokio::fs::read(path).await.map_err(|e| err(format!("cannot read: {e}")))?;
-    super::manager::check_header(&bytes).map_err(err)?;
+    super::loader::check_header(&bytes).map_err(err)?;
     let runtime = RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() };
     let engine = tokio::task::spawn_blocking(move || PluginEngine::new(&runtime, None))
         .await

@@ -7,8 +7,9 @@
 //! - `engine`: the wasmtime engine (pooling allocator, epoch ticks, artifact `cache`).
 //! - `host_api`: what plugins import (`log`, `config`, `clock`, `kv`, outbound `http`).
 //! - `instance`: one loaded version and how a call runs (limits, warm pool, `breaker`).
-//! - [`manager`]: load, canary (`manifest` test vectors), swap, rollback, reload, and
-//!   the failure policy per kind; [`check`]: `burrow-host plugin check`.
+//! - `loader`: read, compile, type-check and canary (`manifest` test vectors) a version.
+//! - `manager`: swap, rollback, reload, and the failure policy per kind; [`check`]:
+//!   `burrow-host plugin check`.
 
 mod bindings;
 mod breaker;
@@ -19,6 +20,7 @@ mod convert;
 mod engine;
 pub mod host_api;
 mod instance;
+mod loader;
 mod manager;
 mod manifest;
 pub mod types;
