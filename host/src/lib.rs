@@ -255,6 +255,9 @@ pub async fn run_with_control(
         ingress.abort();
         replica_api.abort();
         stop_background(cluster_task);
+        if let Some(c) = &cluster {
+            c.leave().await;
+        }
         return match result {
             Ok(Ok(())) => Err(HostError::Task(format!("{what} stopped unexpectedly"))),
             Ok(Err(e)) => Err(e),
@@ -273,10 +276,13 @@ pub async fn run_with_control(
     token.cancel();
     let (a, i) = tokio::join!(agents, ingress);
     replica_api.abort();
+    // Background work first, then the records: a heartbeat or registration that ran after
+    // `leave` would put this replica back in Redis as a phantom until its TTL (`leave`
+    // also fences them out itself, for callers that keep the background running).
+    stop_background(cluster_task);
     if let Some(c) = &cluster {
         c.leave().await;
     }
-    stop_background(cluster_task);
     a.map_err(|e| HostError::Task(e.to_string()))??;
     i.map_err(|e| HostError::Task(e.to_string()))??;
     tracing::info!("burrow host stopped");

@@ -290,6 +290,81 @@ async fn graceful_drain_under_load_fails_no_request() {
     assert!(!redis.cli(&["HKEYS", "burrow:replicas"]).contains("r2"));
 }
 
+/// Waits until `cond` holds on Redis, with the last answer in the failure message.
+fn wait_redis(redis: &RedisServer, args: &[&str], what: &str, cond: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = redis.cli(args);
+        if cond(&out) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {args:?} still answers {out:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One replica's membership without a host around it, background loops running, holding
+/// agent `a1`, once Redis shows its liveness record and `a1`'s registration. Cancel the
+/// token to stop the loops.
+fn lone_member(
+    redis: &RedisServer,
+) -> (std::sync::Arc<burrow_host::cluster::Cluster>, tokio_util::sync::CancellationToken) {
+    let config = cluster_config("solo", &redis.url(), "").cluster.expect("cluster table");
+    let metrics = std::sync::Arc::new(burrow_host::metrics::Metrics::new());
+    let cluster =
+        burrow_host::cluster::Cluster::new(config, "solo".into(), "127.0.0.1:1".into(), metrics).unwrap();
+    let background = tokio_util::sync::CancellationToken::new();
+    let _task = cluster.start(background.clone());
+    cluster.agent_up("a1");
+    wait_redis(redis, &["HKEYS", "burrow:replicas"], "liveness record written", |o| o.contains("solo"));
+    wait_redis(redis, &["HKEYS", "burrow:agent:{a1}"], "agent registered", |o| o.contains("solo"));
+    (cluster, background)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_forced_between_leave_and_stop_does_not_resurrect_the_replica() {
+    let redis = RedisServer::start();
+    let (cluster, background) = lone_member(&redis);
+
+    cluster.leave().await;
+    assert!(!redis.cli(&["HKEYS", "burrow:replicas"]).contains("solo"));
+    assert!(!redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("solo"));
+    // The background loops still run (the host stops them after `leave` returns, or
+    // before: either order must be safe). A heartbeat now, as the loop's next tick
+    // would run one, finds the liveness record gone: before the fix it wrote the record
+    // back and, seeing it "created", re-registered every agent.
+    cluster.heartbeat().await;
+    assert!(
+        !redis.cli(&["HKEYS", "burrow:replicas"]).contains("solo"),
+        "the replica came back after leaving"
+    );
+    assert!(
+        !redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("solo"),
+        "its agent came back after leaving"
+    );
+    background.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_during_a_drain_keeps_the_replica_marked_draining_and_unregistered() {
+    let redis = RedisServer::start();
+    let (cluster, background) = lone_member(&redis);
+
+    cluster.drain().await;
+    // Redis loses its data (a restart without persistence): a heartbeat then "creates"
+    // the record, which makes an active replica re-register its agents; a draining one
+    // must only refresh its record, still marked draining.
+    redis.cli(&["FLUSHALL"]);
+    cluster.heartbeat().await;
+    let record = redis.cli(&["HGET", "burrow:replicas", "solo"]);
+    assert!(record.contains("\"draining\":true"), "{record}");
+    assert!(
+        !redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("solo"),
+        "a draining replica registered an agent"
+    );
+    background.cancel();
+}
+
 fn tokio_util_stop() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
 }

@@ -46,6 +46,21 @@ pub enum ClusterError {
     Server(#[from] tonic::transport::Error),
 }
 
+/// Where this replica stands in the cluster. Every write of its own membership (its
+/// liveness record, its agent registrations) holds the [`Cluster`]'s `membership` lock
+/// and checks the phase first, so a heartbeat or a registration already under way when
+/// the replica drains or leaves cannot land after it and resurrect what was withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Serving: heartbeats and registrations are written.
+    Active,
+    /// Draining: the liveness record (marked draining) is kept fresh, no agent is
+    /// registered.
+    Draining,
+    /// Left: nothing of this replica is written to Redis again.
+    Left,
+}
+
 /// Live state of the cluster membership of this replica.
 pub struct Cluster {
     config: ClusterConfig,
@@ -64,7 +79,9 @@ pub struct Cluster {
     replicas: RwLock<HashMap<String, ReplicaRecord>>,
     peers: forward::Peers,
     redis_up: AtomicBool,
+    /// Mirrors `membership != Active` for lock-free reads on the request path.
     draining: AtomicBool,
+    membership: tokio::sync::Mutex<Phase>,
     resubscribe: Notify,
     resync: Notify,
 }
@@ -143,6 +160,7 @@ impl Cluster {
             peers,
             redis_up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            membership: tokio::sync::Mutex::new(Phase::Active),
             resubscribe: Notify::new(),
             resync: Notify::new(),
         }))
@@ -397,8 +415,21 @@ impl Cluster {
                 }
             }
             let (up, down): (Vec<String>, Vec<String>) = batch.into_iter().partition(|a| self.holds(a));
-            if !up.is_empty() && !self.draining() {
-                match self.store.register(&self.replica_id, &up, self.config.agent_ttl).await {
+            let registered = match up.is_empty() {
+                true => None,
+                false => {
+                    let membership = self.membership.lock().await;
+                    match *membership {
+                        Phase::Active => {
+                            Some(self.store.register(&self.replica_id, &up, self.config.agent_ttl).await)
+                        }
+                        // Draining or gone: other replicas must not be sent here.
+                        Phase::Draining | Phase::Left => None,
+                    }
+                }
+            };
+            if let Some(registered) = registered {
+                match registered {
                     Ok(_) => {
                         self.set_redis_up(true);
                         let announcements: Vec<Online> = up
@@ -438,6 +469,8 @@ impl Cluster {
         }
     }
 
+    /// Registers every agent held here. The caller holds the membership lock and has
+    /// checked that this replica is active.
     async fn register_all(&self) -> Result<usize, StoreError> {
         let agents = self.held_agents();
         self.store.register(&self.replica_id, &agents, self.config.agent_ttl).await?;
@@ -453,27 +486,37 @@ impl Cluster {
         }
     }
 
-    /// One heartbeat: write our record, re-register everything when Redis lost it or
-    /// was unreachable, and refresh the cached view of the other replicas.
-    async fn heartbeat(&self) {
-        let was_up = self.redis_up();
-        match self.store.heartbeat(&self.replica_id, &self.record()).await {
-            Ok(created) => {
-                self.set_redis_up(true);
-                if (created || !was_up) && !self.draining() {
-                    match self.register_all().await {
-                        Ok(n) => {
-                            if n > 0 {
-                                tracing::info!(agents = n, "re-registered this replica's agents in Redis");
+    /// One heartbeat (the background loop runs one every `heartbeat`): write our record,
+    /// re-register everything when Redis lost it or was unreachable, and refresh the
+    /// cached view of the other replicas. After [`Cluster::leave`] it writes nothing.
+    pub async fn heartbeat(&self) {
+        {
+            let membership = self.membership.lock().await;
+            if *membership == Phase::Left {
+                return;
+            }
+            let was_up = self.redis_up();
+            match self.store.heartbeat(&self.replica_id, &self.record()).await {
+                Ok(created) => {
+                    self.set_redis_up(true);
+                    if (created || !was_up) && *membership == Phase::Active {
+                        match self.register_all().await {
+                            Ok(n) => {
+                                if n > 0 {
+                                    tracing::info!(
+                                        agents = n,
+                                        "re-registered this replica's agents in Redis"
+                                    );
+                                }
                             }
+                            Err(e) => self.redis_failed("register", &e),
                         }
-                        Err(e) => self.redis_failed("register", &e),
                     }
                 }
-            }
-            Err(e) => {
-                self.redis_failed("heartbeat", &e);
-                return;
+                Err(e) => {
+                    self.redis_failed("heartbeat", &e);
+                    return;
+                }
             }
         }
         match self.store.replicas().await {
@@ -508,7 +551,8 @@ impl Cluster {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if self.draining() {
+            let membership = self.membership.lock().await;
+            if *membership != Phase::Active {
                 continue;
             }
             if let Err(e) = self.register_all().await {
@@ -630,9 +674,12 @@ impl Cluster {
     /// Begins draining: this replica stops taking forwarded work and withdraws its agent
     /// registrations so other replicas stop choosing it.
     pub async fn drain(&self) {
-        if self.draining.swap(true, Ordering::Relaxed) {
+        let mut membership = self.membership.lock().await;
+        if *membership != Phase::Active {
             return;
         }
+        *membership = Phase::Draining;
+        self.draining.store(true, Ordering::Relaxed);
         if let Err(e) = self.store.heartbeat(&self.replica_id, &self.record()).await {
             self.redis_failed("heartbeat", &e);
         }
@@ -644,8 +691,17 @@ impl Cluster {
         }
     }
 
-    /// Removes every trace of this replica from Redis (after the drain finished).
+    /// Removes every trace of this replica from Redis (after the drain finished). Once it
+    /// returns, nothing of this replica is written again, even by background work that is
+    /// still running: a heartbeat or registration in flight finishes before the records
+    /// are removed, and those that come later see the replica has left.
     pub async fn leave(&self) {
+        let mut membership = self.membership.lock().await;
+        if *membership == Phase::Left {
+            return;
+        }
+        *membership = Phase::Left;
+        self.draining.store(true, Ordering::Relaxed);
         match self.store.remove_replica(&self.replica_id).await {
             Ok(n) => tracing::info!(entries = n, "left the cluster"),
             Err(e) => {
