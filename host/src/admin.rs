@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::context::HostContext;
+use crate::core::context::HostContext;
 
 /// The `[admin]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

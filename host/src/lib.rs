@@ -8,15 +8,13 @@ pub mod admin;
 pub mod agent_server;
 pub mod cluster;
 pub mod config;
-pub mod context;
+pub mod core;
 pub mod demo;
 pub mod ingress;
 pub mod metrics;
 pub mod plugins;
 pub mod ratelimit;
-pub mod registry;
 pub mod tls;
-pub mod tunnel_io;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,9 +23,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::context::{HostContext, HostCore};
+use crate::core::registry::LocalRegistry;
 pub use config::Config;
-use context::HostContext;
-use registry::LocalRegistry;
 
 /// The host's sockets, bound by the caller (so tests can bind port 0).
 pub struct Listeners {
@@ -159,14 +157,24 @@ pub async fn run_with_control(
         plugin_options = plugin_options.with_redis_kv(c.store().clone());
     }
     let plugins = plugins::Plugins::load(&config.plugins, plugin_options).await?;
-    let ctx = Arc::new(HostContext::new(
+    let core = HostCore::new(
         plugins.clone(),
         Arc::new(LocalRegistry::new()),
         replica_id.clone(),
         config.agents.dial_answer_timeout,
-        cluster.clone(),
         metrics,
-    ));
+    );
+    let ctx = Arc::new(match &cluster {
+        None => HostContext::local(core),
+        // The cluster wraps the core rather than the core calling into it: it hears of
+        // agents through the sessions' presence events, dials by wrapping the local
+        // dialer, and makes the host unready while Redis is unreachable.
+        Some(c) => {
+            core.sessions.observe(c.clone());
+            let dialer = Arc::new(cluster::dialer::ClusterDialer::new(&core, c.clone()));
+            HostContext::new(core, dialer, vec![c.clone()])
+        }
+    });
     let token = ctx.shutdown.clone();
     let grace = config.shutdown.grace;
     tracing::info!(
@@ -210,6 +218,7 @@ pub async fn run_with_control(
         listeners.agents,
         Arc::new(config.agents.clone()),
         ctx.clone(),
+        cluster.clone(),
         token.clone(),
         grace,
     ));

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::context::HostContext;
+use crate::core::context::HostContext;
+use crate::core::registry::Session;
 use crate::plugins::types::ExpiryRequest;
-use crate::registry::Session;
 
 /// Runs until `shutdown`, checking every `interval`.
 pub async fn run(ctx: Arc<HostContext>, interval: Duration, shutdown: CancellationToken) {
@@ -30,7 +30,7 @@ pub async fn run(ctx: Arc<HostContext>, interval: Duration, shutdown: Cancellati
 /// One pass: one `expired` call per (kind, workload), however many sessions it has.
 pub async fn check_once(ctx: &Arc<HostContext>) -> usize {
     let mut workloads: HashMap<(String, String), Vec<Arc<Session>>> = HashMap::new();
-    for session in ctx.sessions_snapshot() {
+    for session in ctx.sessions.snapshot() {
         if let Some(id) = &session.identity {
             let key = (id.identity.workload_kind.clone(), id.identity.workload_id.clone());
             workloads.entry(key).or_default().push(session);
@@ -53,7 +53,7 @@ pub async fn check_once(ctx: &Arc<HostContext>) -> usize {
         match ctx.plugins.expired(&kind, &request).await {
             Ok(true) => {
                 tracing::info!(kind, workload = %workload_id, sessions = sessions.len(), "workload has ended; disconnecting its agents");
-                ctx.mark_workload_ended(&kind, &workload_id);
+                ctx.ended.mark(&kind, &workload_id);
                 for session in &sessions {
                     if let Some(id) = &session.identity {
                         id.ended.cancel();

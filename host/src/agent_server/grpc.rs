@@ -15,10 +15,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::io::AgentConnInfo;
-use crate::context::HostContext;
+use crate::core::context::HostContext;
+use crate::core::registry::{IdleTunnel, Session, SessionIdentity};
 use crate::plugins::types::{AgentAuthOutcome, AgentEvent, AgentHello, ExpiryRequest};
 use crate::ratelimit::ConnectRateLimiter;
-use crate::registry::{IdleTunnel, Session, SessionIdentity};
 
 /// Frames buffered per tunnel in the host → agent direction. Small on purpose: HTTP/2
 /// flow control, not this queue, absorbs a slow agent.
@@ -217,7 +217,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         };
         match self.ctx.plugins.expired(&identity.workload_kind, &expiry).await {
             Ok(true) => {
-                self.ctx.mark_workload_ended(&identity.workload_kind, &identity.workload_id);
+                self.ctx.ended.mark(&identity.workload_kind, &identity.workload_id);
                 self.ctx.metrics.agent_connect("rejected");
                 tracing::info!(%remote, agent_id = %identity.agent_id, workload = %identity.workload_id, "agent refused: its workload has ended");
                 return Err(Status::failed_precondition(format!(
@@ -225,7 +225,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     identity.workload_id, identity.workload_kind
                 )));
             }
-            Ok(false) => self.ctx.clear_workload_ended(&identity.workload_kind, &identity.workload_id),
+            Ok(false) => self.ctx.ended.clear(&identity.workload_kind, &identity.workload_id),
             // The expiry check runs again periodically; a failing check must not lock
             // every agent out.
             Err(e) => {
@@ -246,7 +246,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 ended: tokio_util::sync::CancellationToken::new(),
             })),
         });
-        self.ctx.session_opened(&session);
+        self.ctx.sessions.opened(&session);
         self.ctx.metrics.agent_connect("accepted");
         self.lifecycle(&session, true);
         tracing::info!(
@@ -317,7 +317,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     "connection reached its maximum age"
                 }
             };
-            ctx.session_closed(&session);
+            ctx.sessions.closed(&session);
             service.lifecycle(&session, false);
             tracing::info!(agent_id = %session.agent_id, replica_id = %session.agent_replica_id, remote = %session.remote_addr, reason, "agent session ended");
         });
@@ -337,10 +337,9 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             .get(SESSION_METADATA)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated(format!("missing {SESSION_METADATA} metadata")))?;
-        let session =
-            self.ctx.sessions.read().unwrap_or_else(|p| p.into_inner()).get(session_id).cloned().ok_or_else(
-                || Status::unauthenticated("unknown or expired session; reconnect the control stream"),
-            )?;
+        let session = self.ctx.sessions.get(session_id).ok_or_else(|| {
+            Status::unauthenticated("unknown or expired session; reconnect the control stream")
+        })?;
         if !bool::from(sha256(&token).ct_eq(&session.token_sha256)) {
             return Err(Status::unauthenticated("token does not match the session"));
         }

@@ -33,7 +33,7 @@ pub use config::AgentListenerConfig;
 use io::{AgentConn, Io, Prefixed, Transport};
 use sniff::{classify, Sniff};
 
-use crate::context::HostContext;
+use crate::core::context::HostContext;
 
 /// The agent port failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,7 @@ pub async fn serve(
     listener: TcpListener,
     config: Arc<AgentListenerConfig>,
     ctx: Arc<HostContext>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), AgentServerError> {
@@ -75,7 +76,7 @@ pub async fn serve(
     let (conns, incoming) = mpsc::channel(64);
     let acceptor = Arc::new(Acceptor { config: config.clone(), tls, conns });
 
-    let service = pb_server(ctx.clone(), &config);
+    let service = pb_server(ctx.clone(), cluster, &config);
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .initial_stream_window_size(config.stream_window_bytes)
@@ -146,11 +147,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// `cluster`, when clustered, shares the connection rate limit across replicas.
 fn pb_server(
     ctx: Arc<HostContext>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     config: &AgentListenerConfig,
 ) -> burrow_proto::pb::agent_tunnel_server::AgentTunnelServer<grpc::TunnelService> {
-    let store = ctx.cluster.as_ref().map(|c| c.clone());
+    let store = cluster;
     burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
         ctx,
         handshake_timeout: config.handshake_timeout,

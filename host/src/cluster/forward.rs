@@ -33,9 +33,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::config::ClusterTlsConfig;
 use super::policy::Candidate;
 use super::{Cluster, ClusterError};
-use crate::context::{HostContext, OpenError};
-use crate::registry::Session;
-use crate::tunnel_io::TunnelStream;
+use crate::core::context::HostContext;
+use crate::core::dial::OpenError;
+use crate::core::registry::Session;
+use crate::core::tunnel_io::TunnelStream;
 
 /// Frames buffered per relayed stream in each direction; HTTP/2 flow control does the rest.
 const RELAY_CHANNEL: usize = 4;
@@ -277,7 +278,7 @@ impl ReplicaTunnel for ForwardService {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .map_or(Duration::ZERO, Duration::from_millis)
             .min(MAX_SERVE_WAIT);
-        if !self.ctx.holds_agent(&agent_id) {
+        if !self.ctx.sessions.holds_agent(&agent_id) {
             metrics.forward_served("no_tunnel");
             return Err(Status::not_found("this replica holds no stream of the agent"));
         }
@@ -288,7 +289,7 @@ impl ReplicaTunnel for ForwardService {
             Err(_) => return Err(Status::deadline_exceeded("no Dial from the calling replica")),
             _ => return Err(Status::invalid_argument("the first frame must be Dial")),
         };
-        let dialed = match self.ctx.open_local_raw(&agent_id, &dial.service, &dial.request_id, wait).await {
+        let dialed = match self.ctx.local.open_raw(&agent_id, &dial.service, &dial.request_id, wait).await {
             Ok(d) => d,
             Err(OpenError::Refused { code, message }) => {
                 metrics.forward_served("refused");
@@ -326,7 +327,7 @@ impl ReplicaTunnel for ForwardService {
 /// other as a `Reset`, so neither end is left half-open.
 async fn relay(
     mut from_caller: Streaming<pb::HostFrame>,
-    to_agent: crate::registry::HostFrameSender,
+    to_agent: crate::core::registry::HostFrameSender,
     mut from_agent: Streaming<pb::AgentFrame>,
     to_caller: mpsc::Sender<Result<pb::AgentFrame, Status>>,
 ) {

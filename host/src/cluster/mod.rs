@@ -11,6 +11,7 @@
 //!   with 503, and the heartbeat re-registers every local agent as soon as Redis answers.
 
 pub mod config;
+pub mod dialer;
 pub mod forward;
 pub mod policy;
 pub mod store;
@@ -30,6 +31,8 @@ use policy::{Candidate, PreferLocalLeastLoaded, RoutingPolicy};
 use store::{now_ms, Online, ReplicaRecord, Store, StoreError};
 use token::TokenKey;
 
+use crate::core::context::ReadinessCheck;
+use crate::core::sessions::AgentPresence;
 use crate::metrics::Metrics;
 
 /// The cluster could not be set up.
@@ -713,5 +716,21 @@ impl Cluster {
     /// Forces an immediate heartbeat (tests and the admin API use it).
     pub fn heartbeat_now(&self) {
         self.resync.notify_one();
+    }
+}
+
+impl AgentPresence for Cluster {
+    fn agent_up(&self, agent_id: &str) {
+        Cluster::agent_up(self, agent_id);
+    }
+
+    fn agent_down(&self, agent_id: &str) {
+        Cluster::agent_down(self, agent_id);
+    }
+}
+
+impl ReadinessCheck for Cluster {
+    fn not_ready(&self) -> Option<String> {
+        (!self.redis_up()).then(|| "Redis is unreachable".to_owned())
     }
 }

@@ -6,7 +6,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::headers::{HostError, X_REQUEST_ID};
-use crate::context::OpenError;
+use crate::core::admission::Refusal;
+use crate::core::dial::OpenError;
 
 /// The ingress could not start or stopped on a fatal error.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,20 @@ pub enum ProxyError {
     /// The forwarded request could not be built (500).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NoRoute { name } => ProxyError::NoRoute { host: name },
+            Refusal::WorkloadEnded { kind, workload_id } => ProxyError::WorkloadEnded { kind, workload_id },
+            Refusal::Unauthenticated { reason } => {
+                ProxyError::Denied { status: StatusCode::UNAUTHORIZED, reason }
+            }
+            Refusal::Forbidden { reason } => ProxyError::Denied { status: StatusCode::FORBIDDEN, reason },
+            Refusal::Plugin { stage, message } => ProxyError::Plugin { stage, message },
+        }
+    }
 }
 
 fn describe_open_error(agent_id: &str, service: &str, error: &OpenError) -> String {

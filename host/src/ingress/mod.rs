@@ -1,15 +1,24 @@
 //! The user-facing HTTP(S) proxy.
 //!
-//! hyper serves HTTP/1.1 and h2 (cleartext, or TLS with ALPN `h2`/`http/1.1`). Each request is
-//! routed by its host through the router plugin, checked by the authorizer plugin, and sent as
-//! HTTP/1.1 over an agent tunnel: ordinary requests through a pool of keep-alive connections per
-//! (agent, service), upgrades over a dedicated tunnel that becomes a raw byte pipe after `101`.
-//! Bodies stream both ways; nothing is buffered whole.
+//! hyper serves HTTP/1.1 and h2 (cleartext, or TLS with ALPN `h2`/`http/1.1`). Each request
+//! becomes a neutral admission request for the core (`crate::core::admission`: workload
+//! plugins, then the authorizer) and is sent as HTTP/1.1 over a stream from the core's
+//! dialer: ordinary requests through a pool of keep-alive connections per (agent, service),
+//! upgrades over a dedicated tunnel that becomes a raw byte pipe after `101`. Bodies
+//! stream both ways; nothing is buffered whole.
+//!
+//! # Layout
+//! - `proxy.rs`: one request, from the user's socket to the workload's answer.
+//! - `pool.rs`: keep-alive connections to workloads, keyed by (agent, service).
+//! - `upgrade.rs`: `101` upgrades (WebSocket, SPDY) as raw byte pipes.
+//! - `headers.rs`: host parsing, hop-by-hop headers, forwarding headers, credentials.
+//! - `errors.rs`: one error enum deciding status, stable code and the page users see.
+//! - `config.rs`: the `[ingress]` table.
 
 mod config;
-mod connector;
 mod errors;
 pub mod headers;
+mod pool;
 mod proxy;
 mod upgrade;
 
@@ -32,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{IngressConfig, IngressConfigError};
 pub use errors::{IngressError, ProxyError};
 
-use crate::context::HostContext;
+use crate::core::context::HostContext;
 use proxy::{ConnInfo, Proxy};
 
 /// ALPN protocols offered to TLS clients, preferred first.

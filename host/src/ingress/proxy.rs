@@ -12,22 +12,17 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use super::config::IngressConfig;
-use super::connector::{
-    find_connect_error, with_request_id, with_route_hint, workload_uri, ConnectError, TunnelConnector,
-};
 use super::errors::{wants_json, ProxyError};
 use super::headers::{self, ForwardedInfo, X_REQUEST_ID};
+use super::pool::{SendError, WorkloadPool};
 use super::upgrade;
 use super::InFlight;
-use crate::context::{HostContext, RouteHint};
-use crate::plugins::types::{
-    Action, AuthorizeRequest, Credential, Decision, ResolveRequest, Target, UserAuthOutcome, UserAuthRequest,
-};
+use crate::core::admission::AdmissionRequest;
+use crate::core::context::HostContext;
+use crate::plugins::types::{Action, Credential, Target};
 
 /// Body of every response the ingress sends: the workload's streamed body or a small error page.
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -44,42 +39,34 @@ pub struct ConnInfo {
 /// State shared by every request of one ingress.
 pub struct Proxy {
     config: Arc<IngressConfig>,
-    ctx: Arc<HostContext>,
-    connector: TunnelConnector,
-    client: Client<TunnelConnector, Incoming>,
+    pub(super) ctx: Arc<HostContext>,
+    pool: Arc<WorkloadPool>,
     /// Upgraded byte pipes outlive their HTTP connection; they are counted here so shutdown
     /// waits for them, and cut when the grace period ends.
     pub(super) in_flight: Arc<InFlight>,
     pub(super) force_close: CancellationToken,
 }
 
-/// The plugins' verdict on a request.
-struct Admitted {
-    route: Target,
-    principal: String,
-    strip_credentials: bool,
-    /// The session cookie the credential came from, if any (stripped with the rest).
-    cookie: Option<String>,
-}
-
 impl Proxy {
-    /// Builds the pooled workload client from `config`.
+    /// Builds the workload connection pool from `config`.
     pub fn new(
         config: Arc<IngressConfig>,
         ctx: Arc<HostContext>,
         in_flight: Arc<InFlight>,
         force_close: CancellationToken,
     ) -> Self {
-        let connector = TunnelConnector::new(ctx.clone(), config.stream_wait);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_connection_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_workload)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // The Host header is always set from the user's request; never from the synthetic URI.
-            .set_host(false)
-            .build(connector.clone());
-        Self { config, ctx, connector, client, in_flight, force_close }
+        let pool = WorkloadPool::new(
+            ctx.clone(),
+            config.stream_wait,
+            config.max_idle_per_workload,
+            config.idle_connection_timeout,
+        );
+        Self { config, ctx, pool, in_flight, force_close }
+    }
+
+    /// How long a request waits for a tunnel of its agent.
+    pub(super) fn stream_wait(&self) -> std::time::Duration {
+        self.config.stream_wait
     }
 
     /// Serves one request; never fails: errors become error pages. Every response carries
@@ -160,20 +147,31 @@ impl Proxy {
             Some(_) => Action::Upgrade,
         };
 
-        let admitted = self.admit(&request, conn, host, action).await?;
-        let Admitted { route, principal, strip_credentials, cookie } = admitted;
-        let session_key = if principal == "anonymous" {
-            conn.peer.ip().to_canonical().to_string()
-        } else {
-            principal.clone()
-        };
-        let hint = RouteHint { target: route.clone(), session_key };
-        tracing::debug!(request_id, agent_id = %route.agent_id, service = %route.service, %principal, "admitted");
+        let (credential, cookie) = self.credential(request.headers());
+        let path =
+            request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
+        let admitted = self
+            .ctx
+            .admission
+            .admit(AdmissionRequest {
+                action,
+                host,
+                ssh_user: String::new(),
+                method: request.method().as_str().to_owned(),
+                path,
+                port: 0,
+                credential,
+                peer: conn.peer,
+                request_id: request_id.to_owned(),
+            })
+            .await?;
+        let route = &admitted.target;
+        tracing::debug!(request_id, agent_id = %route.agent_id, service = %route.service, principal = admitted.principal_id(), "admitted");
 
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        if strip_credentials {
+        if admitted.strip_credentials {
             parts.headers.remove(header::AUTHORIZATION);
             if let Some(name) = &cookie {
                 headers::remove_cookie(&mut parts.headers, name);
@@ -186,116 +184,48 @@ impl Proxy {
         parts.headers.insert(header::HOST, host_value);
         let id_value = HeaderValue::from_str(request_id).map_err(|e| ProxyError::Internal(e.to_string()))?;
         parts.headers.insert(&X_REQUEST_ID, id_value);
-        // The workload always speaks HTTP/1.1, whatever the user spoke.
+        // The workload always speaks HTTP/1.1 in origin-form, whatever the user spoke.
         parts.version = Version::HTTP_11;
+        parts.uri = origin_form(&parts.uri);
 
         if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
-            parts.uri = origin_form(&parts.uri);
             let request = Request::from_parts(parts, body);
-            return upgrade::forward(self, &route, request, client_upgrade, request_id, &hint).await;
+            return upgrade::forward(self, &admitted, request, client_upgrade, request_id).await;
         }
 
-        parts.uri = workload_uri(&route.agent_id, &route.service, parts.uri.path_and_query())
-            .map_err(|e| ProxyError::Internal(format!("cannot build the workload URI: {e}")))?;
         let request = Request::from_parts(parts, body);
-        let response =
-            with_request_id(request_id.to_owned(), with_route_hint(hint, self.client.request(request)))
-                .await
-                .map_err(|error| workload_error(&route, &error))?;
+        let response = self
+            .pool
+            .send(route, &admitted.session_key, request_id, request)
+            .await
+            .map_err(|error| send_error(route, error))?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ProxyError::Workload {
-                agent_id: route.agent_id,
-                service: route.service,
+                agent_id: route.agent_id.clone(),
+                service: route.service.clone(),
                 message: "answered 101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         }
         Ok(relay_response(response))
     }
 
-    /// Asks the workload plugins which workload the request is for, then the authorizer
-    /// who the user is and whether they may reach it (both in one instance).
-    async fn admit(
-        &self,
-        request: &Request<Incoming>,
-        conn: ConnInfo,
-        host: String,
-        action: Action,
-    ) -> Result<Admitted, ProxyError> {
-        let plugins = &self.ctx.plugins;
-        let method = request.method().as_str().to_owned();
-        let path =
-            request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
-        let client_addr = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port()).to_string();
-
-        let resolve = ResolveRequest {
-            action,
-            host: host.clone(),
-            path: path.clone(),
-            method: method.clone(),
-            ssh_user: String::new(),
-            port: 0,
-        };
-        let target = match plugins.resolve(&resolve).await {
-            Ok(Some(target)) => target,
-            Ok(None) => return Err(ProxyError::NoRoute { host }),
-            Err(error) => return Err(ProxyError::Plugin { stage: "workload", message: error.to_string() }),
-        };
-        if self.ctx.workload_ended(&target.workload_kind, &target.workload_id) {
-            return Err(ProxyError::WorkloadEnded {
-                kind: target.workload_kind,
-                workload_id: target.workload_id,
-            });
+    /// The user's credential: a bearer token, else the configured session cookie (whose
+    /// name is returned too, so it can be stripped).
+    fn credential(&self, headers: &http::HeaderMap) -> (Credential, Option<String>) {
+        if let Some(token) = headers::bearer_token(headers) {
+            return (Credential::Bearer(token), None);
         }
-
-        let (credential, cookie) = match headers::bearer_token(request.headers()) {
-            Some(token) => (Credential::Bearer(token), None),
-            None => match self.config.session_cookie.as_deref().and_then(|name| {
-                headers::cookie(request.headers(), name).map(|value| (name.to_owned(), value))
-            }) {
-                Some((name, value)) => (Credential::Cookie { name: name.clone(), value }, Some(name)),
-                None => (Credential::None, None),
-            },
-        };
-        let user =
-            UserAuthRequest { credential, client_addr: client_addr.clone(), host: host.clone(), action };
-        let agent_labels = self.ctx.agent_labels(&target.agent_id);
-        let authz_target = target.clone();
-        let make = move |principal: Option<&crate::plugins::types::Principal>| AuthorizeRequest {
-            principal: principal.cloned(),
-            target: authz_target,
-            action,
-            client_addr,
-            host,
-            method,
-            path,
-            agent_labels,
-        };
-        let verdict = plugins
-            .authorize_user(&user, make)
-            .await
-            .map_err(|error| ProxyError::Plugin { stage: "authorizer", message: error.to_string() })?;
-        let principal = match verdict.who {
-            UserAuthOutcome::Rejected(reason) => {
-                return Err(ProxyError::Denied { status: StatusCode::UNAUTHORIZED, reason })
-            }
-            UserAuthOutcome::Anonymous => "anonymous".to_owned(),
-            UserAuthOutcome::Authenticated(p) => p.id,
-        };
-        match verdict.decision {
-            Some(Decision::Allow { strip_credentials }) => {
-                Ok(Admitted { route: target, principal, strip_credentials, cookie })
-            }
-            Some(Decision::Deny { status, reason }) => {
-                Err(ProxyError::Denied { status: deny_status(status)?, reason })
-            }
-            None => Err(ProxyError::Internal("the authorizer gave no decision".into())),
+        match self
+            .config
+            .session_cookie
+            .as_deref()
+            .and_then(|name| headers::cookie(headers, name).map(|value| (name.to_owned(), value)))
+        {
+            Some((name, value)) => (Credential::Cookie { name: name.clone(), value }, Some(name)),
+            None => (Credential::None, None),
         }
-    }
-
-    pub(super) fn connector(&self) -> &TunnelConnector {
-        &self.connector
     }
 }
 
@@ -308,35 +238,22 @@ fn raw_host(request: &Request<Incoming>) -> Option<&str> {
     }
 }
 
-/// The WIT contract allows only 401 and 403; anything else is the plugin's bug and fails
-/// closed like any other plugin failure.
-fn deny_status(status: u16) -> Result<StatusCode, ProxyError> {
-    match StatusCode::from_u16(status) {
-        Ok(status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)) => Ok(status),
-        _ => Err(ProxyError::Plugin {
-            stage: "authorizer",
-            message: format!("denied with status {status}, but only 401 or 403 are allowed"),
-        }),
-    }
-}
-
 fn origin_form(uri: &Uri) -> Uri {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     path_and_query.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-/// Maps a pooled-client failure to the user-facing error: a failed tunnel open keeps its
-/// precise status (504/502/503); anything after that is the workload's fault (502).
-fn workload_error(route: &Target, error: &hyper_util::client::legacy::Error) -> ProxyError {
-    match find_connect_error(error) {
-        Some(ConnectError::Open { agent_id, service, error }) => {
-            ProxyError::Open { agent_id: agent_id.clone(), service: service.clone(), error: error.clone() }
+/// Maps a failed send to the user-facing error: a failed tunnel open keeps its precise
+/// status (504/502/503); anything after that is the workload's fault (502).
+fn send_error(route: &Target, error: SendError) -> ProxyError {
+    match error {
+        SendError::Open(error) => {
+            ProxyError::Open { agent_id: route.agent_id.clone(), service: route.service.clone(), error }
         }
-        Some(bad @ ConnectError::BadDestination(_)) => ProxyError::Internal(bad.to_string()),
-        None => ProxyError::Workload {
+        SendError::Workload(error) => ProxyError::Workload {
             agent_id: route.agent_id.clone(),
             service: route.service.clone(),
-            message: error_chain(error),
+            message: error_chain(&error),
         },
     }
 }

@@ -7,39 +7,41 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::connector::ConnectError;
 use super::errors::ProxyError;
 use super::headers;
+use super::pool::handshake;
 use super::proxy::{empty_body, error_chain, relay_response, Proxy, ResponseBody};
-use crate::context::RouteHint;
-use crate::plugins::types::Target;
+use crate::core::admission::Admitted;
+use crate::core::dial::DialRequest;
 
 /// Sends an upgrade request (headers already prepared, origin-form URI) to the workload over
 /// its own tunnel, outside the pool: an upgraded connection must never serve another request.
 /// On `101` the client gets the workload's `101` and a task splices the two upgraded streams.
 pub(super) async fn forward(
     proxy: &Proxy,
-    route: &Target,
+    admitted: &Admitted,
     request: Request<Incoming>,
     client_upgrade: OnUpgrade,
     request_id: &str,
-    hint: &RouteHint,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let io = proxy.connector().open(&route.agent_id, &route.service, request_id, Some(hint)).await.map_err(
-        |e| match e {
-            ConnectError::Open { agent_id, service, error } => ProxyError::Open { agent_id, service, error },
-            bad @ ConnectError::BadDestination(_) => ProxyError::Internal(bad.to_string()),
-        },
-    )?;
+    let route = &admitted.target;
+    let dial = DialRequest {
+        target: route,
+        request_id,
+        wait: proxy.stream_wait(),
+        session_key: &admitted.session_key,
+    };
+    let io = proxy.ctx.dial(dial).await.map_err(|error| ProxyError::Open {
+        agent_id: route.agent_id.clone(),
+        service: route.service.clone(),
+        error,
+    })?;
     let workload_error = |error: hyper::Error| ProxyError::Workload {
         agent_id: route.agent_id.clone(),
         service: route.service.clone(),
         message: error_chain(&error),
     };
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Incoming>(io)
-        .await
-        .map_err(workload_error)?;
+    let (mut sender, connection) = handshake(io).await.map_err(workload_error)?;
     let id = request_id.to_owned();
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {

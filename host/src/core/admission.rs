@@ -1,0 +1,177 @@
+//! Admission: the steps every user connection passes before a byte reaches a workload,
+//! whatever protocol brought it (HTTP, WebSocket, SSH, web terminal, port-forward).
+//!
+//! 1. The workload plugins say which workload the request names (404 if none does).
+//! 2. A workload found ended is refused (410) without asking anyone else.
+//! 3. One authorizer instance authenticates the credential and authorizes the action on
+//!    that target (401/403), both calls in one instance so the pair costs one set-up.
+//!
+//! Each ingress turns its protocol into an [`AdmissionRequest`] and its refusals back
+//! into its own words (an HTTP status page, an SSH auth failure); nothing here knows a
+//! protocol. The result names the [`Target`] the ingress then hands to a
+//! [`crate::core::dial::Dialer`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::core::sessions::AgentSessions;
+use crate::core::workloads::EndedWorkloads;
+use crate::plugins::types::{
+    Action, AuthorizeRequest, Credential, Decision, Principal, ResolveRequest, Target, UserAuthOutcome,
+    UserAuthRequest,
+};
+use crate::plugins::Plugins;
+
+/// What a user connection asks for, in no protocol's terms.
+#[derive(Debug, Clone)]
+pub struct AdmissionRequest {
+    /// What the user wants to do.
+    pub action: Action,
+    /// The host name asked for (lower-case, no port); empty when the protocol has none.
+    pub host: String,
+    /// The SSH user name, which names the target of SSH sessions; empty for other protocols.
+    pub ssh_user: String,
+    /// The HTTP method; empty for other protocols.
+    pub method: String,
+    /// The HTTP path with its query; empty for other protocols.
+    pub path: String,
+    /// A port inside the workload the user names (port-forwards); 0 when none.
+    pub port: u16,
+    /// The user's credential (masked in `Debug`).
+    pub credential: Credential,
+    /// The user's address.
+    pub peer: SocketAddr,
+    /// The request id, for logs.
+    pub request_id: String,
+}
+
+/// A request the plugins let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The workload, agent and service to carry the connection to.
+    pub target: Target,
+    /// Who the user is; `None` for an anonymous user the authorizer let in.
+    pub principal: Option<Principal>,
+    /// The authorizer asks that the credential not reach the workload.
+    pub strip_credentials: bool,
+    /// Stable per user session, for routing policies that keep a user on one replica:
+    /// the principal's id, or the client's address for anonymous users.
+    pub session_key: String,
+}
+
+impl Admitted {
+    /// The principal's id, or `anonymous`.
+    pub fn principal_id(&self) -> &str {
+        self.principal.as_ref().map_or("anonymous", |p| p.id.as_str())
+    }
+}
+
+/// Why a request was not admitted. Each ingress maps these to its protocol's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No workload plugin claims the host name or SSH user (404).
+    #[error("no workload is served at {name}")]
+    NoRoute {
+        /// The host name or SSH user asked for.
+        name: String,
+    },
+    /// The workload was found ended (a finished CI job, an expired terminal) (410).
+    #[error("workload {workload_id:?} ({kind}) has ended")]
+    WorkloadEnded { kind: String, workload_id: String },
+    /// The credential was rejected, or the authorizer wants one (401).
+    #[error("access denied: {reason}")]
+    Unauthenticated { reason: String },
+    /// The user is known but may not do this (403).
+    #[error("access denied: {reason}")]
+    Forbidden { reason: String },
+    /// A plugin trapped, ran out of time or memory, or broke the contract (503, fail closed).
+    #[error("the {stage} plugin failed: {message}")]
+    Plugin { stage: &'static str, message: String },
+}
+
+/// The admission steps, over the plugins and the host's view of workloads and agents.
+pub struct Admission {
+    plugins: Arc<Plugins>,
+    ended: Arc<EndedWorkloads>,
+    sessions: Arc<AgentSessions>,
+}
+
+impl Admission {
+    /// Admission over these parts.
+    pub fn new(plugins: Arc<Plugins>, ended: Arc<EndedWorkloads>, sessions: Arc<AgentSessions>) -> Self {
+        Self { plugins, ended, sessions }
+    }
+
+    /// Runs the steps for one request.
+    pub async fn admit(&self, request: AdmissionRequest) -> Result<Admitted, Refusal> {
+        let AdmissionRequest { action, host, ssh_user, method, path, port, credential, peer, request_id: _ } =
+            request;
+        let resolve = ResolveRequest {
+            action,
+            host: host.clone(),
+            path: path.clone(),
+            method: method.clone(),
+            ssh_user: ssh_user.clone(),
+            port,
+        };
+        let target = match self.plugins.resolve(&resolve).await {
+            Ok(Some(target)) => target,
+            Ok(None) => {
+                return Err(Refusal::NoRoute { name: if ssh_user.is_empty() { host } else { ssh_user } })
+            }
+            Err(error) => return Err(Refusal::Plugin { stage: "workload", message: error.to_string() }),
+        };
+        if self.ended.contains(&target.workload_kind, &target.workload_id) {
+            return Err(Refusal::WorkloadEnded {
+                kind: target.workload_kind,
+                workload_id: target.workload_id,
+            });
+        }
+
+        // Canonical, so an IPv4 user over a dual-stack socket is the same user either way.
+        let client_ip = peer.ip().to_canonical();
+        let client_addr = SocketAddr::new(client_ip, peer.port()).to_string();
+        let user =
+            UserAuthRequest { credential, client_addr: client_addr.clone(), host: host.clone(), action };
+        let agent_labels = self.sessions.agent_labels(&target.agent_id);
+        let authz_target = target.clone();
+        let make = move |principal: Option<&Principal>| AuthorizeRequest {
+            principal: principal.cloned(),
+            target: authz_target,
+            action,
+            client_addr,
+            host,
+            method,
+            path,
+            agent_labels,
+        };
+        let verdict = self
+            .plugins
+            .authorize_user(&user, make)
+            .await
+            .map_err(|error| Refusal::Plugin { stage: "authorizer", message: error.to_string() })?;
+        let principal = match verdict.who {
+            UserAuthOutcome::Rejected(reason) => return Err(Refusal::Unauthenticated { reason }),
+            UserAuthOutcome::Anonymous => None,
+            UserAuthOutcome::Authenticated(p) => Some(p),
+        };
+        match verdict.decision {
+            Some(Decision::Allow { strip_credentials }) => {
+                let session_key = principal.as_ref().map_or_else(|| client_ip.to_string(), |p| p.id.clone());
+                Ok(Admitted { target, principal, strip_credentials, session_key })
+            }
+            Some(Decision::Deny { status: 401, reason }) => Err(Refusal::Unauthenticated { reason }),
+            Some(Decision::Deny { status: 403, reason }) => Err(Refusal::Forbidden { reason }),
+            // The contract allows only 401 and 403; anything else is the plugin's bug and
+            // fails closed like any other plugin failure.
+            Some(Decision::Deny { status, .. }) => Err(Refusal::Plugin {
+                stage: "authorizer",
+                message: format!("denied with status {status}, but only 401 or 403 are allowed"),
+            }),
+            None => Err(Refusal::Plugin {
+                stage: "authorizer",
+                message: "the authorizer gave no decision".into(),
+            }),
+        }
+    }
+}
