@@ -175,3 +175,152 @@ impl Admission {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Admission outcomes over the real built-in plugins (wasmtime, no sockets): which
+    //! workload, which refusal, for each action and credential.
+
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::plugins::{PluginsConfig, PluginsOptions};
+
+    fn sha(token: &str) -> String {
+        hex::encode(Sha256::digest(token.as_bytes()))
+    }
+
+    /// Agents `demo` (alice and the `ops` group only) and `open` (anyone); users alice
+    /// (`dev`) and bob (`ops`); workspaces at `<service>-<agent>.localhost` and SSH users
+    /// named after the agent.
+    async fn admission() -> (Admission, Arc<EndedWorkloads>) {
+        let config: PluginsConfig = toml::from_str(&format!(
+            r#"
+            [authorizer]
+            source = "builtin:authorizer-static"
+            [authorizer.config]
+            default_access = "deny"
+            users = [
+                {{ name = "alice", token_sha256 = "{alice}", groups = ["dev"] }},
+                {{ name = "carol", token_sha256 = "{carol}", groups = ["dev"] }},
+            ]
+            workloads = [
+                {{ agent = "demo", service = "*", access = "token", users = ["alice"] }},
+                {{ agent = "open", service = "*", access = "open" }},
+            ]
+            [[workload]]
+            source = "builtin:workload-workspace"
+            config = {{ root_domains = ["localhost"], ssh_users = true }}
+            "#,
+            alice = sha("alice-token"),
+            carol = sha("carol-token"),
+        ))
+        .expect("test plugin config parses");
+        let plugins = Plugins::load(&config, PluginsOptions::default()).await.expect("built-ins load");
+        let ended = Arc::new(EndedWorkloads::new());
+        (Admission::new(plugins, ended.clone(), Arc::new(AgentSessions::new())), ended)
+    }
+
+    fn request(action: Action, host: &str, ssh_user: &str, credential: Credential) -> AdmissionRequest {
+        AdmissionRequest {
+            action,
+            host: host.into(),
+            ssh_user: ssh_user.into(),
+            method: if host.is_empty() { String::new() } else { "GET".into() },
+            path: if host.is_empty() { String::new() } else { "/".into() },
+            port: 0,
+            credential,
+            // An IPv4 user seen through a dual-stack socket.
+            peer: SocketAddr::new(IpAddr::V6(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0001])), 50000),
+            request_id: "req-1".into(),
+        }
+    }
+
+    fn alice() -> Credential {
+        Credential::Bearer("alice-token".into())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_action_by_host_name_reaches_the_named_service_for_an_allowed_user() {
+        let (admission, _) = admission().await;
+        for action in
+            [Action::Http, Action::Websocket, Action::Upgrade, Action::Terminal, Action::PortForward]
+        {
+            let admitted = admission
+                .admit(request(action, "web-demo.localhost", "", alice()))
+                .await
+                .unwrap_or_else(|e| panic!("{action:?} refused: {e}"));
+            assert_eq!(admitted.target.agent_id, "demo", "{action:?}");
+            assert_eq!(admitted.target.service, "web", "{action:?}");
+            assert_eq!(admitted.target.workload_kind, "workspace", "{action:?}");
+            assert_eq!(admitted.principal_id(), "alice");
+            assert_eq!(admitted.session_key, "alice");
+            assert!(admitted.strip_credentials, "a token rule strips the credential");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ssh_sessions_and_port_forwards_are_named_by_their_ssh_user() {
+        let (admission, _) = admission().await;
+        let admitted = admission.admit(request(Action::SshSession, "", "demo", alice())).await.unwrap();
+        assert_eq!((admitted.target.agent_id.as_str(), admitted.target.service.as_str()), ("demo", "ssh"));
+        let admitted = admission.admit(request(Action::PortForward, "", "web+demo", alice())).await.unwrap();
+        assert_eq!((admitted.target.agent_id.as_str(), admitted.target.service.as_str()), ("demo", "web"));
+        // A name of no shape the workspace scheme knows.
+        let refused = admission.admit(request(Action::SshSession, "", "a+b+c", alice())).await;
+        assert_eq!(refused, Err(Refusal::NoRoute { name: "a+b+c".into() }));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unknown_host_name_is_no_route() {
+        let (admission, _) = admission().await;
+        let refused = admission.admit(request(Action::Http, "example.com", "", alice())).await;
+        assert_eq!(refused, Err(Refusal::NoRoute { name: "example.com".into() }));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_ended_workload_is_refused_before_the_authorizer_is_asked() {
+        let (admission, ended) = admission().await;
+        ended.mark("workspace", "demo");
+        // Even a credential the authorizer would reject gets 410, not 401.
+        let refused = admission
+            .admit(request(Action::Http, "web-demo.localhost", "", Credential::Bearer("junk".into())))
+            .await;
+        assert_eq!(
+            refused,
+            Err(Refusal::WorkloadEnded { kind: "workspace".into(), workload_id: "demo".into() })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn credentials_decide_401_and_403() {
+        let (admission, _) = admission().await;
+        let unknown = admission
+            .admit(request(Action::Http, "web-demo.localhost", "", Credential::Bearer("junk".into())))
+            .await;
+        assert!(matches!(unknown, Err(Refusal::Unauthenticated { .. })), "{unknown:?}");
+        let anonymous =
+            admission.admit(request(Action::Http, "web-demo.localhost", "", Credential::None)).await;
+        assert!(matches!(anonymous, Err(Refusal::Unauthenticated { .. })), "{anonymous:?}");
+        let carol = admission
+            .admit(request(Action::SshSession, "", "demo", Credential::Bearer("carol-token".into())))
+            .await;
+        assert!(matches!(carol, Err(Refusal::Forbidden { .. })), "{carol:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_anonymous_user_of_an_open_workload_is_keyed_by_address() {
+        let (admission, _) = admission().await;
+        let admitted = admission
+            .admit(request(Action::Websocket, "web-open.localhost", "", Credential::None))
+            .await
+            .unwrap();
+        assert_eq!(admitted.principal, None);
+        assert_eq!(admitted.principal_id(), "anonymous");
+        // The canonical IPv4 form: the same user whichever socket family they came in on.
+        assert_eq!(admitted.session_key, "10.0.0.1");
+        assert!(!admitted.strip_credentials);
+    }
+}
