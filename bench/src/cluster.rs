@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use burrow_agent::{AgentHandle, ConnState};
-use burrow_host::cluster::store::{now_ms, ReplicaRecord, Store};
+use burrow_host::cluster::store::{ReplicaRecord, Store};
 use burrow_host::cluster::{ClusterConfig, RedisConfig};
+use burrow_host::time::now_ms;
 use burrow_host::Config;
 use burrow_tests::clients::{self, Client, Mode};
 use burrow_tests::redis::RedisServer;

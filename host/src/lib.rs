@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod ratelimit;
 pub mod registry;
+pub mod time;
 pub mod tls;
 pub mod tunnel_io;
 

@@ -18,7 +18,7 @@
 //! needs only when the agent has no stream on the replica it landed on.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -48,10 +48,8 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+// Re-exported because the cluster and the agent server import the clock from here.
+pub use crate::time::now_ms;
 
 /// What a replica publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
