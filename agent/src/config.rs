@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use burrow_proto::Secret;
+
 use crate::backoff::Backoff;
 
 /// A configuration value is malformed or out of range. The message names the offending
@@ -216,40 +218,6 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     Ok((host.to_owned(), port))
 }
 
-/// The agent token. `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself. Call sites are few and never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Self(value.to_owned())
-    }
-}
-
 /// Longest service name: it becomes a DNS label in the host's router (`<service>-<agent>`).
 pub const MAX_SERVICE_NAME: usize = 63;
 
@@ -421,7 +389,7 @@ impl AgentConfig {
             hosts: vec![HostUrl::parse(host)?],
             connections: DEFAULT_CONNECTIONS,
             diversify_interval: DEFAULT_DIVERSIFY_INTERVAL,
-            token: Secret(token),
+            token: Secret::new(token),
             services: Vec::new(),
             ca_file: None,
             replica_id: default_replica_id(),

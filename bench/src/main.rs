@@ -12,6 +12,7 @@
 
 mod cluster;
 mod plugins;
+mod procfs;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

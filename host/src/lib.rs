@@ -14,6 +14,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod plugins;
 pub mod ratelimit;
+pub mod time;
 pub mod tls;
 
 use std::future::Future;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::cluster::Cluster;
 
@@ -34,9 +34,8 @@ pub struct ConnectRateLimiter {
 }
 
 fn window_now() -> (u64, Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let w = WINDOW.as_millis() as u64;
-    let ms = now.as_millis() as u64;
+    let ms = crate::time::now_ms();
     (ms / w, Duration::from_millis(w - ms % w))
 }
 

@@ -5,10 +5,14 @@
 //!   tested deterministically (in the spirit of `quinn-proto`). Host and agent drive
 //!   their sockets and consult it before acting on each frame.
 //! - [`ws`]: a WebSocket as a byte stream, so HTTP/2 can ride inside it (`ws://`, `wss://`).
+//! - [`Secret`]: a configured credential that `Debug` masks, shared by agent and host config.
 //! - Constants both sides must agree on.
 
+pub mod secret;
 pub mod tunnel;
 pub mod ws;
+
+pub use secret::Secret;
 
 /// Generated protobuf and gRPC code for `burrow.tunnel.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -2,9 +2,10 @@
 //! spread across them, requests landing anywhere. Crash tests (SIGKILL) are in
 //! `cluster_process.rs`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use burrow_host::cluster::token::TokenKey;
+use burrow_host::time::now_ms;
 use burrow_proto::cluster_pb::replica_tunnel_client::ReplicaTunnelClient;
 use burrow_proto::pb::{self, agent_control, agent_tunnel_client::AgentTunnelClient};
 use burrow_tests::clients::{self, Mode};
@@ -84,10 +85,6 @@ fn metric(text: &str, name: &str) -> f64 {
 /// A loopback address nothing listens on (bound, then released).
 fn unused_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

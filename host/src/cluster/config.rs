@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use burrow_proto::Secret;
 use serde::Deserialize;
 
 /// Which kind of Redis deployment `redis.urls` names.
@@ -18,29 +19,6 @@ pub enum RedisMode {
     Sentinel,
     /// Redis Cluster: any subset of the nodes as seeds.
     Cluster,
-}
-
-/// A string that must never reach a log.
-#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
 }
 
 /// `[cluster.redis]`.

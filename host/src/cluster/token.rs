@@ -8,13 +8,15 @@
 //! bounds replay against the same one. Verification is constant time (`hmac`'s
 //! `verify_slice`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+
+use crate::time::now_ms;
 
 const DOMAIN: &[u8] = b"burrow-replica-token.v1.";
 /// Clock difference between replicas that is tolerated.
@@ -58,10 +60,6 @@ impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenKey").field("lifetime", &self.lifetime).finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TokenKey {

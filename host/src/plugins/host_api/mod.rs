@@ -43,9 +43,7 @@ pub enum ClockSource {
 impl ClockSource {
     pub(crate) fn now_ms(self) -> u64 {
         match self {
-            ClockSource::System => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ClockSource::System => crate::time::now_ms(),
             ClockSource::Fixed(ms) => ms,
         }
     }

@@ -1,0 +1,126 @@
+//! The cluster's shared state in Redis: which replicas are alive, which replicas hold
+//! streams of which agent, connection-rate counters, and the agent-online channel.
+//!
+//! # Keys (`P` is `redis.key_prefix`)
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `P:agent:{<agent>}` | hash | replica id → expiry (Unix ms) of its registration; key TTL `agent_ttl` |
+//! | `P:replicas` | hash | replica id → JSON `{addr, exp, load, draining}` |
+//! | `P:replica-agents:{<replica>}` | set | agents the replica registered (lets a sweeper clean up after it dies) |
+//! | `P:connect-rate:{<token hash>}:<minute>` | string | connection attempts in that minute |
+//! | channel `P:agent-online` | pub/sub | JSON `{agent, replica, addr}` when a replica gains an agent |
+//! | `P:plugin-kv:{<plugin>}:<key>` | string | a plugin's key-value entry (`kv` host import); own TTL |
+//!
+//! Braces are Redis Cluster hash tags: all keys of one agent (or one token) share a slot,
+//! so the Lua scripts below stay single-slot. Every operation runs under `redis.timeout`;
+//! nothing here is awaited on a request path except [`Store::lookup`], which a request
+//! needs only when the agent has no stream on the replica it landed on.
+//!
+//! Layout: [`connection`] owns the connection (single, sentinel or cluster; reconnects;
+//! the per-operation deadline) and every concern reaches Redis through it:
+//! [`membership`] (replica records, agent registrations, agent-online announcements),
+//! [`kv`] (plugin key-value entries) and [`rate`] (connection-rate counters).
+
+mod connection;
+mod kv;
+mod membership;
+mod rate;
+
+use std::sync::RwLock;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::config::{mask_url, RedisConfig};
+use connection::Conn;
+pub use membership::{Online, ReplicaRecord};
+// Re-exported because the cluster and the agent server import the clock from here.
+pub use crate::time::now_ms;
+
+/// A Redis operation failed or timed out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The operation did not finish within `redis.timeout`.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error or the connection failed.
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Redis(e.to_string())
+    }
+}
+
+/// Escapes `{`, `}` and `%` so an id cannot break out of its hash tag.
+fn tag(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() + 2);
+    out.push('{');
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The Redis side of the cluster.
+pub struct Store {
+    config: RedisConfig,
+    prefix: String,
+    conn: RwLock<Option<Conn>>,
+    // Serialises (re)connects so a burst of failures opens one connection, not many.
+    connecting: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store for `config`; connects lazily, so a replica starts (and serves local
+    /// traffic) while Redis is down.
+    pub fn new(config: RedisConfig) -> Self {
+        Self {
+            prefix: config.key_prefix.clone(),
+            config,
+            conn: RwLock::new(None),
+            connecting: Mutex::new(()),
+        }
+    }
+
+    /// True when Redis answers PING.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await }).await
+    }
+
+    /// The URLs, masked, for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:?} {:?}",
+            self.config.mode,
+            self.config.urls.iter().map(|u| mask_url(u)).collect::<Vec<_>>()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tags_cannot_be_escaped() {
+        assert_eq!(tag("agent-1"), "{agent-1}");
+        assert_eq!(tag("a}b{c%"), "{a%7Db%7Bc%25}");
+        assert_ne!(tag("a%7Db"), tag("a}b"));
+    }
+}
