@@ -204,72 +204,27 @@ async fn host_import_maps_errors_to_the_contract() {
     assert!(matches!(ctx.delete("k".into()).await, Ok(true)), "set without TTL replaced the TTL");
 }
 
-/// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-    dir: std::path::PathBuf,
+/// A real `redis-server` (the shared test harness: free ports, logs kept on failure), or
+/// `None` (after saying so) when it is not installed outside CI.
+fn start_redis() -> Option<burrow_test_redis::RedisServer> {
+    if !burrow_test_redis::available() {
+        eprintln!("SKIPPED: redis-server is not installed; install it to run this test");
+        return None;
+    }
+    Some(burrow_test_redis::RedisServer::start())
 }
 
-impl RedisServer {
-    /// `None` (after saying so) when `redis-server` is not installed, except in CI,
-    /// which installs it: there a missing server fails the test.
-    fn start() -> Option<RedisServer> {
-        let binary = std::env::var("BURROW_TEST_REDIS").unwrap_or_else(|_| "redis-server".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("burrow-kv-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let spawned = std::process::Command::new(&binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", dir.to_str().unwrap(), "--protected-mode", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("SKIPPED: cannot start {binary} ({e}); install redis-server to run this test");
-                return None;
-            }
-            Err(e) => panic!("cannot start {binary} ({e}); CI must install redis-server"),
-        };
-        let server = RedisServer { child, port, dir };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !server.answers_ping() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not start within 10 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-
-    fn answers_ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut reply = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
-    }
-
-    fn store(&self) -> Arc<Store> {
-        Arc::new(Store::new(crate::cluster::config::RedisConfig {
-            urls: vec![format!("redis://127.0.0.1:{}", self.port)],
-            timeout: Duration::from_secs(5),
-            ..Default::default()
-        }))
-    }
-
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
-        client.get_multiplexed_async_connection().await.unwrap()
-    }
+fn store_of(server: &burrow_test_redis::RedisServer) -> Arc<Store> {
+    Arc::new(Store::new(crate::cluster::config::RedisConfig {
+        urls: vec![server.url()],
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    }))
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+async fn raw_of(server: &burrow_test_redis::RedisServer) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(server.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
 }
 
 async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
@@ -278,9 +233,9 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
 
 #[tokio::test]
 async fn redis_backend_semantics() {
-    let Some(server) = RedisServer::start() else { return };
-    let kv = KvStore::redis(server.store(), limits(2));
-    let mut raw = server.raw().await;
+    let Some(server) = start_redis() else { return };
+    let kv = KvStore::redis(store_of(&server), limits(2));
+    let mut raw = raw_of(&server).await;
 
     assert_eq!(kv.get("p", "a").await, Ok(None));
     kv.set("p", "a", b"one\0\xff".to_vec(), None).await.unwrap();
@@ -328,9 +283,9 @@ async fn redis_backend_semantics() {
 
 #[tokio::test]
 async fn redis_increment_sets_ttl_only_on_creation() {
-    let Some(server) = RedisServer::start() else { return };
-    let kv = KvStore::redis(server.store(), KvLimits::default());
-    let mut raw = server.raw().await;
+    let Some(server) = start_redis() else { return };
+    let kv = KvStore::redis(store_of(&server), KvLimits::default());
+    let mut raw = raw_of(&server).await;
     let key = "burrow:plugin-kv:{p}:hits";
 
     assert_eq!(kv.increment("p", "hits", 1, Some(Duration::from_secs(60))).await, Ok(1));
