@@ -168,10 +168,8 @@ impl ClusterDialer {
         }
     }
 
-    /// Tries `candidates` in order, starting the next one after the speculative delay or
-    /// as soon as one fails. The first open tunnel wins and the others are cancelled.
-    /// `Err(Some)` is an answer that would be the same everywhere (the agent refused);
-    /// `Err(None)` means no candidate could serve.
+    /// Tries `candidates` in order (see [`race`]): local ones over this replica's
+    /// tunnels, others through the replica API.
     async fn race(
         &self,
         candidates: Vec<Candidate>,
@@ -181,13 +179,10 @@ impl ClusterDialer {
         deadline: Instant,
     ) -> Result<TunnelStream, Option<OpenError>> {
         let cluster = &self.cluster;
-        let delay = cluster.config().speculative_delay;
-        let mut queue = candidates.into_iter();
-        let mut attempts = FuturesUnordered::new();
         let attempt = |c: Candidate| {
             let remaining = deadline.saturating_duration_since(Instant::now());
             async move {
-                let result = if c.local {
+                if c.local {
                     self.local.open(agent_id, service, request_id, remaining).await.map_err(|e| match e {
                         OpenError::Refused { code, message } => ForwardError::Refused { code, message },
                         other => {
@@ -208,40 +203,68 @@ impl ClusterDialer {
                         self.local.dial_answer_timeout(),
                     )
                     .await
-                };
-                (c, result)
+                }
             }
         };
-        if let Some(first) = queue.next() {
-            attempts.push(attempt(first));
-        }
-        loop {
-            let more = queue.len() > 0;
-            tokio::select! {
-                Some((candidate, result)) = attempts.next() => match result {
-                    Ok(stream) => return Ok(stream),
-                    Err(ForwardError::Refused { code, message }) => {
-                        return Err(Some(OpenError::Refused { code, message }))
+        let not_there = |replica: &str| cluster.forget_later(agent_id, replica);
+        race(candidates, cluster.config().speculative_delay, deadline, attempt, not_there).await
+    }
+}
+
+/// Tries `candidates` in order, starting the next one after `delay` or as soon as one
+/// fails. The first success wins and the attempts still running are dropped (cancelled).
+/// `Err(Some)` is an answer that would be the same everywhere (the agent refused);
+/// `Err(None)` means no candidate could serve before `deadline`. `not_there` hears of
+/// each replica that turned out not to hold the agent, so its registration is forgotten.
+///
+/// Generic over what an attempt yields, so the racing is tested without tunnels.
+pub async fn race<S, A, F>(
+    candidates: Vec<Candidate>,
+    delay: Duration,
+    deadline: Instant,
+    attempt: A,
+    not_there: impl Fn(&str),
+) -> Result<S, Option<OpenError>>
+where
+    A: Fn(Candidate) -> F,
+    F: std::future::Future<Output = Result<S, ForwardError>>,
+{
+    let mut queue = candidates.into_iter();
+    let mut attempts = FuturesUnordered::new();
+    let start = |c: Candidate| {
+        let replica = c.replica_id.clone();
+        let attempt = attempt(c);
+        async move { (replica, attempt.await) }
+    };
+    if let Some(first) = queue.next() {
+        attempts.push(start(first));
+    }
+    loop {
+        let more = queue.len() > 0;
+        tokio::select! {
+            Some((replica, result)) = attempts.next() => match result {
+                Ok(stream) => return Ok(stream),
+                Err(ForwardError::Refused { code, message }) => {
+                    return Err(Some(OpenError::Refused { code, message }))
+                }
+                Err(e) => {
+                    tracing::debug!(%replica, error = %e, "candidate could not serve");
+                    if let ForwardError::NotThere(_) = e {
+                        not_there(&replica);
                     }
-                    Err(e) => {
-                        tracing::debug!(agent_id, replica = %candidate.replica_id, error = %e, "candidate could not serve");
-                        if let ForwardError::NotThere(_) = e {
-                            cluster.forget_later(agent_id, &candidate.replica_id);
-                        }
-                        match queue.next() {
-                            Some(next) => attempts.push(attempt(next)),
-                            None if attempts.is_empty() => return Err(None),
-                            None => {}
-                        }
-                    }
-                },
-                _ = tokio::time::sleep(delay), if more => {
-                    if let Some(next) = queue.next() {
-                        attempts.push(attempt(next));
+                    match queue.next() {
+                        Some(next) => attempts.push(start(next)),
+                        None if attempts.is_empty() => return Err(None),
+                        None => {}
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Err(None),
+            },
+            _ = tokio::time::sleep(delay), if more => {
+                if let Some(next) = queue.next() {
+                    attempts.push(start(next));
+                }
             }
+            _ = tokio::time::sleep_until(deadline) => return Err(None),
         }
     }
 }
@@ -249,5 +272,151 @@ impl ClusterDialer {
 impl Dialer for ClusterDialer {
     fn dial<'a>(&'a self, request: DialRequest<'a>) -> DialFuture<'a> {
         Box::pin(self.open(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The speculative race, deterministic: paused time, attempts that are plain futures.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use burrow_proto::pb::RefusalCode;
+
+    use super::*;
+
+    fn candidate(replica: &str) -> Candidate {
+        Candidate {
+            replica_id: replica.into(),
+            address: format!("{replica}:1"),
+            local: false,
+            load: 0,
+            age: None,
+        }
+    }
+
+    const DELAY: Duration = Duration::from_millis(10);
+
+    /// Counts attempts dropped before they finished: a cancelled loser.
+    struct DropGuard<'a>(&'a AtomicUsize, bool);
+    impl Drop for DropGuard<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_candidate_gets_a_rival_after_the_delay_and_the_loser_is_cancelled() {
+        let started = Mutex::new(Vec::new());
+        let cancelled = AtomicUsize::new(0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let attempt = |c: Candidate| {
+            started.lock().unwrap().push((c.replica_id.clone(), Instant::now()));
+            let cancelled = &cancelled;
+            async move {
+                let mut guard = DropGuard(cancelled, false);
+                // r1 hangs; r2 answers after 5 ms.
+                let pause =
+                    if c.replica_id == "r1" { Duration::from_secs(60) } else { Duration::from_millis(5) };
+                tokio::time::sleep(pause).await;
+                guard.1 = true;
+                Ok::<_, ForwardError>(c.replica_id)
+            }
+        };
+        let t0 = Instant::now();
+        let winner =
+            race(vec![candidate("r1"), candidate("r2"), candidate("r3")], DELAY, deadline, attempt, |_| {})
+                .await
+                .unwrap();
+        assert_eq!(winner, "r2");
+        let started = started.into_inner().unwrap();
+        assert_eq!(
+            started.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+            ["r1", "r2"],
+            "r3 never needed"
+        );
+        assert_eq!(started[1].1 - t0, DELAY, "the rival starts exactly one speculative delay later");
+        assert_eq!(cancelled.load(Ordering::SeqCst), 1, "the hanging r1 attempt was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_candidate_starts_the_next_at_once_and_one_not_holding_the_agent_is_forgotten() {
+        let forgotten = Mutex::new(Vec::new());
+        let starts = Mutex::new(Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let attempt = |c: Candidate| {
+            starts.lock().unwrap().push(Instant::now());
+            async move {
+                match c.replica_id.as_str() {
+                    "r1" => Err(ForwardError::NotThere(c.replica_id)),
+                    "r2" => Err(ForwardError::Failed { replica: c.replica_id, message: "reset".into() }),
+                    _ => Ok(c.replica_id),
+                }
+            }
+        };
+        let t0 = Instant::now();
+        let winner =
+            race(vec![candidate("r1"), candidate("r2"), candidate("r3")], DELAY, deadline, attempt, |r| {
+                forgotten.lock().unwrap().push(r.to_owned())
+            })
+            .await
+            .unwrap();
+        assert_eq!(winner, "r3");
+        assert!(starts.into_inner().unwrap().iter().all(|t| *t == t0), "failures do not wait for the delay");
+        assert_eq!(
+            forgotten.into_inner().unwrap(),
+            ["r1"],
+            "only the replica without the agent is forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_the_answer_everywhere_and_ends_the_race() {
+        let cancelled = AtomicUsize::new(0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let attempt = |c: Candidate| {
+            let cancelled = &cancelled;
+            async move {
+                let mut guard = DropGuard(cancelled, false);
+                let result = if c.replica_id == "r1" {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    Err(ForwardError::Refused {
+                        code: RefusalCode::UnknownService,
+                        message: "no such service".into(),
+                    })
+                };
+                guard.1 = true;
+                result
+            }
+        };
+        let refused =
+            race(vec![candidate("r1"), candidate("r2"), candidate("r3")], DELAY, deadline, attempt, |_| {})
+                .await;
+        assert!(
+            matches!(refused, Err(Some(OpenError::Refused { code: RefusalCode::UnknownService, .. }))),
+            "{refused:?}"
+        );
+        assert_eq!(cancelled.load(Ordering::SeqCst), 1, "the still-running r1 was cancelled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_answering_by_the_deadline_is_no_answer() {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let attempt = |_c: Candidate| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<(), ForwardError>(())
+        };
+        let t0 = Instant::now();
+        let result = race(vec![candidate("r1"), candidate("r2")], DELAY, deadline, attempt, |_| {}).await;
+        assert!(matches!(result, Err(None)));
+        assert_eq!(Instant::now() - t0, Duration::from_millis(500));
+        let empty = race(Vec::new(), DELAY, deadline, attempt, |_| {}).await;
+        assert!(matches!(empty, Err(None)), "no candidate: no answer, at once");
     }
 }
