@@ -3,6 +3,19 @@
 //!
 //! The binary is a thin shell around [`run`]; tests drive [`run`] with listeners bound
 //! to `127.0.0.1:0`.
+//!
+//! # Layout
+//! - [`core`]: what every ingress uses, protocol-neutral: admission (workload plugins,
+//!   ended workloads, authorizer) and the one `Dialer` (local tunnels; the cluster wraps
+//!   it), the tunnel registry and tunnel I/O, agent sessions, drain state.
+//! - [`ingress`]: users' HTTP/1.1 and h2, WebSocket and other upgrades; a client of `core`.
+//! - [`agent_server`]: the agent port (sniffing, gRPC and WebSocket transports, rate
+//!   limit, max connection age, workload expiry).
+//! - [`cluster`]: Redis membership, the cluster dialer, the replica API, routing policy.
+//! - [`plugins`]: the WebAssembly plugin platform.
+//! - [`admin`]: health, readiness, metrics and the plugin API.
+//! - [`config`], [`metrics`], [`tls`], [`time`], [`ratelimit`]: shared pieces.
+//! - [`demo`]: host, agent and demo workload in one process.
 
 pub mod admin;
 pub mod agent_server;
