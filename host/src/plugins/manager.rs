@@ -9,7 +9,7 @@
 //! the old version keeps serving and the error is kept for the admin API.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +23,7 @@ use super::config::{FailurePolicy, PluginKind, PluginsConfig, SlotSpec};
 use super::engine::PluginEngine;
 use super::host_api::{kv, ClockSource};
 use super::instance::{Version, VersionInfo};
-use super::loader::Loader;
+use super::loader::{stamp_of, FileStamp, Loader};
 use super::types::*;
 use super::PluginError;
 use crate::metrics::PluginMetrics;
@@ -120,19 +120,6 @@ pub struct PluginStatus {
     /// The last failed load or reload, kept until the next successful one.
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    manifest: Option<(Option<SystemTime>, u64)>,
-}
-
-pub(super) fn stamp_of(path: &Path) -> Option<FileStamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    let manifest = std::fs::metadata(path.with_extension("toml")).ok().map(|m| (m.modified().ok(), m.len()));
-    Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), manifest })
 }
 
 /// The slots in the roles the host asks them in.

@@ -2,12 +2,17 @@
 //! authenticate agents and users, authorize access, resolve requests to workloads and
 //! choose among replicas.
 //!
+//! - [`types`]: the contract's records, from crate `burrow-plugin-contract` (shared with
+//!   the SDK, so the two sides cannot drift); re-exported here so the rest of the host
+//!   says `crate::plugins::types::*`.
 //! - [`config`]: the `[plugins]` table.
-//! - `bindings`: the one documented `bindgen!` per world; `convert`: WIT ⇄ [`types`].
+//! - `bindings`: the one documented `bindgen!` per world; `convert`: WIT ⇄ [`types`],
+//!   with the contract's `validate` rules applied to every answer.
 //! - `engine`: the wasmtime engine (pooling allocator, epoch ticks, artifact `cache`).
 //! - `host_api`: what plugins import (`log`, `config`, `clock`, `kv`, outbound `http`).
 //! - `instance`: one loaded version and how a call runs (limits, warm pool, `breaker`).
-//! - `loader`: read, compile, type-check and canary (`manifest` test vectors) a version.
+//! - `loader`: read, compile, type-check and canary a version, running its manifest's
+//!   test vectors (the manifest format and matcher are the contract crate's).
 //! - `manager`: swap, rollback, reload, and the failure policy per kind; [`check`]:
 //!   `burrow-host plugin check`.
 
@@ -22,8 +27,8 @@ pub mod host_api;
 mod instance;
 mod loader;
 mod manager;
-mod manifest;
-pub mod types;
+
+pub use burrow_plugin_contract::types;
 
 use std::time::Duration;
 

@@ -246,16 +246,7 @@ impl Manifest {
     /// `context` completes "..., `context` `kind` plugins".
     fn check_calls(&self, kind: PluginKind, context: &str) -> Result<(), ManifestError> {
         for test in &self.tests {
-            if test.call.kind() != kind {
-                return Err(self.wrong_kind(
-                    format!("{test}.call"),
-                    format!(
-                        "\"{}\" is a {} call, {context} {kind} plugins",
-                        test.call.name(),
-                        test.call.kind()
-                    ),
-                ));
-            }
+            check_call(&self.origin, &test.to_string(), test.call.call(), kind, context)?;
         }
         Ok(())
     }
@@ -263,6 +254,24 @@ impl Manifest {
     fn wrong_kind(&self, key: String, message: String) -> ManifestError {
         ManifestError::Kind { origin: self.origin.clone(), key, message }
     }
+}
+
+/// `context` completes "..., `context` `kind` plugins"; `at` names the vector.
+fn check_call(
+    origin: &str,
+    at: &str,
+    call: Call,
+    kind: PluginKind,
+    context: &str,
+) -> Result<(), ManifestError> {
+    if call.kind() == kind {
+        return Ok(());
+    }
+    Err(ManifestError::Kind {
+        origin: origin.to_string(),
+        key: format!("{at}.call"),
+        message: format!("\"{}\" is a {} call, {context} {kind} plugins", call.name(), call.kind()),
+    })
 }
 
 /// A manifest that cannot be used. Messages name the origin and the offending key.
@@ -331,6 +340,8 @@ struct RawTest {
     expect: toml::Value,
 }
 
+const DECLARED: &str = "the manifest declares it is for";
+
 /// Parses and checks a manifest. `origin` names it in errors (a path or `builtin:<name>`).
 pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
     let invalid =
@@ -348,6 +359,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
         return Err(invalid("test".into(), format!("{} tests, the limit is {MAX_TESTS}", raw.test.len())));
     }
 
+    let declared = raw.plugin.kind;
     let mut names = HashSet::new();
     let mut tests = Vec::with_capacity(raw.test.len());
     for (index, raw) in raw.test.into_iter().enumerate() {
@@ -364,6 +376,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
         if !names.insert(raw.name.clone()) {
             return Err(invalid(format!("{at}.name"), "another test has the same name".into()));
         }
+        // A call the declared kind lacks is refused before its input is read: the input
+        // of another kind's call says nothing useful.
+        if let (Ok(call), Some(kind)) = (raw.call.parse::<Call>(), declared) {
+            check_call(origin, &at, call, kind, DECLARED)?;
+        }
         let call = parse_call(&raw.call, raw.input)
             .map_err(|(key, message)| invalid(format!("{at}.{key}"), message))?;
         tests.push(TestVector {
@@ -376,9 +393,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
         });
     }
     let manifest = Manifest { origin: origin.to_string(), plugin: raw.plugin, tests };
-    if let Some(kind) = manifest.plugin.kind {
-        manifest.check_calls(kind, "the manifest declares it is for")?;
-    }
     Ok(manifest)
 }
 
