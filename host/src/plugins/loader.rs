@@ -1,7 +1,8 @@
 //! Builds a plugin version: read the file (or the embedded built-in) and its manifest,
 //! hash, compile off the async workers, type-check against the slot's world, then the
 //! canary (`init`, the kind's probe, the manifest's test vectors). Only a version that
-//! passes all of it reaches [`super::manager`], which swaps it in.
+//! passes all of it is handed back to be swapped in (`manager.rs` at the first load,
+//! `reload.rs` afterwards).
 
 use std::path::Path;
 use std::sync::Arc;

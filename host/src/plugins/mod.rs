@@ -13,12 +13,14 @@
 //! - `instance`: one loaded version and how a call runs (limits, warm pool, `breaker`).
 //! - `loader`: read, compile, type-check and canary a version, running its manifest's
 //!   test vectors (the manifest format and matcher are the contract crate's).
-//! - `manager`: swap, rollback, reload, and the failure policy per kind; [`check`]:
-//!   `burrow-host plugin check`.
+//! - `manager`: [`Plugins`], its slots and their state; `calls`: the front end requests
+//!   call, with the failure policy per kind; `reload`: swap, canary, rollback and the
+//!   file watcher. [`check`]: `burrow-host plugin check`.
 
 mod bindings;
 mod breaker;
 mod cache;
+mod calls;
 pub mod check;
 pub mod config;
 mod convert;
@@ -27,19 +29,22 @@ pub mod host_api;
 mod instance;
 mod loader;
 mod manager;
+mod reload;
 
 pub use burrow_plugin_contract::types;
 
 use std::time::Duration;
 
 pub use breaker::BreakerConfig;
+pub use calls::UserVerdict;
 pub use config::{
     FailurePolicy, InstancePolicy, PluginConfigError, PluginKind, PluginSlotConfig, PluginSource,
     PluginsConfig, RuntimeConfig, MAX_CALL_TIMEOUT, MAX_MEMORY_MB, MIN_CALL_TIMEOUT,
 };
 pub use host_api::ClockSource;
 pub use instance::VersionInfo;
-pub use manager::{PluginStatus, Plugins, PluginsOptions, ReloadOutcome, UserVerdict};
+pub use manager::{PluginStatus, Plugins, PluginsOptions};
+pub use reload::ReloadOutcome;
 
 /// Directory holding this build's compiled plugin components (set by `build.rs`),
 /// including the test-only ones (`test_misbehave.wasm`, ...) and the examples.
