@@ -26,6 +26,7 @@ const ARTIFACTS: &[&str] = &[
     "test_old_minor.wasm",
     "test_swap_v1.wasm",
     "test_swap_v2.wasm",
+    "test_contract.wasm",
     "office_hours.wasm",
     "canary_router.wasm",
 ];

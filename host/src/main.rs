@@ -74,10 +74,7 @@ async fn plugin_check(
 ) -> anyhow::Result<()> {
     let kind = match kind.as_deref() {
         None => None,
-        Some("authorizer") => Some(PluginKind::Authorizer),
-        Some("workload") => Some(PluginKind::Workload),
-        Some("router") => Some(PluginKind::Router),
-        Some(other) => anyhow::bail!("--kind {other:?}: expected authorizer, workload or router"),
+        Some(kind) => Some(kind.parse::<PluginKind>().map_err(|e| anyhow::anyhow!("--kind {kind:?}: {e}"))?),
     };
     let config = match config {
         Some(path) => {

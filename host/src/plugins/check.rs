@@ -4,15 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::Component;
-use wasmtime::Engine;
 
 use super::config::{PluginKind, PluginSlotConfig, PluginSource, PluginsConfig, RuntimeConfig, SlotSpec};
 use super::engine::PluginEngine;
 use super::host_api::{kv, ClockSource};
 use super::instance::Pre;
-use super::loader::Loader;
+use super::loader::{check_header, export_names, import_names, Loader};
 use super::PluginError;
 
 /// What `plugin check` found.
@@ -32,32 +30,6 @@ pub struct CheckReport {
     pub tests_passed: usize,
 }
 
-/// Top-level export names; instances list their functions: `burrow:plugin/router@1.1.0{route}`.
-pub(crate) fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
-    let ty = component.component_type();
-    ty.exports(engine).map(|(name, item)| describe(engine, name, &item.ty)).collect()
-}
-
-/// Top-level import names.
-pub(crate) fn import_names(engine: &Engine, component: &Component) -> Vec<String> {
-    let ty = component.component_type();
-    ty.imports(engine).map(|(name, _)| name.to_owned()).collect()
-}
-
-fn describe(engine: &Engine, name: &str, item: &ComponentItem) -> String {
-    match item {
-        ComponentItem::ComponentInstance(instance) => {
-            let funcs: Vec<&str> = instance
-                .exports(engine)
-                .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
-                .map(|(n, _)| n)
-                .collect();
-            format!("{name}{{{}}}", funcs.join(", "))
-        }
-        _ => name.to_owned(),
-    }
-}
-
 /// Loads `path` the way the host would: detects its world (or checks `kind`), runs
 /// `init`, the kind's probe and the test vectors of `<path>.toml` with `config` as the
 /// plugin's config.
@@ -68,7 +40,7 @@ pub async fn check_file(
 ) -> Result<CheckReport, PluginError> {
     let err = |reason: String| PluginError::Load { plugin: path.display().to_string(), reason };
     let bytes = tokio::fs::read(path).await.map_err(|e| err(format!("cannot read: {e}")))?;
-    super::loader::check_header(&bytes).map_err(err)?;
+    check_header(&bytes).map_err(err)?;
     let runtime = RuntimeConfig { max_instances: 16, ..RuntimeConfig::default() };
     let engine = tokio::task::spawn_blocking(move || PluginEngine::new(&runtime, None))
         .await
@@ -91,7 +63,7 @@ pub async fn check_file(
     })?;
     let candidates = match kind {
         Some(kind) => vec![kind],
-        None => vec![PluginKind::Authorizer, PluginKind::Workload, PluginKind::Router],
+        None => PluginKind::ALL.to_vec(),
     };
     let kind =
         candidates.into_iter().find(|k| Pre::new(*k, instance_pre.clone()).is_ok()).ok_or_else(|| {

@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub(crate) use burrow_plugin_contract::manifest::{table_to_json, toml_to_json};
+
 use super::breaker::BreakerConfig;
 use super::host_api::http::OutboundHttpConfig;
 
@@ -48,42 +50,9 @@ const DEFAULT_MAX_MEMORY_MB: u32 = 64;
 const DEFAULT_MAX_CONCURRENT: u32 = 64;
 const DEFAULT_WARM_POOL: u32 = 8;
 
-/// The kinds of plugin; each expects components of its own WIT world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PluginKind {
-    /// World `burrow:plugin/authorizer-plugin`.
-    Authorizer,
-    /// World `burrow:plugin/workload-plugin` (optionally with `workload-lifecycle`).
-    Workload,
-    /// World `burrow:plugin/router-plugin`.
-    Router,
-}
-
-impl PluginKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PluginKind::Authorizer => "authorizer",
-            PluginKind::Workload => "workload",
-            PluginKind::Router => "router",
-        }
-    }
-
-    /// The WIT world a component of this kind must implement.
-    pub fn world(self) -> &'static str {
-        match self {
-            PluginKind::Authorizer => "burrow:plugin/authorizer-plugin@1.1.0",
-            PluginKind::Workload => "burrow:plugin/workload-plugin@1.1.0",
-            PluginKind::Router => "burrow:plugin/router-plugin@1.1.0",
-        }
-    }
-}
-
-impl fmt::Display for PluginKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The kinds of plugin, as the contract crate defines them (configs, manifests and the
+/// admin API spell them alike).
+pub use burrow_plugin_contract::PluginKind;
 
 /// Where a plugin's component comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
@@ -633,24 +602,6 @@ fn is_bare_name(path: &Path) -> bool {
 }
 
 /// TOML datetimes have no JSON counterpart: they become RFC 3339 strings.
-pub(crate) fn toml_to_json(value: &toml::Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match value {
-        toml::Value::String(s) => J::String(s.clone()),
-        toml::Value::Integer(i) => J::from(*i),
-        // NaN and infinities have no JSON form; null is the honest stand-in.
-        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-        toml::Value::Boolean(b) => J::Bool(*b),
-        toml::Value::Datetime(d) => J::String(d.to_string()),
-        toml::Value::Array(items) => J::Array(items.iter().map(toml_to_json).collect()),
-        toml::Value::Table(table) => J::Object(table_to_json(table)),
-    }
-}
-
-pub(crate) fn table_to_json(table: &toml::Table) -> serde_json::Map<String, serde_json::Value> {
-    table.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()
-}
-
 /// An invalid `[plugins]` key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]

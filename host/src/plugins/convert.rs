@@ -1,5 +1,8 @@
-//! Conversions between the host's plugin types (`types.rs`) and the generated WIT
-//! types (`bindings.rs`), and the checks on what a plugin answers.
+//! Conversions between the contract's types (crate `burrow-plugin-contract`, re-exported
+//! as `super::types`) and wasmtime's generated WIT types (`bindings.rs`), and the checks
+//! on what a plugin answers.
+
+use burrow_plugin_contract::validate;
 
 use super::bindings::types as wit;
 use super::types::*;
@@ -160,100 +163,54 @@ impl From<&RouteRequest> for wit::RouteRequest {
     }
 }
 
-/// A workload kind or id must be usable in logs, metrics and Redis keys.
-fn check_id(what: &str, value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    if value.len() > 256 || value.chars().any(|c| c.is_control()) {
-        return Err(format!("{what} is longer than 256 bytes or holds control characters"));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_kind_name(kind: &str) -> Result<(), String> {
-    if kind.is_empty()
-        || kind.len() > 64
-        || !kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-    {
-        return Err(format!("workload kind {kind:?} must be 1-64 lowercase letters, digits or '-'"));
-    }
-    Ok(())
-}
+// Answers: converted first, then judged by the contract's `validate` rules, the same
+// functions the SDK's native manifest runner applies, so a vector that passes there is
+// not refused here.
 
 pub(crate) fn agent_outcome(o: wit::AgentAuthOutcome) -> Result<AgentAuthOutcome, String> {
-    match o {
-        wit::AgentAuthOutcome::Accepted(id) => {
-            check_id("agent-id", &id.agent_id)?;
-            check_id("workload-id", &id.workload_id)?;
-            check_kind_name(&id.workload_kind)?;
-            Ok(AgentAuthOutcome::Accepted(AgentIdentity {
-                agent_id: id.agent_id,
-                workload_kind: id.workload_kind,
-                workload_id: id.workload_id,
-                expires_at: id.expires_at,
-                labels: id.labels,
-            }))
-        }
-        wit::AgentAuthOutcome::Rejected(reason) => Ok(AgentAuthOutcome::Rejected(reason)),
-    }
+    let outcome = match o {
+        wit::AgentAuthOutcome::Accepted(id) => AgentAuthOutcome::Accepted(AgentIdentity {
+            agent_id: id.agent_id,
+            workload_kind: id.workload_kind,
+            workload_id: id.workload_id,
+            expires_at: id.expires_at,
+            labels: id.labels,
+        }),
+        wit::AgentAuthOutcome::Rejected(reason) => AgentAuthOutcome::Rejected(reason),
+    };
+    validate::agent_auth_outcome(&outcome)?;
+    Ok(outcome)
 }
 
 pub(crate) fn user_outcome(o: wit::UserAuthOutcome) -> Result<UserAuthOutcome, String> {
-    match o {
-        wit::UserAuthOutcome::Authenticated(p) => {
-            check_id("principal id", &p.id)?;
-            Ok(UserAuthOutcome::Authenticated(p.into()))
-        }
-        wit::UserAuthOutcome::Anonymous => Ok(UserAuthOutcome::Anonymous),
-        wit::UserAuthOutcome::Rejected(reason) => Ok(UserAuthOutcome::Rejected(reason)),
-    }
+    let outcome = match o {
+        wit::UserAuthOutcome::Authenticated(p) => UserAuthOutcome::Authenticated(p.into()),
+        wit::UserAuthOutcome::Anonymous => UserAuthOutcome::Anonymous,
+        wit::UserAuthOutcome::Rejected(reason) => UserAuthOutcome::Rejected(reason),
+    };
+    validate::user_auth_outcome(&outcome)?;
+    Ok(outcome)
 }
 
 pub(crate) fn decision(d: wit::Decision) -> Result<Decision, String> {
-    match d {
-        wit::Decision::Allow(a) => Ok(Decision::Allow { strip_credentials: a.strip_credentials }),
-        wit::Decision::Deny(d) if d.status == 401 || d.status == 403 => {
-            Ok(Decision::Deny { status: d.status, reason: d.reason })
-        }
-        wit::Decision::Deny(d) => Err(format!("denied with status {}, expected 401 or 403", d.status)),
-    }
+    let decision = match d {
+        wit::Decision::Allow(a) => Decision::Allow { strip_credentials: a.strip_credentials },
+        wit::Decision::Deny(d) => Decision::Deny { status: d.status, reason: d.reason },
+    };
+    validate::decision(&decision)?;
+    Ok(decision)
 }
 
 pub(crate) fn resolved(r: Option<wit::Resolved>) -> Result<Option<Resolved>, String> {
-    let Some(r) = r else { return Ok(None) };
-    check_id("workload-id", &r.workload_id)?;
-    check_id("agent-id", &r.agent_id)?;
-    check_id("service", &r.service)?;
-    Ok(Some(Resolved { workload_id: r.workload_id, agent_id: r.agent_id, service: r.service }))
-}
-
-/// A router's answer must be a list of distinct indices into the candidates.
-pub(crate) fn route_order(order: Vec<u32>, candidates: usize) -> Result<Vec<usize>, String> {
-    let mut seen = vec![false; candidates];
-    let mut out = Vec::with_capacity(order.len());
-    for i in order {
-        let i = i as usize;
-        match seen.get_mut(i) {
-            None => return Err(format!("index {i} is out of range (there are {candidates} candidates)")),
-            Some(true) => return Err(format!("index {i} appears twice")),
-            Some(seen) => *seen = true,
-        }
-        out.push(i);
-    }
-    Ok(out)
+    let resolved =
+        r.map(|r| Resolved { workload_id: r.workload_id, agent_id: r.agent_id, service: r.service });
+    validate::resolved(&resolved)?;
+    Ok(resolved)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn route_order_is_checked() {
-        assert_eq!(route_order(vec![2, 0], 3), Ok(vec![2, 0]));
-        assert!(route_order(vec![3], 3).unwrap_err().contains("out of range"));
-        assert!(route_order(vec![1, 1], 3).unwrap_err().contains("twice"));
-    }
 
     #[test]
     fn answers_are_checked() {
@@ -265,7 +222,5 @@ mod tests {
             service: "s".into()
         }))
         .is_err());
-        assert!(check_kind_name("ci-job").is_ok());
-        assert!(check_kind_name("CI").is_err());
     }
 }

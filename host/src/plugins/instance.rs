@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use burrow_plugin_contract::validate;
 use tokio::sync::Semaphore;
 use wasmtime::component::InstancePre;
 use wasmtime::{Store, Trap};
@@ -563,7 +564,7 @@ impl Version {
 
     pub(crate) async fn kind_name(&self, clock: ClockSource) -> Result<String, PluginError> {
         let kind = self.call("kind", clock, |b, s| Box::pin(async move { b.workload_kind(s).await })).await?;
-        convert::check_kind_name(&kind).map_err(|e| self.invalid(e))?;
+        validate::kind(&kind).map_err(|e| self.invalid(e))?;
         Ok(kind)
     }
 
@@ -626,6 +627,6 @@ impl Version {
                 Box::pin(async move { b.router()?.call_route(s, &wit_req).await })
             })
             .await?;
-        convert::route_order(out, candidates).map_err(|e| self.invalid(e))
+        validate::route_order(&out, candidates).map_err(|e| self.invalid(e))
     }
 }

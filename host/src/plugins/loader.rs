@@ -1,21 +1,25 @@
 //! Builds a plugin version: read the file (or the embedded built-in) and its manifest,
 //! hash, compile off the async workers, type-check against the slot's world, then the
 //! canary (`init`, the kind's probe, the manifest's test vectors). Only a version that
-//! passes all of it reaches [`super::manager`], which swaps it in.
+//! passes all of it is handed back to be swapped in (`manager.rs` at the first load,
+//! `reload.rs` afterwards).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use burrow_plugin_contract::manifest::{self, Manifest, TestCall};
+use burrow_plugin_contract::matcher;
 use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::Component;
+use wasmtime::Engine;
 
 use super::breaker::SharedBreaker;
 use super::config::{PluginKind, PluginSource, PluginsConfig, SlotSpec};
 use super::engine::PluginEngine;
 use super::host_api::{http, kv, ClockSource, PluginEnv};
 use super::instance::{Limits, Pre, Version, VersionInfo, VersionParts};
-use super::manager::{stamp_of, FileStamp};
-use super::manifest::{self, Manifest, TestCall};
 use super::types::*;
 use super::{builtin, PluginError};
 use crate::metrics::PluginMetrics;
@@ -25,6 +29,21 @@ const WASM_MAGIC: &[u8] = b"\0asm";
 const CORE_MODULE_LAYER: [u8; 2] = [0, 0];
 /// Plugin files larger than this are refused before reading them whole.
 const MAX_PLUGIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What a plugin file looked like when it was last loaded: the watcher reloads a slot
+/// when this changes (the file or its manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    manifest: Option<(Option<SystemTime>, u64)>,
+}
+
+pub(super) fn stamp_of(path: &Path) -> Option<FileStamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    let manifest = std::fs::metadata(path.with_extension("toml")).ok().map(|m| (m.modified().ok(), m.len()));
+    Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), manifest })
+}
 
 /// Builds versions: read, hash, compile, type-check, canary, test vectors.
 pub(super) struct Loader<'a> {
@@ -97,7 +116,7 @@ impl Loader<'_> {
             load_err(format!(
                 "it does not implement the world {}: {e:#} (it exports: {})",
                 spec.kind.world(),
-                super::check::export_names(&self.engine.engine, &component).join(", ")
+                export_names(&self.engine.engine, &component).join(", ")
             ))
         })?;
 
@@ -221,7 +240,7 @@ impl Loader<'_> {
             let actual = run_call(target, &test.call, clock)
                 .await
                 .map_err(|e| format!("test[{i}] ({:?}) failed: {e}", test.name))?;
-            manifest::check(&test.expect, &actual)
+            matcher::check(&test.expect, &actual)
                 .map_err(|m| format!("test[{i}] ({:?}) did not give the expected answer: {m}", test.name))?;
         }
         Ok(manifest.tests.len())
@@ -284,12 +303,8 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
 
 /// Explains a failed link: most often a plugin built against a contract this host does
 /// not implement (an old 0.x `burrow:plugin`, or a newer major).
-fn describe_link_error(
-    engine: &wasmtime::Engine,
-    component: &wasmtime::component::Component,
-    err: &wasmtime::Error,
-) -> String {
-    let imports = super::check::import_names(engine, component);
+fn describe_link_error(engine: &Engine, component: &Component, err: &wasmtime::Error) -> String {
+    let imports = import_names(engine, component);
     if let Some(old) = imports.iter().find(|i| i.starts_with("burrow:plugin/") && !i.contains("@1.")) {
         return format!(
             "it was built against {old}, which this host (burrow:plugin@1.1) does not load: rebuild it against \
@@ -297,4 +312,30 @@ fn describe_link_error(
         );
     }
     format!("it imports something this host does not provide: {err:#}")
+}
+
+/// Top-level export names; instances list their functions: `burrow:plugin/router@1.1.0{route}`.
+pub(crate) fn export_names(engine: &Engine, component: &Component) -> Vec<String> {
+    let ty = component.component_type();
+    ty.exports(engine).map(|(name, item)| describe(engine, name, &item.ty)).collect()
+}
+
+/// Top-level import names.
+pub(crate) fn import_names(engine: &Engine, component: &Component) -> Vec<String> {
+    let ty = component.component_type();
+    ty.imports(engine).map(|(name, _)| name.to_owned()).collect()
+}
+
+fn describe(engine: &Engine, name: &str, item: &ComponentItem) -> String {
+    match item {
+        ComponentItem::ComponentInstance(instance) => {
+            let funcs: Vec<&str> = instance
+                .exports(engine)
+                .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                .map(|(n, _)| n)
+                .collect();
+            format!("{name}{{{}}}", funcs.join(", "))
+        }
+        _ => name.to_owned(),
+    }
 }

@@ -2,18 +2,25 @@
 //! authenticate agents and users, authorize access, resolve requests to workloads and
 //! choose among replicas.
 //!
+//! - [`types`]: the contract's records, from crate `burrow-plugin-contract` (shared with
+//!   the SDK, so the two sides cannot drift); re-exported here so the rest of the host
+//!   says `crate::plugins::types::*`.
 //! - [`config`]: the `[plugins]` table.
-//! - `bindings`: the one documented `bindgen!` per world; `convert`: WIT ⇄ [`types`].
+//! - `bindings`: the one documented `bindgen!` per world; `convert`: WIT ⇄ [`types`],
+//!   with the contract's `validate` rules applied to every answer.
 //! - `engine`: the wasmtime engine (pooling allocator, epoch ticks, artifact `cache`).
 //! - `host_api`: what plugins import (`log`, `config`, `clock`, `kv`, outbound `http`).
 //! - `instance`: one loaded version and how a call runs (limits, warm pool, `breaker`).
-//! - `loader`: read, compile, type-check and canary (`manifest` test vectors) a version.
-//! - `manager`: swap, rollback, reload, and the failure policy per kind; [`check`]:
-//!   `burrow-host plugin check`.
+//! - `loader`: read, compile, type-check and canary a version, running its manifest's
+//!   test vectors (the manifest format and matcher are the contract crate's).
+//! - `manager`: [`Plugins`], its slots and their state; `calls`: the front end requests
+//!   call, with the failure policy per kind; `reload`: swap, canary, rollback and the
+//!   file watcher. [`check`]: `burrow-host plugin check`.
 
 mod bindings;
 mod breaker;
 mod cache;
+mod calls;
 pub mod check;
 pub mod config;
 mod convert;
@@ -22,19 +29,22 @@ pub mod host_api;
 mod instance;
 mod loader;
 mod manager;
-mod manifest;
-pub mod types;
+mod reload;
+
+pub use burrow_plugin_contract::types;
 
 use std::time::Duration;
 
 pub use breaker::BreakerConfig;
+pub use calls::UserVerdict;
 pub use config::{
     FailurePolicy, InstancePolicy, PluginConfigError, PluginKind, PluginSlotConfig, PluginSource,
     PluginsConfig, RuntimeConfig, MAX_CALL_TIMEOUT, MAX_MEMORY_MB, MIN_CALL_TIMEOUT,
 };
 pub use host_api::ClockSource;
 pub use instance::VersionInfo;
-pub use manager::{PluginStatus, Plugins, PluginsOptions, ReloadOutcome, UserVerdict};
+pub use manager::{PluginStatus, Plugins, PluginsOptions};
+pub use reload::ReloadOutcome;
 
 /// Directory holding this build's compiled plugin components (set by `build.rs`),
 /// including the test-only ones (`test_misbehave.wasm`, ...) and the examples.
