@@ -724,8 +724,12 @@ async fn a_busy_replica_keeps_its_registration() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     // ...but r0 is still registered: busy is not gone.
     assert!(redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r0"));
-    workload.release_event();
+    // The user leaves first, then the workload may finish: the other order lets the whole
+    // response reach r1 before the user leaves when the machine is loaded, and r1 then
+    // keeps the finished connection (and the agent's only stream) in its keep-alive pool.
     drop(sse);
+    drop(long);
+    workload.release_event();
     eventually(Duration::from_secs(10), "the stream is free again", || {
         agent.status().borrow().active_streams == 0
     })
