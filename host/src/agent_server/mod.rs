@@ -153,11 +153,10 @@ fn pb_server(
     cluster: Option<Arc<crate::cluster::Cluster>>,
     config: &AgentListenerConfig,
 ) -> burrow_proto::pb::agent_tunnel_server::AgentTunnelServer<grpc::TunnelService> {
-    let store = cluster;
     burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
         ctx,
         handshake_timeout: config.handshake_timeout,
-        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, store)),
+        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, cluster)),
         max_connection_age: (!config.max_connection_age.is_zero()).then_some(config.max_connection_age),
         connection_age_grace: config.connection_age_grace,
     })

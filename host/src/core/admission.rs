@@ -104,6 +104,18 @@ impl Admission {
 
     /// Runs the steps for one request.
     pub async fn admit(&self, request: AdmissionRequest) -> Result<Admitted, Refusal> {
+        let request_id = request.request_id.clone();
+        let action = request.action;
+        let result = self.decide(request).await;
+        if let Err(refusal) = &result {
+            // The ingress tells the user in its own words; this line ties the plugin's
+            // reason to the request id whatever the protocol.
+            tracing::debug!(%request_id, action = action.as_str(), %refusal, "admission refused");
+        }
+        result
+    }
+
+    async fn decide(&self, request: AdmissionRequest) -> Result<Admitted, Refusal> {
         let AdmissionRequest { action, host, ssh_user, method, path, port, credential, peer, request_id: _ } =
             request;
         let resolve = ResolveRequest {
