@@ -24,11 +24,11 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod ingress;
-pub mod metrics;
+pub use burrow_host_metrics as metrics;
 pub mod plugins;
 pub mod ratelimit;
-pub mod time;
-pub mod tls;
+pub use burrow_host_time as time;
+pub use burrow_host_tls as tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ pub mod config;
 pub mod dialer;
 pub mod forward;
 pub mod policy;
-pub mod store;
+pub use burrow_host_redis as store;
 pub mod token;
 
 use std::collections::{HashMap, HashSet};

@@ -198,3 +198,13 @@ impl PluginError {
         }
     }
 }
+
+impl crate::metrics::PluginErrorLabels for PluginError {
+    fn kind_label(&self) -> &'static str {
+        PluginError::kind_label(self)
+    }
+
+    fn trap_limit(&self) -> Option<&'static str> {
+        PluginError::trap_limit(self)
+    }
+}

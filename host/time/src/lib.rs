@@ -1,5 +1,9 @@
 //! Wall-clock time as Unix milliseconds: the one clock behind Redis expiries, replica
 //! tokens, rate windows, agent timestamps and the plugins' `clock.now`.
+//!
+//! # Layout
+//!
+//! One file: [`now_ms`] reads the clock, [`unix_ms`] converts a given time.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -17,11 +17,16 @@
 //! nothing here is awaited on a request path except [`Store::lookup`], which a request
 //! needs only when the agent has no stream on the replica it landed on.
 //!
-//! Layout: [`connection`] owns the connection (single, sentinel or cluster; reconnects;
-//! the per-operation deadline) and every concern reaches Redis through it:
-//! [`membership`] (replica records, agent registrations, agent-online announcements),
-//! [`kv`] (plugin key-value entries) and [`rate`] (connection-rate counters).
+//! # Layout
+//!
+//! - [`config`]: the `[cluster.redis]` table ([`RedisConfig`]) and its checks.
+//! - `connection`: owns the connection (single, sentinel or cluster; reconnects; the
+//!   per-operation deadline). Every concern below reaches Redis through it.
+//! - `membership`: replica records, agent registrations, agent-online announcements.
+//! - `kv`: plugin key-value entries.
+//! - `rate`: connection-rate counters.
 
+pub mod config;
 mod connection;
 mod kv;
 mod membership;
@@ -32,11 +37,11 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::config::{mask_url, RedisConfig};
+pub use config::{mask_url, RedisConfig, RedisMode};
 use connection::Conn;
 pub use membership::{Online, ReplicaRecord};
-// Re-exported because the cluster and the agent server import the clock from here.
-pub use crate::time::now_ms;
+// Re-exported for membership, rate and the cluster, which read expiries on this clock.
+pub use burrow_host_time::now_ms;
 
 /// A Redis operation failed or timed out.
 #[derive(Debug, Clone, thiserror::Error)]

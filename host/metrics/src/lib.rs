@@ -4,7 +4,14 @@
 //! one process see their own numbers. Counters are updated where things happen; gauges
 //! that mirror state the host already keeps (sessions, parked tunnels) are set just before
 //! each scrape by [`Metrics::encode`]'s caller, so the hot path does no extra work for them.
+//!
+//! # Layout
+//!
+//! One file: [`Metrics`] (the host's registry), [`PluginMetrics`] (the plugin families), [`RoutePath`] (local or
+//! forwarded), and [`PluginErrorLabels`], through which the plugin platform labels its
+//! failures without this crate depending on it.
 
+use burrow_plugin_contract::PluginKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +36,15 @@ impl RoutePath {
             RoutePath::Forwarded => "forwarded",
         }
     }
+}
+
+/// The labels a failed plugin call is counted under. The plugin platform's error type
+/// implements it; a trait keeps this crate below the platform, which records through it.
+pub trait PluginErrorLabels {
+    /// The error kind, `burrow_plugin_errors_total{error}`.
+    fn kind_label(&self) -> &'static str;
+    /// The limit a trap hit, `burrow_plugin_traps_total{limit}`; `None` for other errors.
+    fn trap_limit(&self) -> Option<&'static str>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -164,13 +180,13 @@ impl PluginMetrics {
     }
 
     /// Records one call: its latency, result and, on failure, the error kind and limit.
-    pub fn call(
+    pub fn call<E: PluginErrorLabels + ?Sized>(
         &self,
         plugin: &str,
-        kind: crate::plugins::PluginKind,
+        kind: PluginKind,
         op: &'static str,
         elapsed: std::time::Duration,
-        error: Option<&crate::plugins::PluginError>,
+        error: Option<&E>,
     ) {
         let kind = kind.as_str();
         let result = if error.is_some() { "error" } else { "ok" };
@@ -200,7 +216,7 @@ impl PluginMetrics {
     }
 
     /// Marks `sha256` as the plugin's loaded version, dropping the series of the one before.
-    pub fn set_info(&self, plugin: &str, kind: crate::plugins::PluginKind, sha256: &str) {
+    pub fn set_info(&self, plugin: &str, kind: PluginKind, sha256: &str) {
         let label =
             PluginInfoLabel { plugin: plugin.to_owned(), kind: kind.as_str(), sha256: sha256.to_owned() };
         let mut current = self.info_current.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,4 +1,9 @@
 //! Server-side TLS (rustls with the ring provider) for the agent port and the ingress.
+//!
+//! # Layout
+//!
+//! One file: [`TlsConfig`] (the `tls` tables of `host.toml`), [`server_config`] (load and
+//! build a rustls server config) and [`TlsError`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

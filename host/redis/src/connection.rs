@@ -8,7 +8,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
 
 use super::{Store, StoreError};
-use crate::cluster::config::RedisMode;
+use crate::config::RedisMode;
 
 /// One live connection of whichever kind the deployment uses.
 #[derive(Clone)]
