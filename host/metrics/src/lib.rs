@@ -7,9 +7,9 @@
 //!
 //! # Layout
 //!
-//! One file: [`Metrics`] (the host's registry), [`PluginMetrics`] (the plugin families), [`RoutePath`] (local or
-//! forwarded), and [`PluginErrorLabels`], through which the plugin platform labels its
-//! failures without this crate depending on it.
+//! One file: [`Metrics`] (the host's registry), [`PluginMetrics`] (the plugin families),
+//! [`RoutePath`] (local or forwarded), and [`PluginErrorLabels`], through which the plugin
+//! platform labels its failures without this crate depending on it.
 
 use burrow_plugin_contract::PluginKind;
 use prometheus_client::encoding::EncodeLabelSet;

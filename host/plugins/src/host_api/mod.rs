@@ -43,7 +43,7 @@ pub enum ClockSource {
 impl ClockSource {
     pub(crate) fn now_ms(self) -> u64 {
         match self {
-            ClockSource::System => crate::time::now_ms(),
+            ClockSource::System => burrow_host_time::now_ms(),
             ClockSource::Fixed(ms) => ms,
         }
     }

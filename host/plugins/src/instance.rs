@@ -28,7 +28,7 @@ use super::types::{
     ResolveRequest, Resolved, RouteRequest, UserAuthOutcome, UserAuthRequest,
 };
 use super::PluginError;
-use crate::metrics::PluginMetrics;
+use burrow_host_metrics::PluginMetrics;
 
 /// The future a call body returns: borrows the instance and its store.
 pub(crate) type CallFuture<'a, R> = Pin<Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>>;

@@ -14,11 +14,11 @@ use std::time::Duration;
 use burrow_proto::pb::RefusalCode;
 use tokio::time::Instant;
 
-use crate::core::lifecycle::Lifecycle;
-use crate::core::registry::{ClaimError, IdleTunnel, TunnelRegistry};
-use crate::core::tunnel_io::{self, DialError, Dialed, TunnelStream};
-use crate::metrics::Metrics;
-use crate::plugins::types::Target;
+use crate::lifecycle::Lifecycle;
+use crate::registry::{ClaimError, IdleTunnel, TunnelRegistry};
+use crate::tunnel_io::{self, DialError, Dialed, TunnelStream};
+use burrow_host_metrics::Metrics;
+use burrow_host_plugins::types::Target;
 
 /// Why a tunnel to a workload could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -32,7 +32,7 @@ const ARTIFACTS: &[&str] = &[
 ];
 /// Example plugin crates under `examples/plugins/`, built alongside the workspace.
 const EXAMPLES: &[&str] = &["office-hours", "canary-router"];
-const MISSING_TARGET: &str = "burrow-host needs the wasm32-wasip2 Rust target to build its built-in \
+const MISSING_TARGET: &str = "burrow-host-plugins needs the wasm32-wasip2 Rust target to build its built-in \
                               plugins: run \"rustup target add wasm32-wasip2\" and build again.";
 
 /// Variables cargo sets for build scripts (or that users set for the host build) that
@@ -53,7 +53,11 @@ const STRIPPED_ENV: &[&str] = &[
 fn main() -> ExitCode {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ lives inside the workspace root").to_path_buf();
+    let root = manifest_dir
+        .ancestors()
+        .nth(2)
+        .expect("host/plugins/ lives two levels below the workspace root")
+        .to_path_buf();
     let plugins = root.join("plugins");
     let examples: Vec<PathBuf> =
         EXAMPLES.iter().map(|name| root.join("examples/plugins").join(name)).collect();

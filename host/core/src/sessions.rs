@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::core::registry::Session;
+use crate::registry::Session;
 
 /// Told when the first session of an agent opens here and when its last one closes.
 pub trait AgentPresence: Send + Sync {

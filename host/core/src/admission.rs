@@ -9,18 +9,18 @@
 //! Each ingress turns its protocol into an [`AdmissionRequest`] and its refusals back
 //! into its own words (an HTTP status page, an SSH auth failure); nothing here knows a
 //! protocol. The result names the [`Target`] the ingress then hands to a
-//! [`crate::core::dial::Dialer`].
+//! [`crate::dial::Dialer`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::core::sessions::AgentSessions;
-use crate::core::workloads::EndedWorkloads;
-use crate::plugins::types::{
+use crate::sessions::AgentSessions;
+use crate::workloads::EndedWorkloads;
+use burrow_host_plugins::types::{
     Action, AuthorizeRequest, Credential, Decision, Principal, ResolveRequest, Target, UserAuthOutcome,
     UserAuthRequest,
 };
-use crate::plugins::Plugins;
+use burrow_host_plugins::Plugins;
 
 /// What a user connection asks for, in no protocol's terms.
 #[derive(Debug, Clone)]
@@ -198,7 +198,7 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
-    use crate::plugins::{PluginsConfig, PluginsOptions};
+    use burrow_host_plugins::{PluginsConfig, PluginsOptions};
 
     fn sha(token: &str) -> String {
         hex::encode(Sha256::digest(token.as_bytes()))

@@ -22,7 +22,7 @@ use super::host_api::{http, kv, ClockSource, PluginEnv};
 use super::instance::{Limits, Pre, Version, VersionInfo, VersionParts};
 use super::types::*;
 use super::{builtin, PluginError};
-use crate::metrics::PluginMetrics;
+use burrow_host_metrics::PluginMetrics;
 
 /// The magic and layer fields of a WebAssembly binary's header.
 const WASM_MAGIC: &[u8] = b"\0asm";

@@ -7,15 +7,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::admission::Admission;
-use crate::core::dial::{DialRequest, Dialer, LocalDialer, OpenError};
-use crate::core::lifecycle::Lifecycle;
-use crate::core::registry::TunnelRegistry;
-use crate::core::sessions::AgentSessions;
-use crate::core::tunnel_io::TunnelStream;
-use crate::core::workloads::EndedWorkloads;
-use crate::metrics::Metrics;
-use crate::plugins::Plugins;
+use crate::admission::Admission;
+use crate::dial::{DialRequest, Dialer, LocalDialer, OpenError};
+use crate::lifecycle::Lifecycle;
+use crate::registry::TunnelRegistry;
+use crate::sessions::AgentSessions;
+use crate::tunnel_io::TunnelStream;
+use crate::workloads::EndedWorkloads;
+use burrow_host_metrics::Metrics;
+use burrow_host_plugins::Plugins;
 
 /// Whether the host can take traffic, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cluster::store::{Store, StoreError};
-use crate::plugins::bindings::kv;
+use crate::bindings::kv;
+use burrow_host_redis::{Store, StoreError};
 
 /// Longest key, in bytes (the WIT contract's limit).
 pub(crate) const MAX_KEY_BYTES: usize = 512;

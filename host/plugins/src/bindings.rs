@@ -12,7 +12,7 @@
 /// World `authorizer-plugin`; also owns `types` and the host imports.
 pub(crate) mod authorizer {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "authorizer-plugin",
         imports: { "burrow:plugin/kv": async, default: tracing },
         exports: { default: async },
@@ -30,7 +30,7 @@ pub(crate) mod authorizer {
 /// component through [`workload_plain`] instead.
 pub(crate) mod workload {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "workload-plugin-with-lifecycle",
         exports: { default: async },
         require_store_data_send: true,
@@ -50,7 +50,7 @@ pub(crate) mod workload {
 /// World `workload-plugin` (no lifecycle hooks).
 pub(crate) mod workload_plain {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "workload-plugin",
         exports: { default: async },
         require_store_data_send: true,
@@ -72,7 +72,7 @@ pub(crate) mod workload_plain {
 /// World `router-plugin`.
 pub(crate) mod router {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "router-plugin",
         exports: { default: async },
         require_store_data_send: true,

@@ -2,9 +2,11 @@
 //! authenticate agents and users, authorize access, resolve requests to workloads and
 //! choose among replicas.
 //!
+//! # Layout
+//!
 //! - [`types`]: the contract's records, from crate `burrow-plugin-contract` (shared with
 //!   the SDK, so the two sides cannot drift); re-exported here so the rest of the host
-//!   says `crate::plugins::types::*`.
+//!   says `burrow_host_plugins::types::*`.
 //! - [`config`]: the `[plugins]` table.
 //! - `bindings`: the one documented `bindgen!` per world; `convert`: WIT ⇄ [`types`],
 //!   with the contract's `validate` rules applied to every answer.
@@ -16,6 +18,8 @@
 //! - `manager`: [`Plugins`], its slots and their state; `calls`: the front end requests
 //!   call, with the failure policy per kind; `reload`: swap, canary, rollback and the
 //!   file watcher. [`check`]: `burrow-host plugin check`.
+//! - `build.rs`: builds the built-in plugins (`plugins/`) and the example plugins for
+//!   `wasm32-wasip2`; [`ARTIFACTS_DIR`] is where they land.
 
 mod bindings;
 mod breaker;
@@ -199,7 +203,7 @@ impl PluginError {
     }
 }
 
-impl crate::metrics::PluginErrorLabels for PluginError {
+impl burrow_host_metrics::PluginErrorLabels for PluginError {
     fn kind_label(&self) -> &'static str {
         PluginError::kind_label(self)
     }

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`admission`]: a neutral request (action, host name or SSH user, port, credential,
-//!   peer) in; the plugins' decision and the [`crate::plugins::types::Target`] out.
+//!   peer) in; the plugins' decision and the [`burrow_host_plugins::types::Target`] out.
 //! - [`dial`]: the [`dial::Dialer`] that turns a target into a byte stream, and the
 //!   [`dial::LocalDialer`] over this replica's parked tunnels (a cluster dialer wraps it).
 //! - [`registry`]: parked agent tunnels, claimed in O(1), handed straight to waiters.

@@ -215,7 +215,7 @@ fn start_redis() -> Option<burrow_test_redis::RedisServer> {
 }
 
 fn store_of(server: &burrow_test_redis::RedisServer) -> Arc<Store> {
-    Arc::new(Store::new(crate::cluster::config::RedisConfig {
+    Arc::new(Store::new(burrow_host_redis::RedisConfig {
         urls: vec![server.url()],
         timeout: Duration::from_secs(5),
         ..Default::default()
@@ -321,7 +321,7 @@ async fn redis_increment_sets_ttl_only_on_creation() {
 async fn redis_down_is_unavailable() {
     // A port nobody listens on: bound, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let store = Arc::new(Store::new(crate::cluster::config::RedisConfig {
+    let store = Arc::new(Store::new(burrow_host_redis::RedisConfig {
         urls: vec![format!("redis://127.0.0.1:{port}")],
         timeout: Duration::from_millis(500),
         ..Default::default()

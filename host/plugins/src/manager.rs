@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::time::unix_ms;
+use burrow_host_time::unix_ms;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -26,7 +26,7 @@ use super::host_api::{kv, ClockSource};
 use super::instance::{Version, VersionInfo};
 use super::loader::{FileStamp, Loader};
 use super::PluginError;
-use crate::metrics::PluginMetrics;
+use burrow_host_metrics::PluginMetrics;
 
 /// How the plugins are wired to the rest of the host.
 #[derive(Clone, Default)]
@@ -51,7 +51,7 @@ impl PluginsOptions {
     }
 
     /// Plugins' key-value store lives in Redis (cluster mode) instead of memory.
-    pub fn with_redis_kv(mut self, store: Arc<crate::cluster::store::Store>) -> Self {
+    pub fn with_redis_kv(mut self, store: Arc<burrow_host_redis::Store>) -> Self {
         self.kv = Some(kv::KvStore::redis(store, kv::KvLimits::default()));
         self
     }

@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::PollSender;
 use tonic::{Status, Streaming};
 
-use crate::core::registry::{IdleTunnel, Session};
-use crate::metrics::{Metrics, RoutePath};
+use crate::registry::{IdleTunnel, Session};
+use burrow_host_metrics::{Metrics, RoutePath};
 
 /// Why a dial over a claimed tunnel failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +41,7 @@ pub struct Dialed {
     /// Frames from the agent, after its `DialResult`.
     pub inbound: Streaming<pb::AgentFrame>,
     /// Frames to the agent.
-    pub outbound: crate::core::registry::HostFrameSender,
+    pub outbound: crate::registry::HostFrameSender,
     /// The host side of the tunnel state machine, past the dial.
     pub state: Tunnel,
     /// The agent session the tunnel belongs to.
@@ -122,7 +122,7 @@ impl TunnelStream {
     /// Wraps a tunnel relayed by another replica. `session` describes the far end.
     pub fn forwarded(
         inbound: Streaming<pb::AgentFrame>,
-        outbound: crate::core::registry::HostFrameSender,
+        outbound: crate::registry::HostFrameSender,
         state: Tunnel,
         session: Arc<Session>,
         metrics: Option<Arc<Metrics>>,
@@ -132,7 +132,7 @@ impl TunnelStream {
 
     fn new(
         inbound: Streaming<pb::AgentFrame>,
-        outbound: crate::core::registry::HostFrameSender,
+        outbound: crate::registry::HostFrameSender,
         state: Tunnel,
         session: Arc<Session>,
         path: RoutePath,

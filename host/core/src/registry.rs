@@ -41,7 +41,7 @@ pub struct Session {
 /// Who an agent session serves, and the switch that ends it when its workload ends.
 #[derive(Debug)]
 pub struct SessionIdentity {
-    pub identity: crate::plugins::types::AgentIdentity,
+    pub identity: burrow_host_plugins::types::AgentIdentity,
     /// Unix milliseconds.
     pub connected_at: u64,
     /// Cancelled when the workload has ended (the control loop then sends GoAway).
