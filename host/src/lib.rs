@@ -17,16 +17,16 @@
 //! - [`config`], [`metrics`], [`tls`], [`time`], [`ratelimit`]: shared pieces.
 //! - [`demo`]: host, agent and demo workload in one process.
 
-pub mod admin;
-pub mod agent_server;
-pub mod cluster;
+pub use burrow_host_admin as admin;
+pub use burrow_host_agent_port as agent_server;
+pub use burrow_host_agent_port::ratelimit;
+pub use burrow_host_cluster as cluster;
 pub mod config;
 pub use burrow_host_core as core;
 pub mod demo;
-pub mod ingress;
+pub use burrow_host_ingress as ingress;
 pub use burrow_host_metrics as metrics;
 pub use burrow_host_plugins as plugins;
-pub mod ratelimit;
 pub use burrow_host_time as time;
 pub use burrow_host_tls as tls;
 
@@ -232,7 +232,7 @@ pub async fn run_with_control(
         listeners.agents,
         Arc::new(config.agents.clone()),
         ctx.clone(),
-        cluster.clone(),
+        cluster.as_ref().map(|c| c.store().clone()),
         token.clone(),
         grace,
     ));

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::tls::TlsConfig;
+use burrow_host_tls::TlsConfig;
 
 /// The `[agents]` table: the port agents dial.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -1,7 +1,7 @@
 //! The user-facing HTTP(S) proxy.
 //!
 //! hyper serves HTTP/1.1 and h2 (cleartext, or TLS with ALPN `h2`/`http/1.1`). Each request
-//! becomes a neutral admission request for the core (`crate::core::admission`: workload
+//! becomes a neutral admission request for the core (`burrow_host_core::admission`: workload
 //! plugins, then the authorizer) and is sent as HTTP/1.1 over a stream from the core's
 //! dialer: ordinary requests through a pool of keep-alive connections per (agent, service),
 //! upgrades over a dedicated tunnel that becomes a raw byte pipe after `101`. Bodies
@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{IngressConfig, IngressConfigError};
 pub use errors::{IngressError, ProxyError};
 
-use crate::core::context::HostContext;
+use burrow_host_core::context::HostContext;
 use proxy::{ConnInfo, Proxy};
 
 /// ALPN protocols offered to TLS clients, preferred first.
@@ -66,7 +66,7 @@ pub async fn serve(
 ) -> Result<(), IngressError> {
     config.validate()?;
     let tls = match &config.tls {
-        Some(tls) => Some(TlsAcceptor::from(crate::tls::server_config(tls, ALPN)?)),
+        Some(tls) => Some(TlsAcceptor::from(burrow_host_tls::server_config(tls, ALPN)?)),
         None => None,
     };
     let local_addr = listener.local_addr().map_err(IngressError::Listener)?;

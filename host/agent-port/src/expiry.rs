@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::core::context::HostContext;
-use crate::core::registry::Session;
-use crate::plugins::types::ExpiryRequest;
+use burrow_host_core::context::HostContext;
+use burrow_host_core::registry::Session;
+use burrow_host_plugins::types::ExpiryRequest;
 
 /// Runs until `shutdown`, checking every `interval`.
 pub async fn run(ctx: Arc<HostContext>, interval: Duration, shutdown: CancellationToken) {

@@ -3,7 +3,7 @@
 //! A connection runs over one agent tunnel, so keeping it saves the tunnel claim, the
 //! `Dial` round trip and the workload's TCP connect on the next request to the same
 //! service. The pool is keyed directly by the route the admission returned; the tunnel
-//! is opened through the host's one [`crate::core::dial::Dialer`] with the request's id
+//! is opened through the host's one [`burrow_host_core::dial::Dialer`] with the request's id
 //! and session key in hand, so nothing has to be smuggled through a URI or a task-local.
 //!
 //! A connection goes back to the pool once its response has been read to the end
@@ -20,10 +20,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::core::context::HostContext;
-use crate::core::dial::{DialRequest, OpenError};
-use crate::core::tunnel_io::TunnelStream;
-use crate::plugins::types::Target;
+use burrow_host_core::context::HostContext;
+use burrow_host_core::dial::{DialRequest, OpenError};
+use burrow_host_core::tunnel_io::TunnelStream;
+use burrow_host_plugins::types::Target;
 
 /// Why a request could not be carried to the workload.
 #[derive(Debug)]

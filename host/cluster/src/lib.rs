@@ -9,6 +9,17 @@
 //!   message and is woken the moment any replica announces it: no polling.
 //! - When Redis is unreachable, local streams keep working, other requests fail at once
 //!   with 503, and the heartbeat re-registers every local agent as soon as Redis answers.
+//!
+//! # Layout
+//! - this file: [`Cluster`], this replica's membership (heartbeat, drain, leave under one
+//!   phase lock), agent announcements, the agent-online wake-ups and the sweeper.
+//! - [`config`]: the `[cluster]` table (the Redis part lives with the store).
+//! - [`store`]: the Redis store, crate `burrow-host-redis`, re-exported under its old name.
+//! - [`dialer`]: [`dialer::ClusterDialer`], the core's local dialer wrapped: try local, then
+//!   look the agent up and race the candidates.
+//! - [`forward`]: the private `ReplicaTunnel` API, both the server and the client side.
+//! - [`policy`]: the order candidates are tried in.
+//! - [`token`]: the short-lived tokens replicas present to each other.
 
 pub mod config;
 pub mod dialer;
@@ -31,9 +42,9 @@ use policy::{Candidate, PreferLocalLeastLoaded, RoutingPolicy};
 use store::{now_ms, Online, ReplicaRecord, Store, StoreError};
 use token::TokenKey;
 
-use crate::core::context::ReadinessCheck;
-use crate::core::sessions::AgentPresence;
-use crate::metrics::Metrics;
+use burrow_host_core::context::ReadinessCheck;
+use burrow_host_core::sessions::AgentPresence;
+use burrow_host_metrics::Metrics;
 
 /// The cluster could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cluster::Cluster;
+use burrow_host_redis::Store;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -29,21 +29,21 @@ pub struct RateLimited {
 /// Counts connection attempts per token.
 pub struct ConnectRateLimiter {
     limit: u32,
-    cluster: Option<Arc<Cluster>>,
+    store: Option<Arc<Store>>,
     local: Mutex<HashMap<[u8; 16], (u64, u32)>>,
 }
 
 fn window_now() -> (u64, Duration) {
     let w = WINDOW.as_millis() as u64;
-    let ms = crate::time::now_ms();
+    let ms = burrow_host_time::now_ms();
     (ms / w, Duration::from_millis(w - ms % w))
 }
 
 impl ConnectRateLimiter {
-    /// `limit` attempts per token per minute (0: unlimited); shared through the cluster's
-    /// Redis when there is one.
-    pub fn new(limit: u32, cluster: Option<Arc<Cluster>>) -> Self {
-        Self { limit, cluster, local: Mutex::new(HashMap::new()) }
+    /// `limit` attempts per token per minute (0: unlimited); shared through `store` (the
+    /// cluster's Redis) when there is one.
+    pub fn new(limit: u32, store: Option<Arc<Store>>) -> Self {
+        Self { limit, store, local: Mutex::new(HashMap::new()) }
     }
 
     /// Counts one attempt of the token whose SHA-256 is `token_sha256`.
@@ -53,7 +53,7 @@ impl ConnectRateLimiter {
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&token_sha256[..16]);
-        if let Some(store) = self.cluster.as_ref().map(|c| c.store()) {
+        if let Some(store) = &self.store {
             match store.count_attempt(&hex::encode(id), WINDOW).await {
                 Ok((n, left)) => {
                     return if n > u64::from(self.limit) {

@@ -4,11 +4,22 @@
 //! WebSocket upgrade carrying gRPC); TLS connections are routed by ALPN. Every accepted
 //! transport ends up as an [`io::AgentConn`] on one channel feeding one tonic server, so
 //! the RPC code never knows how the agent arrived.
+//!
+//! # Layout
+//! - this file: [`serve`], the accept loop (TLS by ALPN or sniffing, one tonic server).
+//! - [`sniff`]: tells gRPC, WebSocket and TLS apart from a connection's first bytes.
+//! - [`io`]: [`io::AgentConn`], any transport as one byte stream for tonic.
+//! - `grpc`: the `AgentTunnel` service: authentication, the control stream, parked tunnels.
+//! - [`expiry`]: ends an agent's session when its identity expires.
+//! - [`ratelimit`]: connection attempts per token per minute, shared through Redis when
+//!   clustered.
+//! - `config`: the `[agents]` table.
 
 mod config;
 pub mod expiry;
 mod grpc;
 pub mod io;
+pub mod ratelimit;
 pub mod sniff;
 
 use std::net::SocketAddr;
@@ -33,14 +44,14 @@ pub use config::AgentListenerConfig;
 use io::{AgentConn, Io, Prefixed, Transport};
 use sniff::{classify, Sniff};
 
-use crate::core::context::HostContext;
+use burrow_host_core::context::HostContext;
 
 /// The agent port failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentServerError {
     /// TLS material could not be loaded.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] burrow_host_tls::TlsError),
     /// The gRPC server stopped with an error.
     #[error("agent gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -63,20 +74,20 @@ pub async fn serve(
     listener: TcpListener,
     config: Arc<AgentListenerConfig>,
     ctx: Arc<HostContext>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    rate_store: Option<Arc<burrow_host_redis::Store>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), AgentServerError> {
     let tls = match &config.tls {
         Some(tls) => {
-            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(tls, &[b"h2", b"http/1.1"])?))
+            Some(tokio_rustls::TlsAcceptor::from(burrow_host_tls::server_config(tls, &[b"h2", b"http/1.1"])?))
         }
         None => None,
     };
     let (conns, incoming) = mpsc::channel(64);
     let acceptor = Arc::new(Acceptor { config: config.clone(), tls, conns });
 
-    let service = pb_server(ctx.clone(), cluster, &config);
+    let service = pb_server(ctx.clone(), rate_store, &config);
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .initial_stream_window_size(config.stream_window_bytes)
@@ -147,16 +158,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// `cluster`, when clustered, shares the connection rate limit across replicas.
+/// `rate_store`, in cluster mode, shares the connection rate limit across replicas.
 fn pb_server(
     ctx: Arc<HostContext>,
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    rate_store: Option<Arc<burrow_host_redis::Store>>,
     config: &AgentListenerConfig,
 ) -> burrow_proto::pb::agent_tunnel_server::AgentTunnelServer<grpc::TunnelService> {
     burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
         ctx,
         handshake_timeout: config.handshake_timeout,
-        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, cluster)),
+        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, rate_store)),
         max_connection_age: (!config.max_connection_age.is_zero()).then_some(config.max_connection_age),
         connection_age_grace: config.connection_age_grace,
     })

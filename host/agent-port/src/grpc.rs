@@ -15,10 +15,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::io::AgentConnInfo;
-use crate::core::context::HostContext;
-use crate::core::registry::{IdleTunnel, Session, SessionIdentity};
-use crate::plugins::types::{AgentAuthOutcome, AgentEvent, AgentHello, ExpiryRequest};
 use crate::ratelimit::ConnectRateLimiter;
+use burrow_host_core::context::HostContext;
+use burrow_host_core::registry::{IdleTunnel, Session, SessionIdentity};
+use burrow_host_plugins::types::{AgentAuthOutcome, AgentEvent, AgentHello, ExpiryRequest};
 
 /// Frames buffered per tunnel in the host → agent direction. Small on purpose: HTTP/2
 /// flow control, not this queue, absorbs a slow agent.
@@ -106,7 +106,7 @@ fn notify_lifecycle(ctx: &Arc<HostContext>, session: &Session, connected: bool) 
         replica_id: session.agent_replica_id.clone(),
         host_replica: ctx.replica_id.clone(),
         remote_addr: session.remote_addr.clone(),
-        at: crate::cluster::store::now_ms(),
+        at: burrow_host_time::now_ms(),
         agent_labels: id.identity.labels.clone(),
     };
     ctx.plugins.agent_event(&id.identity.workload_kind, connected, event);
@@ -193,7 +193,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 return Err(Status::unavailable(format!("authorizer plugin failed: {e}")));
             }
         };
-        let now = crate::cluster::store::now_ms();
+        let now = burrow_host_time::now_ms();
         if identity.expires_at.is_some_and(|at| at <= now) {
             self.ctx.metrics.agent_connect("rejected");
             return Err(Status::permission_denied(format!(

@@ -33,10 +33,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::config::ClusterTlsConfig;
 use super::policy::Candidate;
 use super::{Cluster, ClusterError};
-use crate::core::context::HostContext;
-use crate::core::dial::OpenError;
-use crate::core::registry::Session;
-use crate::core::tunnel_io::TunnelStream;
+use burrow_host_core::context::HostContext;
+use burrow_host_core::dial::OpenError;
+use burrow_host_core::registry::Session;
+use burrow_host_core::tunnel_io::TunnelStream;
 
 /// Frames buffered per relayed stream in each direction; HTTP/2 flow control does the rest.
 const RELAY_CHANNEL: usize = 4;
@@ -327,7 +327,7 @@ impl ReplicaTunnel for ForwardService {
 /// other as a `Reset`, so neither end is left half-open.
 async fn relay(
     mut from_caller: Streaming<pb::HostFrame>,
-    to_agent: crate::core::registry::HostFrameSender,
+    to_agent: burrow_host_core::registry::HostFrameSender,
     mut from_agent: Streaming<pb::AgentFrame>,
     to_caller: mpsc::Sender<Result<pb::AgentFrame, Status>>,
 ) {
@@ -464,8 +464,8 @@ pub async fn serve(
 ) -> Result<(), ClusterError> {
     let tls = match &cluster.config().tls {
         Some(t) => {
-            let config = crate::tls::server_config(
-                &crate::tls::TlsConfig { cert: t.cert.clone(), key: t.key.clone() },
+            let config = burrow_host_tls::server_config(
+                &burrow_host_tls::TlsConfig { cert: t.cert.clone(), key: t.key.clone() },
                 &[b"h2"],
             )
             .map_err(|e| ClusterError::Tls(e.to_string()))?;

@@ -11,8 +11,8 @@ use super::errors::ProxyError;
 use super::headers;
 use super::pool::handshake;
 use super::proxy::{empty_body, error_chain, relay_response, Proxy, ResponseBody};
-use crate::core::admission::Admitted;
-use crate::core::dial::DialRequest;
+use burrow_host_core::admission::Admitted;
+use burrow_host_core::dial::DialRequest;
 
 /// Sends an upgrade request (headers already prepared, origin-form URI) to the workload over
 /// its own tunnel, outside the pool: an upgraded connection must never serve another request.

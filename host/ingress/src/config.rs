@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::tls::TlsConfig;
+use burrow_host_tls::TlsConfig;
 
 /// Settings of the user-facing HTTP(S) proxy (`[ingress]` in the host's TOML file).
 ///

@@ -13,15 +13,15 @@ use tokio::time::Instant;
 use super::forward::ForwardError;
 use super::policy::Candidate;
 use super::Cluster;
-use crate::core::context::HostCore;
-use crate::core::dial::{DialFuture, DialRequest, Dialer, LocalDialer, OpenError};
-use crate::core::lifecycle::Lifecycle;
-use crate::core::registry::ClaimError;
-use crate::core::sessions::AgentSessions;
-use crate::core::tunnel_io::TunnelStream;
-use crate::metrics::Metrics;
-use crate::plugins::types::{RouteCandidate, RouteRequest, Target};
-use crate::plugins::Plugins;
+use burrow_host_core::context::HostCore;
+use burrow_host_core::dial::{DialFuture, DialRequest, Dialer, LocalDialer, OpenError};
+use burrow_host_core::lifecycle::Lifecycle;
+use burrow_host_core::registry::ClaimError;
+use burrow_host_core::sessions::AgentSessions;
+use burrow_host_core::tunnel_io::TunnelStream;
+use burrow_host_metrics::Metrics;
+use burrow_host_plugins::types::{RouteCandidate, RouteRequest, Target};
+use burrow_host_plugins::Plugins;
 
 /// Dials local tunnels first, then other replicas' through the replica API.
 pub struct ClusterDialer {

@@ -20,9 +20,9 @@ use super::headers::{self, ForwardedInfo, X_REQUEST_ID};
 use super::pool::{SendError, WorkloadPool};
 use super::upgrade;
 use super::InFlight;
-use crate::core::admission::AdmissionRequest;
-use crate::core::context::HostContext;
-use crate::plugins::types::{Action, Credential, Target};
+use burrow_host_core::admission::AdmissionRequest;
+use burrow_host_core::context::HostContext;
+use burrow_host_plugins::types::{Action, Credential, Target};
 
 /// Body of every response the ingress sends: the workload's streamed body or a small error page.
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;

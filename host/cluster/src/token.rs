@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::time::now_ms;
+use burrow_host_time::now_ms;
 
 const DOMAIN: &[u8] = b"burrow-replica-token.v1.";
 /// Clock difference between replicas that is tolerated.

@@ -12,6 +12,11 @@
 //!   - `POST /plugins/<name>/reload`: reload one (canary first; the old one keeps serving
 //!     if the new one fails, and the answer says why);
 //!   - `POST /plugins/<name>/rollback`: put the previous version back.
+//!
+//! # Layout
+//! One file: [`AdminConfig`] (the `[admin]` table), [`serve`] (the accept loop) and one
+//! handler per route above; the bearer token is read by the ingress's header helpers and
+//! compared in constant time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,7 +34,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::context::HostContext;
+use burrow_host_core::context::HostContext;
 
 /// The `[admin]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -78,7 +83,7 @@ struct AdminToken([u8; 32]);
 
 impl AdminToken {
     fn check(&self, req: &Request<Incoming>) -> bool {
-        let Some(presented) = crate::ingress::headers::bearer_token(req.headers()) else { return false };
+        let Some(presented) = burrow_host_ingress::headers::bearer_token(req.headers()) else { return false };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         bool::from(digest.ct_eq(&self.0))
     }
@@ -156,13 +161,14 @@ async fn plugin_api(
     let path = req.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     let plugins = &ctx.plugins;
-    let outcome = |result: Result<crate::plugins::ReloadOutcome, crate::plugins::PluginError>| match result {
-        Ok(outcome) => json(StatusCode::OK, serde_json::to_value(outcome).unwrap_or_default()),
-        Err(err @ crate::plugins::PluginError::NotFound { .. }) => {
-            json(StatusCode::NOT_FOUND, serde_json::json!({ "error": err.to_string() }))
-        }
-        Err(err) => json(StatusCode::CONFLICT, serde_json::json!({ "error": err.to_string() })),
-    };
+    let outcome =
+        |result: Result<burrow_host_plugins::ReloadOutcome, burrow_host_plugins::PluginError>| match result {
+            Ok(outcome) => json(StatusCode::OK, serde_json::to_value(outcome).unwrap_or_default()),
+            Err(err @ burrow_host_plugins::PluginError::NotFound { .. }) => {
+                json(StatusCode::NOT_FOUND, serde_json::json!({ "error": err.to_string() }))
+            }
+            Err(err) => json(StatusCode::CONFLICT, serde_json::json!({ "error": err.to_string() })),
+        };
     match (req.method(), segments.as_slice()) {
         (&Method::GET, []) => json(StatusCode::OK, serde_json::json!({ "plugins": plugins.status() })),
         (&Method::POST, ["reload"]) => {

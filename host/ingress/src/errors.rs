@@ -6,8 +6,8 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::headers::{HostError, X_REQUEST_ID};
-use crate::core::admission::Refusal;
-use crate::core::dial::OpenError;
+use burrow_host_core::admission::Refusal;
+use burrow_host_core::dial::OpenError;
 
 /// The ingress could not start or stopped on a fatal error.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum IngressError {
     Config(#[from] super::config::IngressConfigError),
     /// The TLS certificate or key could not be loaded.
     #[error("ingress.tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] burrow_host_tls::TlsError),
     /// The listener's address could not be read.
     #[error("ingress listener: {0}")]
     Listener(#[source] std::io::Error),
