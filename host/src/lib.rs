@@ -5,17 +5,26 @@
 //! to `127.0.0.1:0`.
 //!
 //! # Layout
-//! - [`core`]: what every ingress uses, protocol-neutral: admission (workload plugins,
-//!   ended workloads, authorizer) and the one `Dialer` (local tunnels; the cluster wraps
-//!   it), the tunnel registry and tunnel I/O, agent sessions, drain state.
-//! - [`ingress`]: users' HTTP/1.1 and h2, WebSocket and other upgrades; a client of `core`.
-//! - [`agent_server`]: the agent port (sniffing, gRPC and WebSocket transports, rate
-//!   limit, max connection age, workload expiry).
-//! - [`cluster`]: Redis membership, the cluster dialer, the replica API, routing policy.
-//! - [`plugins`]: the WebAssembly plugin platform.
-//! - [`admin`]: health, readiness, metrics and the plugin API.
-//! - [`config`], [`metrics`], [`tls`], [`time`], [`ratelimit`]: shared pieces.
-//! - [`demo`]: host, agent and demo workload in one process.
+//! This crate is the wiring; each concern is its own crate under `host/`, re-exported here
+//! under the module name it had before the split, so `burrow_host::cluster::…` still works.
+//! - this file: [`run`] assembles the core, the cluster, the plugins and the servers from a
+//!   [`Config`] and [`Listeners`], and shuts them down in order; [`ControlRequest`] is what
+//!   the binary (SIGHUP) may ask of a running host.
+//! - [`config`]: `host.toml`, every table composed, with `validate()`.
+//! - `main.rs`: the CLI (`run`, `check-config`, `plugin check`, `demo`).
+//! - [`core`] (`host/core`): what every ingress uses, protocol-neutral: admission (workload
+//!   plugins, ended workloads, authorizer) and the one `Dialer` (local tunnels; the cluster
+//!   wraps it), the tunnel registry and tunnel I/O, agent sessions, drain state.
+//! - [`ingress`] (`host/ingress`): users' HTTP/1.1 and h2, WebSocket and other upgrades; a
+//!   client of `core`.
+//! - [`agent_server`] (`host/agent-port`): the agent port (sniffing, gRPC and WebSocket
+//!   transports, [`ratelimit`], max connection age, workload expiry).
+//! - [`cluster`] (`host/cluster`): membership, the cluster dialer, the replica API, routing
+//!   policy; its `store` is the Redis crate (`host/redis`).
+//! - [`plugins`] (`host/plugins`): the WebAssembly plugin platform.
+//! - [`admin`] (`host/admin`): health, readiness, metrics and the plugin API.
+//! - [`metrics`], [`tls`], [`time`] (`host/metrics`, `host/tls`, `host/time`): shared leaves.
+//! - The quickstart is crate `burrow-demo` (`host/demo`); `main.rs` hands it [`run`].
 
 pub use burrow_host_admin as admin;
 pub use burrow_host_agent_port as agent_server;
@@ -23,7 +32,6 @@ pub use burrow_host_agent_port::ratelimit;
 pub use burrow_host_cluster as cluster;
 pub mod config;
 pub use burrow_host_core as core;
-pub mod demo;
 pub use burrow_host_ingress as ingress;
 pub use burrow_host_metrics as metrics;
 pub use burrow_host_plugins as plugins;

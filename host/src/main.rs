@@ -204,8 +204,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo { port, agent_port, transport } => {
             init_logging(&LogConfig::default());
-            let options = burrow_host::demo::DemoOptions { port, agent_port, transport };
-            burrow_host::demo::run(options, shutdown_signal()).await.context("demo failed")
+            let options = burrow_demo::DemoOptions { port, agent_port, transport };
+            // The demo crate runs the agent and the workload; the host is handed to it here,
+            // so no host library depends on the agent.
+            burrow_demo::run(options, shutdown_signal(), |demo| async move {
+                let config = Config::from_toml(&demo.config_toml).expect("the demo config is valid TOML");
+                let listeners = burrow_host::Listeners {
+                    agents: demo.agents,
+                    ingress: demo.ingress,
+                    admin: None,
+                    cluster: None,
+                };
+                burrow_host::run(config, listeners, demo.stop.cancelled_owned()).await
+            })
+            .await
+            .context("demo failed")
         }
     }
 }

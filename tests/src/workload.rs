@@ -246,7 +246,7 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
             });
             Response::new(channel_body(rx))
         }
-        "/ws" => match burrow_host::demo::websocket_echo(&mut req) {
+        "/ws" => match burrow_demo::websocket_echo(&mut req) {
             Some(switching) => switching.map(|empty| empty.map_err(|never| match never {}).boxed()),
             None => full(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade"),
         },

@@ -31,11 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use burrow_host::plugins::types;
-pub use burrow_host::plugins::{
+pub use burrow_host_plugins::types;
+pub use burrow_host_plugins::{
     ClockSource, InstancePolicy, PluginError, PluginKind, PluginStatus, UserVerdict, VersionInfo,
 };
-use burrow_host::plugins::{PluginSlotConfig, PluginSource, Plugins, PluginsConfig, PluginsOptions};
+use burrow_host_plugins::{PluginSlotConfig, PluginSource, Plugins, PluginsConfig, PluginsOptions};
 use types::*;
 
 /// Setting up or loading a plugin failed.

@@ -7,7 +7,7 @@ use burrow_plugin_harness::types::*;
 use burrow_plugin_harness::{Harness, PluginError};
 
 fn artifact(name: &str) -> PathBuf {
-    let path = Path::new(burrow_host::plugins::ARTIFACTS_DIR).join(name);
+    let path = Path::new(burrow_host_plugins::ARTIFACTS_DIR).join(name);
     assert!(path.is_file(), "plugin not built: {}", path.display());
     path
 }

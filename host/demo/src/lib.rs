@@ -2,6 +2,13 @@
 //!
 //! The agent reaches the host over a real loopback socket with the same code a separate
 //! `burrow-agent` process runs; only the processes are merged, for a one-command start.
+//!
+//! # Layout
+//! One file: [`run`] binds the ports, starts the workload and the agent, and hands the
+//! host's share to a [`DemoHost`] callback (the binary passes `burrow_host::run`, so this
+//! crate depends on the agent but on no host crate, and no host crate on the agent);
+//! [`demo_config_toml`] is the host's config; [`serve_workload`] is the demo workload
+//! (page, WebSocket echo, server-sent events, health).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,8 +27,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-
-use crate::config::Config;
 
 /// Quickstart options.
 #[derive(Debug, Clone)]
@@ -49,17 +54,17 @@ pub enum DemoError {
     Transport(String),
     /// The host failed.
     #[error(transparent)]
-    Host(#[from] crate::HostError),
+    Host(Box<dyn std::error::Error + Send + Sync>),
     /// The agent's configuration was refused.
     #[error("demo agent: {0}")]
     Agent(String),
 }
 
-/// The config the demo host runs with: one agent `demo` with `token`, open access, and
-/// `*.localhost` host names.
-pub fn demo_config(token: &str) -> Config {
+/// The config the demo host runs with, as `host.toml` text: one agent `demo` with `token`,
+/// open access, and `*.localhost` host names.
+pub fn demo_config_toml(token: &str) -> String {
     let token_sha256 = hex::encode(Sha256::digest(token.as_bytes()));
-    let toml = format!(
+    format!(
         r#"
 [agents]
 listen = "127.0.0.1:0"
@@ -74,16 +79,38 @@ config = {{ agents = [{{ id = "demo", token_sha256 = "{token_sha256}" }}], defau
 source = "builtin:workload-workspace"
 config = {{ root_domains = ["localhost"] }}
 "#
-    );
-    Config::from_toml(&toml).expect("the demo config is valid TOML")
+    )
+}
+
+/// What the demo hands the host: its config and listeners, and a token cancelled when the
+/// host should stop.
+pub struct DemoHost {
+    /// `host.toml` text ([`demo_config_toml`]).
+    pub config_toml: String,
+    /// The agent port's listener.
+    pub agents: TcpListener,
+    /// The users' listener.
+    pub ingress: TcpListener,
+    /// Cancelled when the demo stops.
+    pub stop: CancellationToken,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
     TcpListener::bind(addr).await.map_err(|source| DemoError::Bind { addr, source })
 }
 
-/// Runs the quickstart until `shutdown` completes.
-pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send) -> Result<(), DemoError> {
+/// Runs the quickstart until `shutdown` completes. `start_host` runs the host on what it is
+/// given until [`DemoHost::stop`] is cancelled.
+pub async fn run<H, F, E>(
+    options: DemoOptions,
+    shutdown: impl Future<Output = ()> + Send,
+    start_host: H,
+) -> Result<(), DemoError>
+where
+    H: FnOnce(DemoHost) -> F,
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let scheme = match options.transport.as_str() {
         "grpc" | "ws" => options.transport.clone(),
         other => return Err(DemoError::Transport(other.to_owned())),
@@ -99,16 +126,15 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
     let ingress_port = ingress.local_addr().map(|a| a.port()).unwrap_or(options.port);
 
     let token = hex::encode(rand::random::<[u8; 24]>());
-    let config = demo_config(&token);
     let stop = CancellationToken::new();
 
     let workload_task = tokio::spawn(serve_workload(workload, stop.clone()));
-    let host_stop = stop.clone();
-    let mut host = tokio::spawn(crate::run(
-        config,
-        crate::Listeners { agents, ingress, admin: None, cluster: None },
-        async move { host_stop.cancelled().await },
-    ));
+    let mut host = tokio::spawn(start_host(DemoHost {
+        config_toml: demo_config_toml(&token),
+        agents,
+        ingress,
+        stop: stop.clone(),
+    }));
 
     let mut agent_config = burrow_agent::AgentConfig::new(&format!("{scheme}://{agent_addr}"), token)
         .map_err(|e| DemoError::Agent(e.to_string()))?;
@@ -134,11 +160,11 @@ pub async fn run(options: DemoOptions, shutdown: impl Future<Output = ()> + Send
     let _ = workload_task.await;
     match result {
         Ok(()) => match host.await {
-            Ok(r) => r.map_err(DemoError::from),
-            Err(e) => Err(DemoError::Host(crate::HostError::Task(e.to_string()))),
+            Ok(r) => r.map_err(|e| DemoError::Host(e.into())),
+            Err(e) => Err(DemoError::Host(format!("internal task failed: {e}").into())),
         },
-        Err(Ok(r)) => r.map_err(DemoError::from),
-        Err(Err(e)) => Err(DemoError::Host(crate::HostError::Task(e.to_string()))),
+        Err(Ok(r)) => r.map_err(|e| DemoError::Host(e.into())),
+        Err(Err(e)) => Err(DemoError::Host(format!("internal task failed: {e}").into())),
     }
 }
 
