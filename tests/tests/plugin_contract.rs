@@ -2,7 +2,7 @@
 //! the same to the host and to a guest built with the SDK.
 //!
 //! Both sides share the types (crate `burrow-plugin-contract`), but each converts them to
-//! and from its own generated WIT bindings (`host/src/plugins/convert.rs`,
+//! and from its own generated WIT bindings (`host/plugins/src/convert.rs`,
 //! `plugins/sdk/src/convert.rs`). The test plugin `plugins/test-contract` logs the serde
 //! JSON of every request it decoded and answers with values this test hands it in its
 //! config; the test compares both with its own serde JSON. A field dropped, swapped or

@@ -2,7 +2,7 @@
 //! natively and measured in the same run.
 //!
 //! 1. **Decision latency**: the decision the ingress makes for every request
-//!    (`host/src/ingress/proxy.rs`, `admit`): `Plugins::resolve` (built-in
+//!    (`host/core/src/admission.rs`, `Admission::admit`): `Plugins::resolve` (built-in
 //!    workload-workspace) then `Plugins::authorize_user` (built-in authorizer-static:
 //!    authenticate-user and authorize in one instance), for a bearer-token user allowed by
 //!    a group rule. Timed per host call and per decision, `--calls` sequential decisions

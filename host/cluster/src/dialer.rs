@@ -2,7 +2,13 @@
 //! once; otherwise the agent is looked up in Redis and the candidates (other replicas,
 //! and this one when it holds the agent) are raced speculatively; an agent that is
 //! nowhere yet is waited for through the agent-online announcements.
+//!
+//! The rest of the cluster (Redis lookups, the replica API, announcements) is reached
+//! through [`Remotes`], which [`Cluster`] implements; the tests put a fake behind it and
+//! check the local-then-forward decisions without Redis or sockets.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +29,96 @@ use burrow_host_metrics::Metrics;
 use burrow_host_plugins::types::{RouteCandidate, RouteRequest, Target};
 use burrow_host_plugins::Plugins;
 
+/// A boxed future borrowing its receiver, as the object-safe [`Remotes`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the cluster dialer needs of the other replicas. [`Cluster`] is the real one
+/// (Redis and the replica API); it is a trait so the dialing decisions can be tested
+/// against a fake cluster, deterministically.
+pub trait Remotes: Send + Sync {
+    /// The other replicas holding `agent_id` (a registry lookup). `Err`: the registry is
+    /// unreachable, with the reason.
+    fn candidates<'a>(&'a self, agent_id: &'a str) -> BoxFuture<'a, Result<Vec<Candidate>, String>>;
+
+    /// Opens a stream to `service` through `candidate`, which claims one of its own
+    /// tunnels of the agent (waiting up to `wait`) and relays it.
+    fn forward<'a>(
+        &'a self,
+        candidate: &'a Candidate,
+        dial: Forward<'a>,
+    ) -> BoxFuture<'a, Result<TunnelStream, ForwardError>>;
+
+    /// Resolves at the next announcement of `agent_id` anywhere. Registered when called,
+    /// so an announcement between this call and the first poll is not missed.
+    fn watch(&self, agent_id: &str) -> BoxFuture<'static, ()>;
+
+    /// The built-in routing policy's order.
+    fn order(&self, agent_id: &str, candidates: Vec<Candidate>) -> Vec<Candidate>;
+
+    /// `replica` turned out not to hold `agent_id`: forget that registration.
+    fn forget_later(&self, agent_id: &str, replica: &str);
+
+    /// How long a candidate has before the next one is started alongside it.
+    fn speculative_delay(&self) -> Duration;
+}
+
+/// One forwarded dial, as [`Remotes::forward`] gets it.
+#[derive(Debug, Clone, Copy)]
+pub struct Forward<'a> {
+    /// The agent.
+    pub agent_id: &'a str,
+    /// Its service to dial.
+    pub service: &'a str,
+    /// Sent to the agent, so its logs name the request.
+    pub request_id: &'a str,
+    /// How long the serving replica may wait for a free tunnel.
+    pub wait: Duration,
+    /// How long the agent may take to answer the dial.
+    pub answer_timeout: Duration,
+}
+
+impl Remotes for Cluster {
+    fn candidates<'a>(&'a self, agent_id: &'a str) -> BoxFuture<'a, Result<Vec<Candidate>, String>> {
+        Box::pin(async move { self.remote_candidates(agent_id).await.map_err(|e| e.to_string()) })
+    }
+
+    fn forward<'a>(
+        &'a self,
+        candidate: &'a Candidate,
+        d: Forward<'a>,
+    ) -> BoxFuture<'a, Result<TunnelStream, ForwardError>> {
+        Box::pin(super::forward::open(
+            self,
+            candidate,
+            d.agent_id,
+            d.service,
+            d.request_id,
+            d.wait,
+            d.answer_timeout,
+        ))
+    }
+
+    fn watch(&self, agent_id: &str) -> BoxFuture<'static, ()> {
+        let mut watch = Cluster::watch(self, agent_id);
+        Box::pin(async move { watch.changed().await })
+    }
+
+    fn order(&self, agent_id: &str, candidates: Vec<Candidate>) -> Vec<Candidate> {
+        Cluster::order(self, agent_id, candidates)
+    }
+
+    fn forget_later(&self, agent_id: &str, replica: &str) {
+        Cluster::forget_later(self, agent_id, replica)
+    }
+
+    fn speculative_delay(&self) -> Duration {
+        self.config().speculative_delay
+    }
+}
+
 /// Dials local tunnels first, then other replicas' through the replica API.
 pub struct ClusterDialer {
-    cluster: Arc<Cluster>,
+    cluster: Arc<dyn Remotes>,
     local: Arc<LocalDialer>,
     sessions: Arc<AgentSessions>,
     lifecycle: Arc<Lifecycle>,
@@ -35,8 +128,8 @@ pub struct ClusterDialer {
 }
 
 impl ClusterDialer {
-    /// Wraps `core`'s local dialer.
-    pub fn new(core: &HostCore, cluster: Arc<Cluster>) -> Self {
+    /// Wraps `core`'s local dialer; other replicas are reached through `cluster`.
+    pub fn new(core: &HostCore, cluster: Arc<dyn Remotes>) -> Self {
         Self {
             cluster,
             local: core.local.clone(),
@@ -72,15 +165,12 @@ impl ClusterDialer {
                     Err(_) => {}
                 }
             }
-            let mut watch = cluster.watch(agent_id);
+            let watch = cluster.watch(agent_id);
             let local = !draining && self.sessions.holds_agent(agent_id);
-            let remote = match cluster.remote_candidates(agent_id).await {
+            let remote = match cluster.candidates(agent_id).await {
                 Ok(c) => c,
-                Err(e) if !local => {
-                    return Err(OpenError::ClusterUnavailable {
-                        agent_id: agent_id.to_owned(),
-                        reason: e.to_string(),
-                    })
+                Err(reason) if !local => {
+                    return Err(OpenError::ClusterUnavailable { agent_id: agent_id.to_owned(), reason })
                 }
                 Err(_) => Vec::new(),
             };
@@ -120,7 +210,7 @@ impl ClusterDialer {
                 self.local.registry().claim(agent_id, remaining).await
             };
             tokio::select! {
-                _ = watch.changed() => {}
+                _ = watch => {}
                 claimed = local_wait => match claimed {
                     // `None`: gone before answering; look again.
                     Ok(idle) => if let Some(stream) = self.local.dial_claimed(idle, service, request_id).await? {
@@ -193,21 +283,19 @@ impl ClusterDialer {
                     // The serving replica may wait briefly for a free stream; the total
                     // stays within the request's own deadline.
                     let wait = remaining.min(Duration::from_secs(2));
-                    super::forward::open(
-                        cluster,
-                        &c,
+                    let dial = Forward {
                         agent_id,
                         service,
                         request_id,
                         wait,
-                        self.local.dial_answer_timeout(),
-                    )
-                    .await
+                        answer_timeout: self.local.dial_answer_timeout(),
+                    };
+                    cluster.forward(&c, dial).await
                 }
             }
         };
         let not_there = |replica: &str| cluster.forget_later(agent_id, replica);
-        race(candidates, cluster.config().speculative_delay, deadline, attempt, not_there).await
+        race(candidates, cluster.speculative_delay(), deadline, attempt, not_there).await
     }
 }
 
@@ -274,6 +362,9 @@ impl Dialer for ClusterDialer {
         Box::pin(self.open(request))
     }
 }
+
+#[cfg(test)]
+mod local_then_forward;
 
 #[cfg(test)]
 mod tests {

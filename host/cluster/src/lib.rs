@@ -84,8 +84,9 @@ pub struct Cluster {
     key: TokenKey,
     policy: RwLock<Arc<dyn RoutingPolicy>>,
     metrics: Arc<Metrics>,
-    /// Agents with at least one session here, with their session counts.
-    held: Mutex<HashMap<String, usize>>,
+    /// Agents with at least one session here. The core's `AgentSessions` counts the
+    /// sessions and reports only an agent's first and last, so a set is enough.
+    held: Mutex<HashSet<String>>,
     /// Agents whose registration must be brought in line with `held`.
     dirty: mpsc::UnboundedSender<String>,
     dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -166,7 +167,7 @@ impl Cluster {
             key,
             policy: RwLock::new(Arc::new(PreferLocalLeastLoaded)),
             metrics,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
             dirty,
             dirty_rx: Mutex::new(Some(dirty_rx)),
             waiters: Arc::new(Mutex::new(HashMap::new())),
@@ -242,46 +243,26 @@ impl Cluster {
         self.set_redis_up(false);
     }
 
-    /// An agent session began on this replica.
+    /// The agent's first session on this replica began: register it. Repeats are no-ops.
     pub fn agent_up(&self, agent_id: &str) {
-        let first = {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            let n = held.entry(agent_id.to_owned()).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if first {
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(agent_id.to_owned()) {
             let _ = self.dirty.send(agent_id.to_owned());
         }
     }
 
-    /// An agent session on this replica ended.
+    /// The agent's last session on this replica ended: unregister it.
     pub fn agent_down(&self, agent_id: &str) {
-        let last = {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            match held.get_mut(agent_id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    held.remove(agent_id);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(agent_id) {
             let _ = self.dirty.send(agent_id.to_owned());
         }
     }
 
     fn holds(&self, agent_id: &str) -> bool {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(agent_id)
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).contains(agent_id)
     }
 
     fn held_agents(&self) -> Vec<String> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// Registers interest in `agent_id` appearing (see [`AgentWatch`]).
