@@ -35,8 +35,11 @@ pub const WAIT_MS_METADATA: &str = "burrow-wait-ms";
 
 /// Major protocol version. A host refuses agents that speak another major.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Minor protocol version: additions only.
-pub const PROTOCOL_MINOR: u32 = 0;
+/// Minor protocol version: additions only. 1: session dials (`DialKind::Session`).
+pub const PROTOCOL_MINOR: u32 = 1;
+
+/// The first minor version whose agents serve session dials.
+pub const SESSION_MINOR: u32 = 1;
 
 /// Largest `data` payload either side sends in one frame. Small frames keep per-stream
 /// buffering bounded and let HTTP/2 flow control do the backpressure.

@@ -12,6 +12,18 @@
 //! The machine only validates and records; callers do the I/O. Every method returns an
 //! error for a frame that breaks the rules, and the caller answers it with a `Reset`
 //! carrying [`ResetCode::ProtocolError`](crate::pb::ResetCode::ProtocolError).
+//!
+//! A session tunnel (`Dial.kind = SESSION`) adds, while `Open`:
+//!
+//! ```text
+//!  host:  SessionStart (once, before any host data or Eof), then data, WindowSize and
+//!         SessionSignal (the last two also after the host's Eof)
+//!  agent: data and stderr (only after the start), SessionExit (at most once, before
+//!         the agent's Eof), then nothing but Eof or Reset
+//! ```
+//!
+//! Session frames on a TCP tunnel are violations. An unknown dial kind is not: the
+//! agent sees the `Dial` and refuses it with `UNSUPPORTED`.
 
 use bytes::Bytes;
 
@@ -64,8 +76,40 @@ pub enum Event {
     Eof,
     /// The peer aborted the tunnel.
     Reset(pb::Reset),
+    /// (Agent, session) What to run.
+    Start(pb::SessionStart),
+    /// (Agent, session) The terminal was resized.
+    Resize(pb::WindowSize),
+    /// (Agent, session) A signal for the program.
+    Signal(pb::SessionSignal),
+    /// (Host, session) The program's standard error.
+    Stderr(Bytes),
+    /// (Host, session) How the program ended.
+    Exit(pb::SessionExit),
     /// An empty frame (no `oneof` set): ignored for forward compatibility.
     Ignored,
+}
+
+/// What a dialed tunnel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A TCP connection (the default, and all a minor-0 peer knows).
+    Tcp,
+    /// An interactive session served by the agent.
+    Session,
+    /// A kind this side does not know; the agent refuses such a dial.
+    Unknown,
+}
+
+impl Kind {
+    /// The kind a `Dial` asks for.
+    pub fn of(dial: &pb::Dial) -> Self {
+        match pb::DialKind::try_from(dial.kind) {
+            Ok(pb::DialKind::Tcp) => Kind::Tcp,
+            Ok(pb::DialKind::Session) => Kind::Session,
+            Err(_) => Kind::Unknown,
+        }
+    }
 }
 
 /// The state of one tunnel, seen from one side.
@@ -73,14 +117,32 @@ pub enum Event {
 pub struct Tunnel {
     role: Role,
     phase: Phase,
+    kind: Kind,
     sent_eof: bool,
     received_eof: bool,
+    /// Session: `SessionStart` sent (host) or received (agent).
+    started: bool,
+    /// Session: `SessionExit` sent (agent) or received (host).
+    exited: bool,
 }
 
 impl Tunnel {
     /// A freshly opened, parked tunnel.
     pub fn new(role: Role) -> Self {
-        Self { role, phase: Phase::Parked, sent_eof: false, received_eof: false }
+        Self {
+            role,
+            phase: Phase::Parked,
+            kind: Kind::Tcp,
+            sent_eof: false,
+            received_eof: false,
+            started: false,
+            exited: false,
+        }
+    }
+
+    /// What the tunnel carries (known once dialed).
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Current phase.
@@ -90,12 +152,24 @@ impl Tunnel {
 
     /// This side may still send data.
     pub fn can_send(&self) -> bool {
-        self.phase == Phase::Open && !self.sent_eof
+        self.phase == Phase::Open && !self.sent_eof && self.data_allowed(self.role)
     }
 
     /// The peer may still send data.
     pub fn can_receive(&self) -> bool {
-        self.phase == Phase::Open && !self.received_eof
+        let peer = match self.role {
+            Role::Host => Role::Agent,
+            Role::Agent => Role::Host,
+        };
+        self.phase == Phase::Open && !self.received_eof && self.data_allowed(peer)
+    }
+
+    /// On a session, data flows only after the start, and the agent's ends at its exit.
+    fn data_allowed(&self, sender: Role) -> bool {
+        match self.kind {
+            Kind::Session => self.started && !(sender == Role::Agent && self.exited),
+            Kind::Tcp | Kind::Unknown => true,
+        }
     }
 
     fn violation(&self, what: &'static str) -> ProtocolError {
@@ -110,14 +184,74 @@ impl Tunnel {
         }
     }
 
-    /// (Host) Record that `Dial` is being sent.
-    pub fn send_dial(&mut self) -> Result<(), ProtocolError> {
+    /// (Host) Record that `dial` is being sent.
+    pub fn send_dial(&mut self, dial: &pb::Dial) -> Result<(), ProtocolError> {
         self.require_role(Role::Host, "send Dial from agent side")?;
         if self.phase != Phase::Parked {
             return Err(self.violation("send Dial"));
         }
+        self.kind = Kind::of(dial);
+        if self.kind == Kind::Unknown {
+            return Err(self.violation("send Dial of an unknown kind"));
+        }
         self.phase = Phase::Dialing;
         Ok(())
+    }
+
+    /// (Host) Record that `SessionStart` is being sent.
+    pub fn send_start(&mut self) -> Result<(), ProtocolError> {
+        self.require_role(Role::Host, "send SessionStart from agent side")?;
+        self.check_start("send SessionStart")?;
+        self.started = true;
+        Ok(())
+    }
+
+    /// (Host) Record that `WindowSize` or `SessionSignal` is being sent.
+    pub fn send_session_control(&mut self) -> Result<(), ProtocolError> {
+        self.require_role(Role::Host, "send session control from agent side")?;
+        self.check_session_control("send session control")
+    }
+
+    /// (Agent) Record that a `stderr` frame is being sent.
+    pub fn send_stderr(&mut self) -> Result<(), ProtocolError> {
+        self.require_role(Role::Agent, "send stderr from host side")?;
+        if self.kind != Kind::Session || !self.can_send() {
+            return Err(self.violation("send stderr"));
+        }
+        Ok(())
+    }
+
+    /// (Agent) Record that `SessionExit` is being sent.
+    pub fn send_exit(&mut self) -> Result<(), ProtocolError> {
+        self.require_role(Role::Agent, "send SessionExit from host side")?;
+        if self.kind != Kind::Session || !self.can_send() {
+            return Err(self.violation("send SessionExit"));
+        }
+        self.exited = true;
+        Ok(())
+    }
+
+    /// A start is allowed once, on an open session, before the host's data or Eof.
+    fn check_start(&self, what: &'static str) -> Result<(), ProtocolError> {
+        if self.kind != Kind::Session || self.phase != Phase::Open || self.started || self.host_eof() {
+            return Err(self.violation(what));
+        }
+        Ok(())
+    }
+
+    /// Resizes and signals need a started, open session; the host's Eof does not end them.
+    fn check_session_control(&self, what: &'static str) -> Result<(), ProtocolError> {
+        if self.kind != Kind::Session || self.phase != Phase::Open || !self.started {
+            return Err(self.violation(what));
+        }
+        Ok(())
+    }
+
+    fn host_eof(&self) -> bool {
+        match self.role {
+            Role::Host => self.sent_eof,
+            Role::Agent => self.received_eof,
+        }
     }
 
     /// (Agent) Record that a `DialResult` is being sent.
@@ -140,7 +274,7 @@ impl Tunnel {
 
     /// Record that `Eof` is being sent. Returns true when the tunnel is now finished.
     pub fn send_eof(&mut self) -> Result<bool, ProtocolError> {
-        if !self.can_send() {
+        if !self.can_send() && !self.eof_after_exit() {
             return Err(self.violation("send Eof"));
         }
         self.sent_eof = true;
@@ -167,6 +301,17 @@ impl Tunnel {
         self.phase == Phase::Closed
     }
 
+    /// A session's agent, past its exit, may still close its direction.
+    fn eof_after_exit(&self) -> bool {
+        self.kind == Kind::Session && self.exited && self.phase == Phase::Open && {
+            let agent_eof = match self.role {
+                Role::Agent => self.sent_eof,
+                Role::Host => self.received_eof,
+            };
+            !agent_eof
+        }
+    }
+
     fn receive_common(&mut self, what: &'static str) -> Result<(), ProtocolError> {
         if !self.can_receive() {
             return Err(self.violation(what));
@@ -175,7 +320,9 @@ impl Tunnel {
     }
 
     fn receive_eof(&mut self) -> Result<Event, ProtocolError> {
-        self.receive_common("Eof")?;
+        if !self.can_receive() && !self.eof_after_exit() {
+            return Err(self.violation("Eof"));
+        }
         self.received_eof = true;
         self.finish_if_done();
         Ok(Event::Eof)
@@ -215,6 +362,21 @@ impl Tunnel {
             }
             Some(agent_frame::Frame::Eof(_)) => self.receive_eof(),
             Some(agent_frame::Frame::Reset(reset)) => self.receive_reset(reset),
+            Some(agent_frame::Frame::Stderr(data)) => {
+                if self.kind != Kind::Session {
+                    return Err(self.violation("stderr"));
+                }
+                self.receive_common("stderr")?;
+                Ok(Event::Stderr(data))
+            }
+            Some(agent_frame::Frame::Exit(exit)) => {
+                if self.kind != Kind::Session {
+                    return Err(self.violation("SessionExit"));
+                }
+                self.receive_common("SessionExit")?;
+                self.exited = true;
+                Ok(Event::Exit(exit))
+            }
         }
     }
 
@@ -228,6 +390,7 @@ impl Tunnel {
                     return Err(self.violation("Dial"));
                 }
                 self.phase = Phase::Dialing;
+                self.kind = Kind::of(&dial);
                 Ok(Event::Dial(dial))
             }
             Some(host_frame::Frame::Data(data)) => {
@@ -236,6 +399,19 @@ impl Tunnel {
             }
             Some(host_frame::Frame::Eof(_)) => self.receive_eof(),
             Some(host_frame::Frame::Reset(reset)) => self.receive_reset(reset),
+            Some(host_frame::Frame::Start(start)) => {
+                self.check_start("SessionStart")?;
+                self.started = true;
+                Ok(Event::Start(start))
+            }
+            Some(host_frame::Frame::Resize(size)) => {
+                self.check_session_control("WindowSize")?;
+                Ok(Event::Resize(size))
+            }
+            Some(host_frame::Frame::Signal(signal)) => {
+                self.check_session_control("SessionSignal")?;
+                Ok(Event::Signal(signal))
+            }
         }
     }
 }
@@ -256,14 +432,36 @@ pub fn chunks(mut payload: Bytes) -> impl Iterator<Item = Bytes> {
 pub mod frames {
     use super::*;
 
-    /// Host -> agent: claim the tunnel for `service`.
+    /// Host -> agent: claim the tunnel for a TCP connection to `service`.
     pub fn dial(service: &str, request_id: &str) -> pb::HostFrame {
+        dial_kind(pb::DialKind::Tcp, service, request_id, "")
+    }
+    /// Host -> agent: claim the tunnel for a session on `service`, for `principal`.
+    pub fn dial_session(service: &str, request_id: &str, principal: &str) -> pb::HostFrame {
+        dial_kind(pb::DialKind::Session, service, request_id, principal)
+    }
+    /// Host -> agent: claim the tunnel for `kind` on `service`.
+    pub fn dial_kind(kind: pb::DialKind, service: &str, request_id: &str, principal: &str) -> pb::HostFrame {
         pb::HostFrame {
             frame: Some(host_frame::Frame::Dial(pb::Dial {
                 service: service.to_owned(),
                 request_id: request_id.to_owned(),
+                kind: kind as i32,
+                principal: principal.to_owned(),
             })),
         }
+    }
+    /// Host -> agent: what the session runs.
+    pub fn start(start: pb::SessionStart) -> pb::HostFrame {
+        pb::HostFrame { frame: Some(host_frame::Frame::Start(start)) }
+    }
+    /// Host -> agent: the terminal's new size.
+    pub fn resize(size: pb::WindowSize) -> pb::HostFrame {
+        pb::HostFrame { frame: Some(host_frame::Frame::Resize(size)) }
+    }
+    /// Host -> agent: a signal (RFC 4254 name, no "SIG") for the program.
+    pub fn signal(name: &str) -> pb::HostFrame {
+        pb::HostFrame { frame: Some(host_frame::Frame::Signal(pb::SessionSignal { name: name.to_owned() })) }
     }
     /// Host -> agent data.
     pub fn host_data(data: Bytes) -> pb::HostFrame {
@@ -295,6 +493,18 @@ pub mod frames {
     pub fn agent_data(data: Bytes) -> pb::AgentFrame {
         pb::AgentFrame { frame: Some(agent_frame::Frame::Data(data)) }
     }
+    /// Agent -> host: the program's standard error.
+    pub fn stderr(data: Bytes) -> pb::AgentFrame {
+        pb::AgentFrame { frame: Some(agent_frame::Frame::Stderr(data)) }
+    }
+    /// Agent -> host: how the program ended.
+    pub fn exit(exit: pb::SessionExit) -> pb::AgentFrame {
+        pb::AgentFrame { frame: Some(agent_frame::Frame::Exit(exit)) }
+    }
+    /// Agent -> host: the program exited with `status`.
+    pub fn exit_status(status: u32) -> pb::AgentFrame {
+        exit(pb::SessionExit { how: Some(pb::session_exit::How::Status(status)), ..Default::default() })
+    }
     /// Agent -> host half-close.
     pub fn agent_eof() -> pb::AgentFrame {
         pb::AgentFrame { frame: Some(agent_frame::Frame::Eof(pb::Eof {})) }
@@ -308,147 +518,4 @@ pub mod frames {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::frames::*;
-    use super::*;
-    use crate::pb::{RefusalCode, ResetCode};
-
-    fn open_pair() -> (Tunnel, Tunnel) {
-        let mut host = Tunnel::new(Role::Host);
-        let mut agent = Tunnel::new(Role::Agent);
-        host.send_dial().unwrap();
-        assert!(
-            matches!(agent.receive_host_frame(dial("web", "r1")).unwrap(), Event::Dial(d) if d.service == "web")
-        );
-        agent.send_dial_result(true).unwrap();
-        assert_eq!(host.receive_agent_frame(dial_ok()).unwrap(), Event::DialAccepted);
-        (host, agent)
-    }
-
-    #[test]
-    fn full_life_with_half_close_each_way() {
-        let (mut host, mut agent) = open_pair();
-        host.send_data().unwrap();
-        assert_eq!(
-            agent.receive_host_frame(host_data(Bytes::from_static(b"GET"))).unwrap(),
-            Event::Data(Bytes::from_static(b"GET"))
-        );
-        // Host half-closes; the agent may keep sending.
-        assert!(!host.send_eof().unwrap());
-        assert_eq!(agent.receive_host_frame(host_eof()).unwrap(), Event::Eof);
-        assert!(!agent.can_receive());
-        assert!(agent.can_send());
-        agent.send_data().unwrap();
-        assert_eq!(
-            host.receive_agent_frame(agent_data(Bytes::from_static(b"200"))).unwrap(),
-            Event::Data(Bytes::from_static(b"200"))
-        );
-        assert!(agent.send_eof().unwrap(), "both directions closed finishes the agent side");
-        assert_eq!(host.receive_agent_frame(agent_eof()).unwrap(), Event::Eof);
-        assert_eq!(host.phase(), Phase::Closed);
-        assert_eq!(agent.phase(), Phase::Closed);
-    }
-
-    #[test]
-    fn data_after_eof_is_a_violation() {
-        let (mut host, _agent) = open_pair();
-        host.receive_agent_frame(agent_eof()).unwrap();
-        let err = host.receive_agent_frame(agent_data(Bytes::from_static(b"x"))).unwrap_err();
-        assert_eq!(err.what, "data");
-        host.send_eof().unwrap();
-        assert!(host.send_data().is_err());
-        assert!(host.send_eof().is_err(), "Eof twice is refused");
-    }
-
-    #[test]
-    fn data_before_dial_result_is_a_violation() {
-        let mut host = Tunnel::new(Role::Host);
-        host.send_dial().unwrap();
-        assert!(host.receive_agent_frame(agent_data(Bytes::from_static(b"x"))).is_err());
-        let mut agent = Tunnel::new(Role::Agent);
-        assert!(
-            agent.receive_host_frame(host_data(Bytes::from_static(b"x"))).is_err(),
-            "data on a parked tunnel"
-        );
-        assert!(agent.send_data().is_err());
-    }
-
-    #[test]
-    fn dial_rules() {
-        let mut host = Tunnel::new(Role::Host);
-        assert!(host.receive_agent_frame(dial_ok()).is_err(), "DialResult before Dial");
-        host.send_dial().unwrap();
-        assert!(host.send_dial().is_err(), "second Dial");
-        let mut agent = Tunnel::new(Role::Agent);
-        assert!(agent.send_dial_result(true).is_err(), "DialResult before Dial");
-        agent.receive_host_frame(dial("a", "b")).unwrap();
-        assert!(agent.receive_host_frame(dial("a", "b")).is_err(), "second Dial");
-        assert!(agent.send_dial().is_err(), "agent never dials");
-        assert!(host.receive_host_frame(dial("a", "b")).is_err(), "host never receives HostFrames");
-    }
-
-    #[test]
-    fn refusal_closes() {
-        let mut host = Tunnel::new(Role::Host);
-        host.send_dial().unwrap();
-        match host
-            .receive_agent_frame(dial_refused(RefusalCode::UnknownService, "no such service: db"))
-            .unwrap()
-        {
-            Event::DialRefused(r) => {
-                assert_eq!(r.code(), RefusalCode::UnknownService);
-                assert_eq!(r.message, "no such service: db");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert_eq!(host.phase(), Phase::Closed);
-        let mut agent = Tunnel::new(Role::Agent);
-        agent.receive_host_frame(dial("a", "b")).unwrap();
-        agent.send_dial_result(false).unwrap();
-        assert_eq!(agent.phase(), Phase::Closed);
-        assert!(agent.send_data().is_err());
-    }
-
-    #[test]
-    fn reset_closes_from_any_live_phase_once() {
-        let (mut host, mut agent) = open_pair();
-        assert!(
-            matches!(host.receive_agent_frame(agent_reset(ResetCode::IoError, "boom")).unwrap(), Event::Reset(r) if r.message == "boom")
-        );
-        assert_eq!(host.phase(), Phase::Closed);
-        assert!(host.receive_agent_frame(agent_reset(ResetCode::IoError, "again")).is_err());
-        agent.send_reset();
-        assert_eq!(agent.phase(), Phase::Closed);
-        let mut parked = Tunnel::new(Role::Agent);
-        assert!(matches!(
-            parked.receive_host_frame(host_reset(ResetCode::Shutdown, "bye")).unwrap(),
-            Event::Reset(_)
-        ));
-    }
-
-    #[test]
-    fn stream_end_is_clean_only_when_finished_or_parked() {
-        let mut parked = Tunnel::new(Role::Agent);
-        assert!(parked.stream_ended(), "host may drop idle tunnels");
-        let (mut host, _) = open_pair();
-        assert!(!host.stream_ended(), "an open tunnel ending without Eof is an abort");
-    }
-
-    #[test]
-    fn empty_frames_are_ignored() {
-        let (mut host, mut agent) = open_pair();
-        assert_eq!(host.receive_agent_frame(pb::AgentFrame { frame: None }).unwrap(), Event::Ignored);
-        assert_eq!(agent.receive_host_frame(pb::HostFrame { frame: None }).unwrap(), Event::Ignored);
-    }
-
-    #[test]
-    fn chunks_split_without_exceeding_max() {
-        let payload = Bytes::from(vec![7u8; crate::MAX_DATA_FRAME * 2 + 5]);
-        let parts: Vec<Bytes> = chunks(payload).collect();
-        assert_eq!(
-            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
-            vec![crate::MAX_DATA_FRAME, crate::MAX_DATA_FRAME, 5]
-        );
-        assert_eq!(chunks(Bytes::new()).count(), 0);
-    }
-}
+mod tests;

@@ -240,6 +240,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             session_id: new_session_id(),
             remote_addr: remote.clone(),
             token_sha256,
+            protocol_minor: hello.protocol_minor,
             identity: Some(Arc::new(SessionIdentity {
                 identity,
                 connected_at: now,

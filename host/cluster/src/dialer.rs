@@ -28,6 +28,7 @@ use burrow_host_core::tunnel_io::TunnelStream;
 use burrow_host_metrics::Metrics;
 use burrow_host_plugins::types::{RouteCandidate, RouteRequest, Target};
 use burrow_host_plugins::Plugins;
+use burrow_proto::pb;
 
 /// A boxed future borrowing its receiver, as the object-safe [`Remotes`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -67,10 +68,8 @@ pub trait Remotes: Send + Sync {
 pub struct Forward<'a> {
     /// The agent.
     pub agent_id: &'a str,
-    /// Its service to dial.
-    pub service: &'a str,
-    /// Sent to the agent, so its logs name the request.
-    pub request_id: &'a str,
+    /// The `Dial` the agent gets (service, request id, kind, principal).
+    pub dial: &'a pb::Dial,
     /// How long the serving replica may wait for a free tunnel.
     pub wait: Duration,
     /// How long the agent may take to answer the dial.
@@ -87,15 +86,7 @@ impl Remotes for Cluster {
         candidate: &'a Candidate,
         d: Forward<'a>,
     ) -> BoxFuture<'a, Result<TunnelStream, ForwardError>> {
-        Box::pin(super::forward::open(
-            self,
-            candidate,
-            d.agent_id,
-            d.service,
-            d.request_id,
-            d.wait,
-            d.answer_timeout,
-        ))
+        Box::pin(super::forward::open(self, candidate, d.agent_id, d.dial, d.wait, d.answer_timeout))
     }
 
     fn watch(&self, agent_id: &str) -> BoxFuture<'static, ()> {
@@ -142,8 +133,9 @@ impl ClusterDialer {
     }
 
     async fn open(&self, request: DialRequest<'_>) -> Result<TunnelStream, OpenError> {
-        let DialRequest { target, request_id, wait, session_key } = request;
-        let (agent_id, service) = (target.agent_id.as_str(), target.service.as_str());
+        let DialRequest { target, wait, session_key, .. } = request;
+        let dial = request.message();
+        let agent_id = target.agent_id.as_str();
         let cluster = &self.cluster;
         let deadline = Instant::now() + wait;
         let no_tunnel = || OpenError::NoTunnel { agent_id: agent_id.to_owned(), waited: wait };
@@ -159,7 +151,7 @@ impl ClusterDialer {
                 && self.sessions.holds_agent(agent_id)
                 && self.local.registry().idle_count(agent_id) > 0
             {
-                match self.local.open(agent_id, service, request_id, Duration::ZERO).await {
+                match self.local.open(agent_id, &dial, Duration::ZERO).await {
                     Ok(s) => return Ok(s),
                     Err(e @ OpenError::Refused { .. }) => return Err(e),
                     Err(_) => {}
@@ -186,7 +178,7 @@ impl ClusterDialer {
             }
             if !candidates.is_empty() {
                 let ordered = self.order_candidates(target, session_key, candidates).await;
-                match self.race(ordered, agent_id, service, request_id, deadline).await {
+                match self.race(ordered, agent_id, &dial, deadline).await {
                     Ok(s) => return Ok(s),
                     Err(Some(e)) => return Err(e),
                     // Every candidate failed without a definitive answer: wait for news.
@@ -213,7 +205,7 @@ impl ClusterDialer {
                 _ = watch => {}
                 claimed = local_wait => match claimed {
                     // `None`: gone before answering; look again.
-                    Ok(idle) => if let Some(stream) = self.local.dial_claimed(idle, service, request_id).await? {
+                    Ok(idle) => if let Some(stream) = self.local.dial_claimed(idle, &dial).await? {
                         return Ok(stream);
                     },
                     Err(ClaimError::Timeout { .. }) => return Err(no_tunnel()),
@@ -264,8 +256,7 @@ impl ClusterDialer {
         &self,
         candidates: Vec<Candidate>,
         agent_id: &str,
-        service: &str,
-        request_id: &str,
+        dial: &pb::Dial,
         deadline: Instant,
     ) -> Result<TunnelStream, Option<OpenError>> {
         let cluster = &self.cluster;
@@ -273,7 +264,7 @@ impl ClusterDialer {
             let remaining = deadline.saturating_duration_since(Instant::now());
             async move {
                 if c.local {
-                    self.local.open(agent_id, service, request_id, remaining).await.map_err(|e| match e {
+                    self.local.open(agent_id, dial, remaining).await.map_err(|e| match e {
                         OpenError::Refused { code, message } => ForwardError::Refused { code, message },
                         other => {
                             ForwardError::Failed { replica: c.replica_id.clone(), message: other.to_string() }
@@ -283,14 +274,9 @@ impl ClusterDialer {
                     // The serving replica may wait briefly for a free stream; the total
                     // stays within the request's own deadline.
                     let wait = remaining.min(Duration::from_secs(2));
-                    let dial = Forward {
-                        agent_id,
-                        service,
-                        request_id,
-                        wait,
-                        answer_timeout: self.local.dial_answer_timeout(),
-                    };
-                    cluster.forward(&c, dial).await
+                    let forward =
+                        Forward { agent_id, dial, wait, answer_timeout: self.local.dial_answer_timeout() };
+                    cluster.forward(&c, forward).await
                 }
             }
         };

@@ -159,8 +159,7 @@ pub(crate) async fn open(
     cluster: &Cluster,
     candidate: &Candidate,
     agent_id: &str,
-    service: &str,
-    request_id: &str,
+    dial: &pb::Dial,
     wait: Duration,
     answer_timeout: Duration,
 ) -> Result<TunnelStream, ForwardError> {
@@ -172,9 +171,9 @@ pub(crate) async fn open(
 
     let (tx, rx) = mpsc::channel::<Result<pb::HostFrame, Status>>(RELAY_CHANNEL);
     let mut state = Tunnel::new(Role::Host);
-    state.send_dial().map_err(|e| failed(e.to_string()))?;
+    state.send_dial(dial).map_err(|e| failed(e.to_string()))?;
     // Cannot fail: the channel is fresh and has room.
-    let _ = tx.try_send(Ok(frames::dial(service, request_id)));
+    let _ = tx.try_send(Ok(pb::HostFrame { frame: Some(host_frame::Frame::Dial(dial.clone())) }));
     // A `Reset` the local side queues is sent; an `Err` would only be a local signal, so
     // the request stream ends there (the peer sees the stream end and resets the agent).
     let outgoing = tokio_stream::StreamExt::map_while(ReceiverStream::new(rx), Result::ok);
@@ -211,6 +210,7 @@ pub(crate) async fn open(
                 session_id: String::new(),
                 remote_addr: format!("via replica {}", candidate.replica_id),
                 token_sha256: [0; 32],
+                protocol_minor: 0,
                 identity: None,
             });
             Ok(TunnelStream::forwarded(inbound, tx, state, session, Some(cluster.metrics.clone())))
@@ -289,7 +289,7 @@ impl ReplicaTunnel for ForwardService {
             Err(_) => return Err(Status::deadline_exceeded("no Dial from the calling replica")),
             _ => return Err(Status::invalid_argument("the first frame must be Dial")),
         };
-        let dialed = match self.ctx.local.open_raw(&agent_id, &dial.service, &dial.request_id, wait).await {
+        let dialed = match self.ctx.local.open_raw(&agent_id, &dial, wait).await {
             Ok(d) => d,
             Err(OpenError::Refused { code, message }) => {
                 metrics.forward_served("refused");

@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_proto::pb::RefusalCode;
+use burrow_proto::pb::{self, DialKind, RefusalCode};
+use burrow_proto::tunnel::Kind;
+use burrow_proto::SESSION_MINOR;
 use tokio::time::Instant;
 
 use crate::lifecycle::Lifecycle;
@@ -52,6 +54,23 @@ pub struct DialRequest<'a> {
     pub wait: Duration,
     /// Stable per user session, for routing policies (see `Admitted::session_key`).
     pub session_key: &'a str,
+    /// A TCP connection to the service, or a session the agent serves itself.
+    pub kind: DialKind,
+    /// Who the stream is for (the principal's id), for the agent's logs and a session's
+    /// `BURROW_USER`; empty when nobody signed in.
+    pub principal: &'a str,
+}
+
+impl DialRequest<'_> {
+    /// The `Dial` frame the agent gets.
+    pub fn message(&self) -> pb::Dial {
+        pb::Dial {
+            service: self.target.service.clone(),
+            request_id: self.request_id.to_owned(),
+            kind: self.kind as i32,
+            principal: self.principal.to_owned(),
+        }
+    }
 }
 
 /// The future a [`Dialer`] returns.
@@ -93,15 +112,14 @@ impl LocalDialer {
         self.dial_answer_timeout
     }
 
-    /// Claims one of this replica's tunnels of `agent_id` (waiting up to `wait`) and dials
-    /// `service` over it, as frames (the replica API relays them as they are). A tunnel
-    /// that dies before the agent answers is replaced by another within the same
-    /// deadline, so a racing idle-timeout on the agent never fails a request.
+    /// Claims one of this replica's tunnels of `agent_id` (waiting up to `wait`) and sends
+    /// it `dial`, as frames (the replica API relays them as they are). A tunnel that dies
+    /// before the agent answers is replaced by another within the same deadline, so a
+    /// racing idle-timeout on the agent never fails a request.
     pub async fn open_raw(
         &self,
         agent_id: &str,
-        service: &str,
-        request_id: &str,
+        dial: &pb::Dial,
         wait: Duration,
     ) -> Result<Dialed, OpenError> {
         let deadline = Instant::now() + wait;
@@ -111,10 +129,10 @@ impl LocalDialer {
                 ClaimError::Timeout { agent_id, .. } => OpenError::NoTunnel { agent_id, waited: wait },
                 ClaimError::ShuttingDown => OpenError::ShuttingDown,
             })?;
-            match self.dial_claimed_raw(idle, service, request_id).await {
+            match self.dial_claimed_raw(idle, dial).await {
                 Ok(dialed) => return Ok(dialed),
                 Err(None) => {
-                    tracing::debug!(agent_id, request_id, "claimed tunnel was gone; claiming another");
+                    tracing::debug!(agent_id, request_id = %dial.request_id, "claimed tunnel was gone; claiming another");
                     if Instant::now() >= deadline {
                         return Err(OpenError::NoTunnel { agent_id: agent_id.to_owned(), waited: wait });
                     }
@@ -128,13 +146,10 @@ impl LocalDialer {
     pub async fn open(
         &self,
         agent_id: &str,
-        service: &str,
-        request_id: &str,
+        dial: &pb::Dial,
         wait: Duration,
     ) -> Result<TunnelStream, OpenError> {
-        self.open_raw(agent_id, service, request_id, wait)
-            .await
-            .map(|d| TunnelStream::local(d, Some(self.metrics.clone())))
+        self.open_raw(agent_id, dial, wait).await.map(|d| TunnelStream::local(d, Some(self.metrics.clone())))
     }
 
     /// Dials `service` over a tunnel already claimed. `Ok(None)`: the tunnel was gone
@@ -142,10 +157,9 @@ impl LocalDialer {
     pub async fn dial_claimed(
         &self,
         idle: IdleTunnel,
-        service: &str,
-        request_id: &str,
+        dial: &pb::Dial,
     ) -> Result<Option<TunnelStream>, OpenError> {
-        match self.dial_claimed_raw(idle, service, request_id).await {
+        match self.dial_claimed_raw(idle, dial).await {
             Ok(dialed) => Ok(Some(TunnelStream::local(dialed, Some(self.metrics.clone())))),
             Err(None) => Ok(None),
             Err(Some(error)) => Err(error),
@@ -153,17 +167,25 @@ impl LocalDialer {
     }
 
     /// `Err(None)` means "gone, try another tunnel".
-    async fn dial_claimed_raw(
-        &self,
-        idle: IdleTunnel,
-        service: &str,
-        request_id: &str,
-    ) -> Result<Dialed, Option<OpenError>> {
-        match tunnel_io::dial_raw(idle, service, request_id, self.dial_answer_timeout).await {
+    async fn dial_claimed_raw(&self, idle: IdleTunnel, dial: &pb::Dial) -> Result<Dialed, Option<OpenError>> {
+        // An agent older than sessions would take a session dial for TCP: refuse here,
+        // on the replica that knows the agent's version, and park the tunnel again.
+        let minor = idle.session.protocol_minor;
+        if Kind::of(dial) == Kind::Session && minor < SESSION_MINOR {
+            self.registry.register(idle);
+            return Err(Some(OpenError::Refused {
+                code: RefusalCode::Unsupported,
+                message: format!(
+                    "the agent speaks protocol 1.{minor}, which has no sessions (1.{SESSION_MINOR}+): upgrade the agent"
+                ),
+            }));
+        }
+        let request_id = dial.request_id.clone();
+        match tunnel_io::dial_raw(idle, dial.clone(), self.dial_answer_timeout).await {
             Ok(dialed) => Ok(dialed),
             Err(DialError::Refused { code, message }) => Err(Some(OpenError::Refused { code, message })),
             Err(DialError::Gone(why)) => {
-                tracing::debug!(request_id, %why, "tunnel closed before the agent answered");
+                tracing::debug!(%request_id, %why, "tunnel closed before the agent answered");
                 Err(None)
             }
             Err(e @ (DialError::Timeout(_) | DialError::Protocol(_))) => {
@@ -183,7 +205,7 @@ impl Dialer for LocalDialer {
             if self.registry.idle_count(agent_id) == 0 {
                 self.metrics.waits.inc();
             }
-            self.open(agent_id, &request.target.service, request.request_id, request.wait).await
+            self.open(agent_id, &request.message(), request.wait).await
         })
     }
 }

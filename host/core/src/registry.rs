@@ -34,6 +34,9 @@ pub struct Session {
     pub remote_addr: String,
     /// SHA-256 of the session's token: tunnels must present the same token.
     pub token_sha256: [u8; 32],
+    /// The minor protocol version the agent announced (`Hello.protocol_minor`); 0 for a
+    /// forwarded tunnel's stand-in (the replica holding the agent checks it).
+    pub protocol_minor: u32,
     /// The authorizer's identity of the agent; `None` for a forwarded tunnel's stand-in.
     pub identity: Option<Arc<SessionIdentity>>,
 }
@@ -308,6 +311,7 @@ mod tests {
             session_id: tag.into(),
             remote_addr: String::new(),
             token_sha256: [0; 32],
+            protocol_minor: burrow_proto::PROTOCOL_MINOR,
             identity: None,
         });
         (IdleTunnel { inbound, outbound: tx, session }, rx)

@@ -48,18 +48,17 @@ pub struct Dialed {
     pub session: Arc<Session>,
 }
 
-/// Sends `Dial(service)` on a parked tunnel and waits for the agent's answer.
+/// Sends `dial` on a parked tunnel and waits for the agent's answer.
 pub async fn dial_raw(
     idle: IdleTunnel,
-    service: &str,
-    request_id: &str,
+    dial: pb::Dial,
     answer_timeout: Duration,
 ) -> Result<Dialed, DialError> {
     let IdleTunnel { mut inbound, outbound, session } = idle;
     let mut state = Tunnel::new(Role::Host);
-    state.send_dial().map_err(|e| DialError::Protocol(e.to_string()))?;
+    state.send_dial(&dial).map_err(|e| DialError::Protocol(e.to_string()))?;
     outbound
-        .send(Ok(frames::dial(service, request_id)))
+        .send(Ok(pb::HostFrame { frame: Some(pb::host_frame::Frame::Dial(dial)) }))
         .await
         .map_err(|_| DialError::Gone("tunnel RPC already ended".into()))?;
     let first = tokio::time::timeout(answer_timeout, inbound.message())
@@ -84,15 +83,14 @@ pub async fn dial_raw(
     }
 }
 
-/// Sends `Dial(service)` on a parked tunnel and returns the connection as bytes.
+/// Sends `dial` on a parked tunnel and returns the connection as bytes.
 pub async fn dial(
     idle: IdleTunnel,
-    service: &str,
-    request_id: &str,
+    dial: pb::Dial,
     answer_timeout: Duration,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<TunnelStream, DialError> {
-    dial_raw(idle, service, request_id, answer_timeout).await.map(|d| TunnelStream::local(d, metrics))
+    dial_raw(idle, dial, answer_timeout).await.map(|d| TunnelStream::local(d, metrics))
 }
 
 /// An open tunnel to a workload's service: local (a stream parked on this replica) or

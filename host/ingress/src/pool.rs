@@ -24,6 +24,7 @@ use burrow_host_core::context::HostContext;
 use burrow_host_core::dial::{DialRequest, OpenError};
 use burrow_host_core::tunnel_io::TunnelStream;
 use burrow_host_plugins::types::Target;
+use burrow_proto::pb::DialKind;
 
 /// Why a request could not be carried to the workload.
 #[derive(Debug)]
@@ -116,7 +117,15 @@ impl WorkloadPool {
     ) -> Result<SendRequest<Incoming>, SendError> {
         let stream = self
             .ctx
-            .dial(DialRequest { target, request_id, wait: self.stream_wait, session_key })
+            // A pooled connection serves whoever comes next, so its Dial names nobody.
+            .dial(DialRequest {
+                target,
+                request_id,
+                wait: self.stream_wait,
+                session_key,
+                kind: DialKind::Tcp,
+                principal: "",
+            })
             .await
             .map_err(SendError::Open)?;
         let (sender, connection) = handshake(stream).await.map_err(SendError::Workload)?;

@@ -13,6 +13,7 @@ use super::pool::handshake;
 use super::proxy::{empty_body, error_chain, relay_response, Proxy, ResponseBody};
 use burrow_host_core::admission::Admitted;
 use burrow_host_core::dial::DialRequest;
+use burrow_proto::pb::DialKind;
 
 /// Sends an upgrade request (headers already prepared, origin-form URI) to the workload over
 /// its own tunnel, outside the pool: an upgraded connection must never serve another request.
@@ -30,6 +31,8 @@ pub(super) async fn forward(
         request_id,
         wait: proxy.stream_wait(),
         session_key: &admitted.session_key,
+        kind: DialKind::Tcp,
+        principal: admitted.principal.as_ref().map_or("", |p| p.id.as_str()),
     };
     let io = proxy.ctx.dial(dial).await.map_err(|error| ProxyError::Open {
         agent_id: route.agent_id.clone(),

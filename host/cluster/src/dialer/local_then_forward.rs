@@ -48,6 +48,7 @@ fn session(agent: &str, tag: &str) -> Session {
         session_id: format!("session-{tag}"),
         remote_addr: String::new(),
         token_sha256: [0; 32],
+        protocol_minor: burrow_proto::PROTOCOL_MINOR,
         identity: None,
     }
 }
@@ -130,14 +131,14 @@ impl Remotes for FakeCluster {
             self.forwards.lock().unwrap().push((
                 replica.clone(),
                 d.agent_id.to_owned(),
-                d.service.to_owned(),
+                d.dial.service.clone(),
             ));
             if !self.holders.lock().unwrap().contains(&replica) {
                 return Err(ForwardError::NotThere(replica));
             }
             let (idle, agent_end) = tunnel(d.agent_id, &replica);
             self.agents.lock().unwrap().push(agent_end);
-            let dialed = tunnel_io::dial_raw(idle, d.service, d.request_id, d.answer_timeout)
+            let dialed = tunnel_io::dial_raw(idle, d.dial.clone(), d.answer_timeout)
                 .await
                 .map_err(|e| ForwardError::Failed { replica, message: e.to_string() })?;
             Ok(TunnelStream::forwarded(dialed.inbound, dialed.outbound, dialed.state, dialed.session, None))
@@ -204,8 +205,14 @@ fn target() -> Target {
 
 async fn dial(dialer: &ClusterDialer) -> Result<TunnelStream, OpenError> {
     let target = target();
-    let request =
-        DialRequest { target: &target, request_id: "req-1", wait: Duration::from_secs(20), session_key: "" };
+    let request = DialRequest {
+        target: &target,
+        request_id: "req-1",
+        wait: Duration::from_secs(20),
+        session_key: "",
+        kind: pb::DialKind::Tcp,
+        principal: "",
+    };
     dialer.dial(request).await
 }
 
