@@ -34,7 +34,7 @@ pub enum ConfigError {
     #[error("service {0:?} is listed twice; service names must be unique")]
     DuplicateService(String),
     /// No service is offered: the agent would refuse every request.
-    #[error("no services configured: pass at least one --service NAME=HOST:PORT")]
+    #[error("no services configured: pass at least one --service NAME=HOST:PORT or --session NAME")]
     NoServices,
     /// The token is empty.
     #[error("the agent token is empty")]
@@ -330,6 +330,8 @@ pub struct AgentConfig {
     pub token: Secret,
     /// The only destinations the agent ever dials.
     pub services: Vec<ServiceSpec>,
+    /// Interactive sessions (SSH, web terminals) the agent serves itself; `None`: none.
+    pub sessions: Option<crate::SessionConfig>,
     /// Extra trusted CA certificates (PEM), added to the built-in web PKI roots.
     pub ca_file: Option<PathBuf>,
     /// Distinguishes agent processes sharing one token. Default: `$HOSTNAME`, else random.
@@ -391,6 +393,7 @@ impl AgentConfig {
             diversify_interval: DEFAULT_DIVERSIFY_INTERVAL,
             token: Secret::new(token),
             services: Vec::new(),
+            sessions: None,
             ca_file: None,
             replica_id: default_replica_id(),
             min_idle: DEFAULT_MIN_IDLE,
@@ -443,7 +446,7 @@ impl AgentConfig {
                 format!("{} is not in 1..={MAX_CONNECTIONS}", self.connections),
             ));
         }
-        if self.services.is_empty() {
+        if self.services.is_empty() && self.sessions.is_none() {
             return Err(ConfigError::NoServices);
         }
         let mut seen = HashSet::new();
@@ -452,6 +455,16 @@ impl AgentConfig {
             ServiceSpec::new(service.name(), &service.addr())?;
             if !seen.insert(service.name()) {
                 return Err(ConfigError::DuplicateService(service.name().to_owned()));
+            }
+        }
+        if let Some(sessions) = &self.sessions {
+            sessions.validate().map_err(|(field, reason)| invalid(field, reason))?;
+            for name in &sessions.names {
+                validate_service_name(name)
+                    .map_err(|reason| ConfigError::Service { spec: format!("--session {name}"), reason })?;
+                if !seen.insert(name) {
+                    return Err(ConfigError::DuplicateService(name.clone()));
+                }
             }
         }
         if self.replica_id.is_empty() || self.replica_id.len() > 128 {
@@ -625,7 +638,7 @@ mod tests {
         };
         assert_eq!(
             msg(&|c| c.services.clear()),
-            "no services configured: pass at least one --service NAME=HOST:PORT"
+            "no services configured: pass at least one --service NAME=HOST:PORT or --session NAME"
         );
         assert_eq!(
             msg(&|c| c.services.push("web=10.0.0.1:80".parse().unwrap())),

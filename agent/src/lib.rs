@@ -89,6 +89,7 @@ mod connection;
 mod pool;
 mod session;
 mod shared;
+mod shell;
 mod status;
 mod transport;
 mod tunnel;
@@ -113,6 +114,11 @@ pub use config::{
     MAX_SERVICE_NAME,
 };
 pub use pool::Pool;
+pub use shell::config::{
+    default_sftp_server, default_shell, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_ENV, MAX_SESSIONS,
+    SFTP_SERVER_PATHS,
+};
+pub use shell::SessionConfig;
 pub use status::{AgentStatus, ConnState, ConnectionStatus};
 
 use shared::{Shared, Slot};

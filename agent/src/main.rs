@@ -56,8 +56,38 @@ struct Cli {
 
     /// A service the agent may dial, as NAME=HOST:PORT (repeat for more). The agent
     /// dials these and nothing else. NAME: [a-z0-9][a-z0-9_]*, at most 63 characters.
-    #[arg(long = "service", value_name = "NAME=HOST:PORT", required = true, value_parser = parse_service, verbatim_doc_comment)]
+    #[arg(long = "service", value_name = "NAME=HOST:PORT", required_unless_present = "sessions", value_parser = parse_service, verbatim_doc_comment)]
     services: Vec<ServiceSpec>,
+
+    /// A session service (repeat for more): the host may open interactive sessions
+    /// under this name (SSH sessions, web terminals), served by the agent itself with
+    /// the configured shell in a terminal. Shares the namespace of --service names.
+    #[arg(long = "session", value_name = "NAME", verbatim_doc_comment)]
+    sessions: Vec<String>,
+
+    /// The login shell sessions run; a command runs as SHELL -c COMMAND. Nothing else
+    /// is ever started. [default: $SHELL, else /bin/sh]
+    #[arg(long, value_name = "PATH", requires = "sessions", verbatim_doc_comment)]
+    shell: Option<PathBuf>,
+
+    /// The program serving the sftp subsystem (scp, sftp). "none" refuses sftp.
+    /// [default: OpenSSH's sftp-server where the system installs it]
+    #[arg(long, value_name = "PATH|none", requires = "sessions", verbatim_doc_comment)]
+    sftp_server: Option<String>,
+
+    /// A client environment variable sessions may set, as NAME or PREFIX* (repeat for
+    /// more). PATH, HOME, SHELL, USER, LD_* and BURROW_* never pass.
+    /// [default: LANG LC_* COLORTERM]
+    #[arg(long = "session-env", value_name = "PATTERN", requires = "sessions", verbatim_doc_comment)]
+    session_env: Vec<String>,
+
+    /// Sessions at once; more are refused.
+    #[arg(long, value_name = "N", default_value_t = burrow_agent::DEFAULT_MAX_SESSIONS)]
+    max_sessions: usize,
+
+    /// Working directory of sessions. [default: $HOME, else /]
+    #[arg(long, value_name = "DIR", requires = "sessions", verbatim_doc_comment)]
+    session_dir: Option<PathBuf>,
 
     /// File holding the agent token (surrounding whitespace is trimmed). Without it the
     /// token comes from the BURROW_AGENT_TOKEN environment variable.
@@ -199,6 +229,23 @@ async fn agent_main(cli: Cli) -> anyhow::Result<()> {
     config.connections = cli.connections;
     config.diversify_interval = cli.diversify_interval;
     config.services = cli.services;
+    if !cli.sessions.is_empty() {
+        let mut sessions = burrow_agent::SessionConfig::new(cli.sessions);
+        if let Some(shell) = cli.shell {
+            sessions.shell = shell;
+        }
+        match cli.sftp_server.as_deref() {
+            Some("none") => sessions.sftp_server = None,
+            Some(path) => sessions.sftp_server = Some(PathBuf::from(path)),
+            None => {}
+        }
+        if !cli.session_env.is_empty() {
+            sessions.env = cli.session_env;
+        }
+        sessions.max_sessions = cli.max_sessions;
+        sessions.dir = cli.session_dir;
+        config.sessions = Some(sessions);
+    }
     config.ca_file = cli.ca_file;
     if let Some(id) = cli.replica_id {
         config.replica_id = id;

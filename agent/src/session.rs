@@ -143,7 +143,12 @@ pub(crate) async fn establish(
             protocol_minor: PROTOCOL_MINOR,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             replica_id: config.replica_id.clone(),
-            services: config.services.iter().map(|s| s.name().to_owned()).collect(),
+            services: config
+                .services
+                .iter()
+                .map(|s| s.name().to_owned())
+                .chain(config.sessions.iter().flat_map(|s| s.names.iter().cloned()))
+                .collect(),
         };
         let (control_tx, control_rx) = mpsc::channel(1);
         control_tx

@@ -143,6 +143,10 @@ impl Replicas {
 
 pub(crate) struct Shared {
     pub services: HashMap<String, ServiceSpec>,
+    /// Sessions the agent serves itself, if any.
+    pub sessions: Option<crate::SessionConfig>,
+    /// One permit per session that may run at once (`--max-sessions`).
+    pub session_slots: Arc<tokio::sync::Semaphore>,
     pub dial_timeout: Duration,
     pub idle_timeout: Duration,
     /// `authorization: Bearer <token>`, marked sensitive so it is never logged or indexed.
@@ -177,6 +181,10 @@ impl Shared {
         auth_header.set_sensitive(true);
         Ok(Arc::new(Self {
             services: config.services.iter().map(|s| (s.name().to_owned(), s.clone())).collect(),
+            sessions: config.sessions.clone(),
+            session_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.sessions.as_ref().map_or(0, |s| s.max_sessions),
+            )),
             dial_timeout: config.dial_timeout,
             idle_timeout: config.idle_timeout,
             auth_header,

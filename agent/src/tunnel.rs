@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use burrow_proto::pb::{self, RefusalCode, ResetCode};
-use burrow_proto::tunnel::{frames, Event, ProtocolError, Role, Tunnel};
+use burrow_proto::tunnel::{frames, Event, Kind, ProtocolError, Role, Tunnel};
 use burrow_proto::{MAX_DATA_FRAME, SESSION_METADATA};
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,7 +122,8 @@ async fn serve(
     inbound: Streaming<pb::HostFrame>,
     tx: Outbound,
 ) {
-    let name = dial.service;
+    let kind = Kind::of(&dial);
+    let name = dial.service.clone();
     if shared.stopping() {
         return refuse(
             shared,
@@ -133,6 +134,31 @@ async fn serve(
             "the agent is shutting down".to_owned(),
         )
         .await;
+    }
+    let is_session = shared.sessions.as_ref().is_some_and(|s| s.names.contains(&name));
+    match kind {
+        Kind::Unknown => {
+            info!(kind = dial.kind, "refused: unknown dial kind");
+            let msg = format!("dial kind {} is not supported by this agent", dial.kind);
+            return refuse(shared, machine, inbound, tx, RefusalCode::Unsupported, msg).await;
+        }
+        Kind::Session if is_session => {
+            let permit = match crate::shell::admit(shared, shared.sessions.as_ref()) {
+                Ok(permit) => permit,
+                Err((code, msg)) => return refuse(shared, machine, inbound, tx, code, msg).await,
+            };
+            let config = shared.sessions.as_ref().expect("is_session implies sessions");
+            return crate::shell::serve(shared, config, permit, machine, dial, inbound, tx).await;
+        }
+        Kind::Session if shared.services.contains_key(&name) => {
+            let msg = format!("service {name:?} is a TCP service, not a session");
+            return refuse(shared, machine, inbound, tx, RefusalCode::Unsupported, msg).await;
+        }
+        Kind::Tcp if is_session => {
+            let msg = format!("service {name:?} is a session service; name a TCP service");
+            return refuse(shared, machine, inbound, tx, RefusalCode::Unsupported, msg).await;
+        }
+        Kind::Session | Kind::Tcp => {}
     }
     // The allow-list: the host names a service, never an address.
     let Some(service) = shared.services.get(&name) else {

@@ -18,6 +18,7 @@ pub mod context;
 pub mod dial;
 pub mod lifecycle;
 pub mod registry;
+pub mod session_io;
 pub mod sessions;
 pub mod tunnel_io;
 pub mod workloads;

@@ -96,7 +96,8 @@ pub async fn dial(
 /// An open tunnel to a workload's service: local (a stream parked on this replica) or
 /// forwarded (relayed by the replica holding the agent's stream). Both behave the same.
 pub struct TunnelStream {
-    inbound: Streaming<pb::AgentFrame>,
+    /// `None` once [`Self::into_session`] took it.
+    inbound: Option<Streaming<pb::AgentFrame>>,
     outbound: PollSender<Result<pb::HostFrame, Status>>,
     state: Tunnel,
     read_buf: Bytes,
@@ -137,7 +138,7 @@ impl TunnelStream {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Self {
-            inbound,
+            inbound: Some(inbound),
             outbound: PollSender::new(outbound),
             state,
             read_buf: Bytes::new(),
@@ -157,6 +158,27 @@ impl TunnelStream {
     /// Whether the tunnel is local or forwarded.
     pub fn path(&self) -> RoutePath {
         self.path
+    }
+
+    /// Turns a tunnel dialed with `DialKind::Session` into its two halves, which run
+    /// concurrently (input and output of a session must never wait on each other). The
+    /// halves take over this stream's duties: resetting the tunnel if it is dropped
+    /// unfinished, and its metrics.
+    pub fn into_session(mut self) -> (crate::session_io::SessionSender, crate::session_io::SessionReceiver) {
+        let inbound = self.inbound.take().expect("inbound is only taken here, which consumes the stream");
+        let outbound = self.outbound.get_ref().cloned();
+        let halves = crate::session_io::split(
+            inbound,
+            outbound,
+            self.state.clone(),
+            self.session.clone(),
+            self.path,
+            self.metrics.take(),
+        );
+        // This stream no longer owns the tunnel: dropping it must not reset it.
+        self.state.send_reset();
+        self.outbound.close();
+        halves
     }
 
     fn send_reset(&mut self, code: ResetCode, message: String) {
@@ -195,7 +217,8 @@ impl AsyncRead for TunnelStream {
                 // Eof received (clean end of the read side) or the tunnel is closed.
                 return Poll::Ready(Ok(()));
             }
-            match ready!(Pin::new(&mut this.inbound).poll_next(cx)) {
+            let Some(inbound) = this.inbound.as_mut() else { return Poll::Ready(Ok(())) };
+            match ready!(Pin::new(inbound).poll_next(cx)) {
                 Some(Ok(frame)) => match this.state.receive_agent_frame(frame) {
                     Ok(Event::Data(data)) => {
                         this.from_agent += data.len() as u64;
