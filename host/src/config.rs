@@ -28,6 +28,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// `[cluster]`: many replicas sharing a registry in Redis. Absent: one process, no Redis.
     pub cluster: Option<ClusterConfig>,
+    /// `[ssh]`: users' SSH clients (sessions, scp/sftp, `ssh -L`/`-W`). Absent: no SSH port.
+    pub ssh: Option<crate::ssh::SshConfig>,
     /// `[admin]`: health, readiness and metrics.
     pub admin: AdminConfig,
     /// `[shutdown]`: how the host stops.
@@ -130,12 +132,18 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate().map_err(ConfigError::Invalid)?;
         }
+        if let Some(ssh) = &self.ssh {
+            ssh.validate().map_err(ConfigError::Invalid)?;
+        }
         let mut ports = vec![("agents.listen", self.agents.listen), ("ingress.listen", self.ingress.listen)];
         if self.admin.enabled {
             ports.push(("admin.listen", self.admin.listen));
         }
         if let Some(cluster) = &self.cluster {
             ports.push(("cluster.listen", cluster.listen));
+        }
+        if let Some(ssh) = &self.ssh {
+            ports.push(("ssh.listen", ssh.listen));
         }
         for (i, (a, addr_a)) in ports.iter().enumerate() {
             for (b, addr_b) in &ports[i + 1..] {

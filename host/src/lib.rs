@@ -35,6 +35,7 @@ pub use burrow_host_core as core;
 pub use burrow_host_ingress as ingress;
 pub use burrow_host_metrics as metrics;
 pub use burrow_host_plugins as plugins;
+pub use burrow_host_ssh as ssh;
 pub use burrow_host_time as time;
 pub use burrow_host_tls as tls;
 
@@ -59,6 +60,8 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
     /// The private replica-to-replica API; required in cluster mode.
     pub cluster: Option<TcpListener>,
+    /// Users' SSH clients; required when the config has an `[ssh]` table.
+    pub ssh: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -76,6 +79,10 @@ impl Listeners {
             },
             cluster: match &config.cluster {
                 Some(c) => Some(bind(c.listen, "cluster.listen").await?),
+                None => None,
+            },
+            ssh: match &config.ssh {
+                Some(s) => Some(bind(s.listen, "ssh.listen").await?),
                 None => None,
             },
         })
@@ -108,6 +115,9 @@ pub enum HostError {
     /// Cluster mode could not start or its private API failed.
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    /// The SSH ingress could not start (host key) or failed.
+    #[error(transparent)]
+    Ssh(#[from] ssh::SshError),
     /// A server task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -251,6 +261,15 @@ pub async fn run_with_control(
         token.clone(),
         grace,
     ));
+    let mut ssh_server = match (&config.ssh, listeners.ssh) {
+        (Some(c), Some(l)) => {
+            tokio::spawn(ssh::serve(ctx.clone(), Arc::new(c.clone()), l, token.clone(), grace))
+        }
+        (Some(_), None) => {
+            return Err(HostError::Task("an [ssh] table needs a listener for the SSH port".into()));
+        }
+        _ => tokio::spawn(async { std::future::pending::<Result<(), ssh::SshError>>().await }),
+    };
     let mut replica_api = match (&cluster, listeners.cluster) {
         (Some(c), Some(l)) => {
             tokio::spawn(cluster::forward::serve(l, ctx.clone(), c.clone(), token.clone(), grace))
@@ -278,6 +297,7 @@ pub async fn run_with_control(
         r = &mut agents => Some(("agent port", r.map(|r| r.map_err(HostError::from)))),
         r = &mut ingress => Some(("ingress", r.map(|r| r.map_err(HostError::from)))),
         r = &mut replica_api => Some(("replica API", r.map(|r| r.map_err(HostError::from)))),
+        r = &mut ssh_server => Some(("SSH ingress", r.map(|r| r.map_err(HostError::from)))),
     };
     if let Some((what, result)) = early {
         token.cancel();
@@ -285,6 +305,7 @@ pub async fn run_with_control(
         agents.abort();
         ingress.abort();
         replica_api.abort();
+        ssh_server.abort();
         stop_background(cluster_task);
         if let Some(c) = &cluster {
             c.leave().await;
@@ -305,7 +326,7 @@ pub async fn run_with_control(
         c.drain().await;
     }
     token.cancel();
-    let (a, i) = tokio::join!(agents, ingress);
+    let (a, i, s) = tokio::join!(agents, ingress, ssh_server);
     replica_api.abort();
     // Background work first, then the records: a heartbeat or registration that ran after
     // `leave` would put this replica back in Redis as a phantom until its TTL (`leave`
@@ -316,6 +337,9 @@ pub async fn run_with_control(
     }
     a.map_err(|e| HostError::Task(e.to_string()))??;
     i.map_err(|e| HostError::Task(e.to_string()))??;
+    if config.ssh.is_some() {
+        s.map_err(|e| HostError::Task(e.to_string()))??;
+    }
     tracing::info!("burrow host stopped");
     Ok(())
 }

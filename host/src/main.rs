@@ -31,6 +31,16 @@ enum Command {
     /// Plugin tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Print the SSH host key's fingerprint and a known_hosts line for users, creating
+    /// the key (as `run` would) if the config's ssh.host_key does not exist yet.
+    SshHostKey {
+        /// Path to the config file (its `[ssh]` table names the key).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The host name users connect to, for the known_hosts line.
+        #[arg(long, default_value = "localhost")]
+        host: String,
+    },
     /// Quickstart: a host, an agent and a demo workload (web page, WebSocket echo, SSE
     /// clock) in one process, with embedded defaults and no Redis.
     Demo {
@@ -198,6 +208,17 @@ async fn main() -> anyhow::Result<()> {
             drop(control);
             result.context("host failed")
         }
+        Command::SshHostKey { config: path, host } => {
+            let config = Config::from_file(&path)?;
+            let ssh = config.ssh.context("the config has no [ssh] table")?;
+            let (key, created) = burrow_host::ssh::host_key::load_or_create(&ssh.host_key)?;
+            if created {
+                eprintln!("created {}", ssh.host_key.display());
+            }
+            println!("{}", burrow_host::ssh::host_key::fingerprint(&key));
+            println!("{}", burrow_host::ssh::host_key::known_hosts_line(&key, &host, ssh.listen.port()));
+            Ok(())
+        }
         Command::Plugin(PluginCommand::Check { file, kind, config, json }) => {
             init_logging(&LogConfig { filter: "warn".into(), ..LogConfig::default() });
             plugin_check(file, kind, config, json).await
@@ -214,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
                     ingress: demo.ingress,
                     admin: None,
                     cluster: None,
+                    ssh: None,
                 };
                 burrow_host::run(config, listeners, demo.stop.cancelled_owned()).await
             })

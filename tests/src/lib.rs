@@ -161,6 +161,8 @@ pub struct TestHost {
     pub admin_addr: SocketAddr,
     /// The replica API (cluster mode only).
     pub cluster_addr: Option<SocketAddr>,
+    /// The SSH port (with an `[ssh]` table only).
+    pub ssh_addr: Option<SocketAddr>,
     /// What the binary sends on SIGHUP (plugin config reloads).
     pub control: burrow_host::ControlSender,
     stop: Option<oneshot::Sender<()>>,
@@ -187,8 +189,13 @@ impl TestHost {
             None => None,
         };
         let cluster_addr = cluster.as_ref().map(|l| l.local_addr().unwrap());
+        let ssh = match config.ssh {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let ssh_addr = ssh.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = Listeners { agents, ingress, admin: Some(admin), cluster };
+        let listeners = Listeners { agents, ingress, admin: Some(admin), cluster, ssh };
         let (control, requests) = burrow_host::control_channel();
         let task = tokio::spawn(burrow_host::run_with_control(
             config,
@@ -198,7 +205,16 @@ impl TestHost {
             },
             requests,
         ));
-        TestHost { agent_addr, ingress_addr, admin_addr, cluster_addr, control, stop: Some(stop), task }
+        TestHost {
+            agent_addr,
+            ingress_addr,
+            admin_addr,
+            cluster_addr,
+            ssh_addr,
+            control,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// The agent URL for a scheme (`grpc`, `ws`, `grpcs`, `wss`).

@@ -23,6 +23,8 @@
 //! token_sha256 = "<hex>"               # bearer token or session cookie value
 //! groups = ["dev"]
 //!
+//! # ssh_password_tokens = true         # default: a user's token is also their SSH password
+//!
 //! [[plugins.authorizer.config.ssh_keys]]
 //! user = "alice"                       # a name from `users`
 //! fingerprint = "SHA256:..."           # as `ssh-keygen -l` prints it

@@ -12,6 +12,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
+fn yes() -> bool {
+    true
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -23,6 +27,9 @@ struct RawConfig {
     ssh_keys: Vec<RawSshKey>,
     #[serde(default)]
     session_cookie: Option<String>,
+    /// A user's token also works as their SSH password (for tools without keys).
+    #[serde(default = "yes")]
+    ssh_password_tokens: bool,
     #[serde(default)]
     default_access: DefaultAccess,
     #[serde(default)]
@@ -156,6 +163,7 @@ pub struct Policy {
     user_tokens: Vec<Secret>,
     ssh_keys: Vec<(String, usize)>,
     session_cookie: Option<String>,
+    ssh_password_tokens: bool,
     default_access: DefaultAccess,
     unknown_credentials: UnknownCredentials,
     rules: Vec<Rule>,
@@ -397,6 +405,7 @@ impl Policy {
             user_tokens,
             ssh_keys,
             session_cookie: raw.session_cookie,
+            ssh_password_tokens: raw.ssh_password_tokens,
             default_access: raw.default_access,
             unknown_credentials: raw.unknown_credentials,
             rules,
@@ -436,6 +445,9 @@ impl Policy {
                 // Fingerprints are public: an ordinary comparison reveals nothing.
                 let owner = self.ssh_keys.iter().find(|(f, _)| f == fingerprint).map(|(_, owner)| *owner);
                 (owner, "ssh-key", UNKNOWN_SSH_KEY)
+            }
+            Credential::SshPassword { password, .. } if self.ssh_password_tokens && !password.is_empty() => {
+                (find_constant_time(&self.user_tokens, &sha256(password)), "ssh-password", UNKNOWN_TOKEN)
             }
             Credential::SshPassword { .. } => (None, "ssh-password", NO_PASSWORDS),
         };
@@ -583,7 +595,12 @@ mod tests {
         assert_eq!(principal(&p, key("SHA256:carolkey")).id, "carol");
         assert_eq!(p.authenticate_user(&key("SHA256:other")), UserVerdict::Rejected(UNKNOWN_SSH_KEY));
         let password = Credential::SshPassword { user: "carol".into(), password: "pw".into() };
-        assert_eq!(p.authenticate_user(&password), UserVerdict::Rejected(NO_PASSWORDS));
+        assert_eq!(p.authenticate_user(&password), UserVerdict::Rejected(UNKNOWN_TOKEN));
+        // A user's token is their SSH password too, unless switched off.
+        let by_password =
+            principal(&p, Credential::SshPassword { user: "x".into(), password: "bob-secret".into() });
+        assert_eq!(by_password.id, "bob");
+        assert_eq!(by_password.labels, vec![("authenticated-by".into(), "ssh-password".into())]);
         assert_eq!(
             p.authenticate_user(&Credential::Bearer("wrong".into())),
             UserVerdict::Rejected(UNKNOWN_TOKEN)

@@ -147,6 +147,7 @@ impl Workload for CiJob {
         } else {
             self.route_ssh_user(&req.ssh_user)?
         };
+        let service = req.forward_service().unwrap_or(service);
         Some(Resolved {
             workload_id: agent.to_string(),
             agent_id: agent.to_string(),

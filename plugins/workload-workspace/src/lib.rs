@@ -51,6 +51,7 @@ impl Workload for Workspace {
             self.scheme.route_ssh_user(&req.ssh_user)?
         };
         let Route { service, agent } = route;
+        let service = req.forward_service().unwrap_or(service);
         Some(Resolved {
             workload_id: agent.to_string(),
             agent_id: agent.to_string(),
@@ -117,6 +118,12 @@ mod tests {
         assert_eq!((ssh.agent_id.as_str(), ssh.service.as_str()), ("demo", "ssh"));
         let fwd = plugin.resolve(&host, resolve("", "db+demo", Action::PortForward)).unwrap();
         assert_eq!(fwd.service, "db");
+        // `ssh -L 8080:web:80 demo@host`: the destination names the service.
+        let named = plugin.resolve(&host, resolve("web", "demo", Action::PortForward)).unwrap();
+        assert_eq!((named.agent_id.as_str(), named.service.as_str()), ("demo", "web"));
+        // `ssh -L 8080:localhost:80 web+demo@host`: the SSH user names it.
+        let local = plugin.resolve(&host, resolve("localhost", "web+demo", Action::PortForward)).unwrap();
+        assert_eq!(local.service, "web");
         assert_eq!(plugin.resolve(&host, resolve("nothing.example", "", Action::Http)), None);
     }
 

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         ingress: bind().await?,
         admin: Some(bind().await?),
         cluster: if config.cluster.is_some() { Some(bind().await?) } else { None },
+        ssh: if config.ssh.is_some() { Some(bind().await?) } else { None },
     };
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let line = serde_json::json!({
@@ -33,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         "ingress": addr(&listeners.ingress),
         "admin": listeners.admin.as_ref().map(addr),
         "cluster": listeners.cluster.as_ref().map(addr),
+        "ssh": listeners.ssh.as_ref().map(addr),
     });
     println!("{line}");
     let term = async {

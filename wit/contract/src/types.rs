@@ -340,6 +340,23 @@ pub struct ResolveRequest {
     pub port: u16,
 }
 
+impl ResolveRequest {
+    /// For an SSH port-forward (`ssh -L 8080:web:80`, `ssh -W web:80`): the destination
+    /// host when it names a service (`[a-z0-9_]+`, not `localhost`), which then replaces
+    /// the service the SSH user routes to. `None` for anything else, so `-L
+    /// 8080:localhost:80` reaches the SSH user's own service.
+    pub fn forward_service(&self) -> Option<&str> {
+        let host = self.host.as_str();
+        let named = self.action == Action::PortForward
+            && !self.ssh_user.is_empty()
+            && !host.is_empty()
+            && host != "localhost"
+            && host.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !host.chars().all(|c| c.is_ascii_digit());
+        named.then_some(host)
+    }
+}
+
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -428,6 +445,24 @@ pub struct RouteRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_forward_destination_names_a_service_only_when_it_looks_like_one() {
+        let req = |action: Action, host: &str, user: &str| ResolveRequest {
+            action,
+            host: host.into(),
+            path: String::new(),
+            method: String::new(),
+            ssh_user: user.into(),
+            port: 80,
+        };
+        assert_eq!(req(Action::PortForward, "web", "demo").forward_service(), Some("web"));
+        assert_eq!(req(Action::PortForward, "localhost", "web+demo").forward_service(), None);
+        assert_eq!(req(Action::PortForward, "10.0.0.1", "demo").forward_service(), None);
+        assert_eq!(req(Action::PortForward, "8080", "demo").forward_service(), None);
+        assert_eq!(req(Action::PortForward, "web", "").forward_service(), None, "not over SSH");
+        assert_eq!(req(Action::SshSession, "web", "demo").forward_service(), None);
+    }
 
     #[test]
     fn serde_shapes_match_the_host() {
