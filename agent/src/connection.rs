@@ -379,10 +379,13 @@ async fn diversify(
     // on a deployment with fewer replicas than `connections` settles to a probe every
     // half hour instead of three handshakes a minute, forever.
     let mut interval = config.diversify_interval;
+    // Only the first fruitless round is news; the rest would repeat it in every log.
+    let mut fruitless = 0u32;
     loop {
         sleep(jittered(interval, DIVERSIFY_JITTER)).await;
         if !slot.shared.is_duplicate(slot.index) {
             interval = config.diversify_interval;
+            fruitless = 0;
             continue;
         }
         let mut landed: Vec<String> = Vec::new();
@@ -412,12 +415,14 @@ async fn diversify(
             }
         }
         interval = (interval * 2).min(MAX_DIVERSIFY_INTERVAL.max(config.diversify_interval));
-        info!(
-            replicas = ?landed,
-            last_error = last_error.as_deref().unwrap_or(""),
-            retry_in = ?interval,
-            "still no distinct host replica; keeping the duplicate connection"
-        );
+        fruitless += 1;
+        let last_error = last_error.as_deref().unwrap_or("");
+        let message = "still no distinct host replica; keeping the duplicate connection";
+        if fruitless == 1 {
+            info!(replicas = ?landed, last_error, retry_in = ?interval, "{message}");
+        } else {
+            debug!(replicas = ?landed, last_error, retry_in = ?interval, rounds = fruitless, "{message}");
+        }
     }
 }
 

@@ -126,7 +126,16 @@ fn rerun_if_changed(root: &Path, plugins: &Path, examples: &[PathBuf]) {
         .map(|entry| entry.path())
         .filter(|dir| dir.join("Cargo.toml").is_file());
     for crate_dir in crates.chain(examples.iter().cloned()) {
-        watch(crate_dir.join("Cargo.toml"));
+        // Cargo.toml, and the plugin manifests `embed_manifest!` puts into the component.
+        let tomls = std::fs::read_dir(&crate_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"));
+        for toml in tomls {
+            watch(toml);
+        }
         watch(crate_dir.join("src"));
         // Standalone example workspaces pin their own dependencies...
         if crate_dir.join("Cargo.lock").is_file() {

@@ -103,12 +103,25 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        let config = Self::from_toml(&text)
-            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        let text = Self::read(path)?;
+        let config = Self::parse(path, &text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The file's text.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })
+    }
+
+    /// Parses `text`, read from `path`, without validating. Errors give the line and
+    /// column but never quote the line (a plugin's `config` may hold a credential).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml(text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: crate::plugins::config::toml_message(text, &e),
+        })
     }
 
     /// Parses TOML text without validating.
@@ -164,6 +177,48 @@ impl Config {
     }
 }
 
+/// The line (from 1) where `key` (`plugins.workload[1].config.teams`) is written in
+/// the TOML `text`, or where its deepest written parent is; `full` says whether the
+/// whole key was found. `None` when not even its first part is in the file (a default).
+pub fn key_line(text: &str, key: &str) -> Option<KeyLine> {
+    use toml::de::DeValue;
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let line_at = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let mut table = doc.get_ref();
+    let mut found: Option<KeyLine> = None;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (*part, None),
+        };
+        let Some((written, value)) = table.iter().find(|(k, _)| k.get_ref() == name) else { break };
+        let mut value = value;
+        let mut line = line_at(written.span().start);
+        if let (Some(index), DeValue::Array(items)) = (index, value.get_ref()) {
+            // The array is written even if the item is not: point at the array.
+            found = Some(KeyLine { line, full: false });
+            let Some(item) = items.get(index) else { break };
+            line = line_at(item.span().start);
+            value = item;
+        }
+        found = Some(KeyLine { line, full: i + 1 == parts.len() });
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    found
+}
+
+/// Where [`key_line`] found a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLine {
+    pub line: usize,
+    /// The whole key is written (not just a parent of it).
+    pub full: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +245,29 @@ mod tests {
             Config::from_toml("[agents]\npreface_timeout = \"250ms\"\n[shutdown]\ngrace = \"2m\"\n").unwrap();
         assert_eq!(config.agents.preface_timeout, Duration::from_millis(250));
         assert_eq!(config.shutdown.grace, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn key_lines_point_at_where_a_key_or_its_parent_is_written() {
+        let text = "[agents]\nlisten = \"x\"\n\n[plugins.authorizer]\nsource = \"a\"\nconfig = { teams = { x = \"1\" } }\n\
+                    [[plugins.workload]]\nsource = \"w0\"\n[[plugins.workload]]\nsource = \"w1\"\n[plugins.workload.config]\nroot = 1\n";
+        let at = |key: &str| key_line(text, key);
+        assert_eq!(at("agents.listen"), Some(KeyLine { line: 2, full: true }));
+        assert_eq!(at("plugins.authorizer.source"), Some(KeyLine { line: 5, full: true }));
+        assert_eq!(at("plugins.authorizer.config.teams"), Some(KeyLine { line: 6, full: true }));
+        assert_eq!(at("plugins.authorizer.config.temas"), Some(KeyLine { line: 6, full: false }));
+        assert_eq!(at("plugins.workload[1].source"), Some(KeyLine { line: 10, full: true }));
+        assert_eq!(at("plugins.workload[1].config.root"), Some(KeyLine { line: 12, full: true }));
+        assert_eq!(at("plugins.workload[2].source"), Some(KeyLine { line: 7, full: false }));
+        assert_eq!(at("cluster.listen"), None);
+    }
+
+    #[test]
+    fn parse_errors_give_the_line_without_quoting_it() {
+        let text = "[plugins.authorizer]\nconfig = { token = \"s3cret\" }\nbogus = 1\n";
+        let err = Config::parse(Path::new("host.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("bogus"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - this file: [`run`] assembles the core, the cluster, the plugins and the servers from a
 //!   [`Config`] and [`Listeners`], and shuts them down in order; [`ControlRequest`] is what
 //!   the binary (SIGHUP) may ask of a running host.
-//! - [`config`]: `host.toml`, every table composed, with `validate()`.
+//! - [`config`]: `host.toml`, every table composed, with `validate()`; [`check`]: what
+//!   `check-config` adds to it (every plugin loaded as `run` would, errors by line).
 //! - `main.rs`: the CLI (`run`, `check-config`, `plugin check`, `demo`).
 //! - [`core`] (`host/core`): what every ingress uses, protocol-neutral: admission (workload
 //!   plugins, ended workloads, authorizer) and the one `Dialer` (local tunnels; the cluster
@@ -30,6 +31,7 @@ pub use burrow_host_admin as admin;
 pub use burrow_host_agent_port as agent_server;
 pub use burrow_host_agent_port::ratelimit;
 pub use burrow_host_cluster as cluster;
+pub mod check;
 pub mod config;
 pub use burrow_host_core as core;
 pub use burrow_host_ingress as ingress;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use burrow_host::config::{Config, LogConfig, LogFormat};
-use burrow_host::plugins::PluginKind;
+use burrow_host::plugins::{PluginKind, PluginSlotConfig};
 use clap::{Parser, Subcommand};
 
 /// Burrow host: reach workloads behind NAT through reverse tunnels their agents open.
@@ -23,7 +23,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file and exit: 0 if valid, 1 with the offending key otherwise.
+    /// Validate a config file as `run` would load it, plugins included (compiled,
+    /// initialised with their config, their manifests' test vectors run) and exit: 0 if
+    /// it would run, 1 with FILE:LINE: the offending key and why otherwise.
     CheckConfig {
         /// Path to the config file.
         file: PathBuf,
@@ -59,49 +61,97 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Validate a plugin component offline, as the host would load it (world, imports,
-    /// init, probe, and the test vectors of FILE's manifest FILE.toml if there is one),
-    /// and print its world and exports. Exit 0 if it would load, 1 otherwise.
+    /// init with a config, probe, and its manifest's test vectors), and print its world
+    /// and exports. Exit 0 if it would load, 1 otherwise.
     Check {
-        /// The `.wasm` component.
-        file: PathBuf,
-        /// The kind to check it as (default: detect): authorizer, workload or router.
+        /// The `.wasm` component. Optional with --host-config: the slot's own file.
+        file: Option<PathBuf>,
+        /// The kind to check it as (default: detect, or the slot's): authorizer,
+        /// workload or router.
         #[arg(long)]
         kind: Option<String>,
-        /// A TOML file with the plugin's `config` table (what the host would pass).
-        #[arg(long)]
+        /// A TOML file holding the plugin's config as top-level keys: what goes inside
+        /// the slot's `config = { ... }` (not a `[config]` table).
+        #[arg(long, conflicts_with = "host_config")]
         config: Option<PathBuf>,
+        /// A host config file: check the plugin in one of its slots (its config, limits
+        /// and outbound HTTP allowlist), chosen by --slot.
+        #[arg(long)]
+        host_config: Option<PathBuf>,
+        /// With --host-config: authorizer (default), agents, router, workload,
+        /// workload[N], or a slot's name.
+        #[arg(long, requires = "host_config")]
+        slot: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
 }
 
-async fn plugin_check(
-    file: PathBuf,
+/// What `plugin check` was asked.
+struct PluginCheck {
+    file: Option<PathBuf>,
     kind: Option<String>,
     config: Option<PathBuf>,
+    host_config: Option<PathBuf>,
+    slot: Option<String>,
     json: bool,
-) -> anyhow::Result<()> {
-    let kind = match kind.as_deref() {
+}
+
+async fn plugin_check(args: PluginCheck) -> anyhow::Result<()> {
+    let mut kind = match args.kind.as_deref() {
         None => None,
         Some(kind) => Some(kind.parse::<PluginKind>().map_err(|e| anyhow::anyhow!("--kind {kind:?}: {e}"))?),
     };
-    let config = match config {
-        Some(path) => {
+    let mut file = args.file;
+    let slot = match (&args.config, &args.host_config) {
+        (Some(path), _) => {
             let text =
-                std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str::<toml::Table>(&text)
-                .with_context(|| format!("{} is not a TOML table", path.display()))?
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let config = toml::from_str::<toml::Table>(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {}",
+                    path.display(),
+                    burrow_host::plugins::config::toml_message(&text, &e)
+                )
+            })?;
+            PluginSlotConfig { config, ..PluginSlotConfig::default() }
         }
-        None => toml::Table::new(),
+        (None, Some(path)) => {
+            let host = Config::from_file(path)?;
+            let spec = host
+                .plugins
+                .find_slot(args.slot.as_deref().unwrap_or("authorizer"))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            kind = kind.or(Some(spec.kind));
+            if file.is_none() {
+                let source = spec.config.source_or_default(spec.kind).expect("validated");
+                file = Some(host.plugins.resolve_file(&source).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{} runs the embedded {source}: name a .wasm file to check in its place",
+                        spec.key
+                    )
+                })?);
+            }
+            spec.config
+        }
+        (None, None) => PluginSlotConfig::default(),
     };
-    match burrow_host::plugins::check::check_file(&file, kind, config).await {
-        Ok(report) if json => {
+    let Some(file) = file else {
+        anyhow::bail!("name the .wasm file to check (or give --host-config to check a slot's own file)");
+    };
+    let no_config = args.config.is_none() && args.host_config.is_none();
+    match burrow_host::plugins::check::check_file(&file, kind, slot).await {
+        Ok(report) if args.json => {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Ok(report) => {
             println!("{}: OK", report.file.display());
+            println!("  name:     {}", report.name);
+            if let Some(version) = &report.version {
+                println!("  version:  {version}");
+            }
             println!("  world:    {}", report.world);
             println!("  sha256:   {}", report.sha256);
             println!("  size:     {} bytes", report.size_bytes);
@@ -124,6 +174,12 @@ async fn plugin_check(
         }
         Err(e) => {
             eprintln!("{e}");
+            if no_config && e.is_init() {
+                eprintln!(
+                    "(checked with an empty config: give the plugin its config with --config FILE, the \
+                     `config` table as top-level keys, or --host-config host.toml --slot NAME)"
+                );
+            }
             std::process::exit(1);
         }
     }
@@ -154,7 +210,11 @@ fn reload_on_sighup(path: PathBuf, control: burrow_host::ControlSender) {
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    // Colour only for a terminal: escape codes in a redirected log file are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -187,16 +247,28 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::from_file(&file) {
-            Ok(_) => {
-                println!("{}: OK", file.display());
-                Ok(())
+        Command::CheckConfig { file } => {
+            init_logging(&LogConfig { filter: "warn".into(), ..LogConfig::default() });
+            match burrow_host::check::check_config_file(&file).await {
+                Ok((_, slots)) => {
+                    println!("{}: OK", file.display());
+                    for slot in slots {
+                        println!(
+                            "  {}: {} (sha256 {}, {} test vector(s) passed)",
+                            slot.key,
+                            slot.name,
+                            &slot.sha256[..12],
+                            slot.tests_passed
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(1);
-            }
-        },
+        }
         Command::Run { config: path } => {
             let config = Config::from_file(&path)?;
             init_logging(&config.log);
@@ -219,9 +291,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", burrow_host::ssh::host_key::known_hosts_line(&key, &host, ssh.listen.port()));
             Ok(())
         }
-        Command::Plugin(PluginCommand::Check { file, kind, config, json }) => {
+        Command::Plugin(PluginCommand::Check { file, kind, config, host_config, slot, json }) => {
             init_logging(&LogConfig { filter: "warn".into(), ..LogConfig::default() });
-            plugin_check(file, kind, config, json).await
+            plugin_check(PluginCheck { file, kind, config, host_config, slot, json }).await
         }
         Command::Demo { port, agent_port, transport } => {
             init_logging(&LogConfig::default());

@@ -17,7 +17,14 @@ fn check_config_accepts_the_example() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/host.toml");
     let out = burrow_host().args(["check-config", example]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    // Every plugin was loaded as `run` loads it, manifest vectors included.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OK") && stdout.contains("plugins.authorizer: authorizer-static"), "{stdout}");
+    assert!(
+        stdout.contains("plugins.workload[0]: workload-workspace")
+            && stdout.contains("test vector(s) passed"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -114,7 +121,11 @@ fn plugin_check_refuses_what_the_host_would_refuse() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("implements none of the worlds"), "{stderr}");
+    assert!(
+        stderr.contains("does not implement the world burrow:plugin/authorizer-plugin")
+            && stderr.contains("it is a router plugin (world burrow:plugin/router-plugin"),
+        "names the kind it is: {stderr}"
+    );
 
     // A config the plugin refuses fails its init.
     let cfg = write("bad-plugin-config.toml", "unknown_key = 1\n");
@@ -126,9 +137,118 @@ fn plugin_check_refuses_what_the_host_would_refuse() {
         .unwrap();
     let _ = std::fs::remove_file(&cfg);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("init"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("init failed") && !stderr.contains("refused its config"), "{stderr}");
+}
+
+/// Runs `burrow-host` with `args`: exit success, stdout, stderr.
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = burrow_host().args(args).env_remove("RUST_LOG").output().expect("burrow-host runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_refuses_a_typo_in_a_plugin_config_naming_its_line() {
+    // `run` would refuse it: the built-in static authorizer's init rejects unknown keys.
+    let text =
+        "[agents]\nlisten = \"127.0.0.1:0\"\n[plugins.authorizer]\nsource = \"builtin:authorizer-static\"\n\
+                [plugins.authorizer.config]\ndefault_access = \"open\"\ndefault_acess = \"deny\"\n";
+    let file = write("plugin-typo.toml", text);
+    let (ok, _, stderr) = run(&["check-config", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok);
+    let expected = format!("{}:7: plugins.authorizer.config.default_acess: ", file.display());
+    assert!(stderr.starts_with(&expected), "names the typo's line: {stderr}");
+    assert!(stderr.contains("unknown field `default_acess`") && stderr.contains("init failed"), "{stderr}");
+    assert!(!stderr.contains("column"), "no position in the JSON the host made of the config: {stderr}");
+}
+
+#[test]
+fn check_config_blames_the_config_table_for_a_missing_plugin_key() {
+    let text = format!(
+        "[plugins.authorizer]\nsource = {:?}\nconfig = {{ timezone_offset_minutes = 60 }}\n",
+        artifact("office_hours.wasm").display().to_string()
     );
+    let file = write("plugin-missing.toml", &text);
+    let (ok, _, stderr) = run(&["check-config", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok);
+    assert!(stderr.starts_with(&format!("{}:3: plugins.authorizer.config: ", file.display())), "{stderr}");
+    assert!(stderr.contains("groups"), "{stderr}");
+}
+
+#[test]
+fn check_config_refuses_a_truncated_wasm_naming_the_source_line() {
+    let bytes = std::fs::read(artifact("test_swap_v1.wasm")).unwrap();
+    let wasm = std::env::temp_dir().join(format!("burrow-cli-{}-truncated.wasm", std::process::id()));
+    std::fs::write(&wasm, &bytes[..bytes.len() / 2]).unwrap();
+    let text = format!(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n\n[plugins.authorizer]\nsource = {:?}\n",
+        wasm.display().to_string()
+    );
+    let file = write("plugin-truncated.toml", &text);
+    let (ok, _, stderr) = run(&["check-config", file.to_str().unwrap()]);
+    let _ = (std::fs::remove_file(&file), std::fs::remove_file(&wasm));
+    assert!(!ok);
+    assert!(stderr.starts_with(&format!("{}:5: plugins.authorizer.source: ", file.display())), "{stderr}");
+    assert!(stderr.contains("cannot compile"), "{stderr}");
+}
+
+#[test]
+fn check_config_gives_lines_for_bad_values_and_never_quotes_the_file() {
+    let file = write("value-line.toml", "[agents]\nlisten = \"127.0.0.1:0\"\nkeepalive_interval = \"0s\"\n");
+    let (ok, _, stderr) = run(&["check-config", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok);
+    assert!(stderr.starts_with(&format!("{}:3: agents.keepalive_interval: ", file.display())), "{stderr}");
+    let file =
+        write("syntax-line.toml", "[plugins.authorizer.config]\ntoken = \"s3cret\"\n[agents]\nlissten = 1\n");
+    let (ok, _, stderr) = run(&["check-config", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("lissten") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plugin_check_takes_the_config_as_top_level_keys_or_from_a_host_config_slot() {
+    let wasm = artifact("office_hours.wasm");
+    let wasm = wasm.to_str().unwrap();
+    // Without a config the plugin's init refuses, and the hint says how to give one.
+    let (ok, _, stderr) = run(&["plugin", "check", wasm]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("init failed")
+            && stderr.contains("--config FILE")
+            && stderr.contains("--host-config"),
+        "{stderr}"
+    );
+
+    let config = write("office-config.toml", "groups = [\"staff\"]\n");
+    let (ok, stdout, stderr) = run(&["plugin", "check", wasm, "--config", config.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&config);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("name:     office-hours") && stdout.contains("version:  0.1.0"), "{stdout}");
+    assert!(stdout.contains("manifest test vector(s) passed") && !stdout.contains(" 0 manifest"), "{stdout}");
+
+    let host = write(
+        "office-host.toml",
+        &format!("[plugins.authorizer]\nsource = {wasm:?}\nconfig = {{ groups = [\"staff\"] }}\n"),
+    );
+    let host_path = host.to_str().unwrap();
+    // The slot's own file; another file in the slot's place (the slot defaults to the
+    // authorizer); a slot the config does not have.
+    let (ok, stdout, stderr) = run(&["plugin", "check", "--host-config", host_path, "--slot", "authorizer"]);
+    assert!(ok && stdout.contains("office_hours.wasm: OK"), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = run(&["plugin", "check", wasm, "--host-config", host_path]);
+    assert!(ok && stdout.contains("authorizer-plugin"), "{stdout}{stderr}");
+    let (ok, _, stderr) = run(&["plugin", "check", wasm, "--host-config", host_path, "--slot", "router"]);
+    let _ = std::fs::remove_file(&host);
+    assert!(!ok && stderr.contains("no slot \"router\""), "{stderr}");
 }

@@ -135,6 +135,19 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, Heade
     connect(addr, &Mode::h1()).await.get(host, path).await
 }
 
+/// [`get`] for an answer that must not wait (for an agent, say): fails the test if it
+/// takes `limit`.
+pub async fn get_within(
+    limit: std::time::Duration,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> (StatusCode, HeaderMap, Bytes) {
+    tokio::time::timeout(limit, get(addr, host, path))
+        .await
+        .unwrap_or_else(|_| panic!("GET {host}{path} was not answered within {limit:?}"))
+}
+
 /// Opens a WebSocket through the ingress.
 pub async fn websocket(
     addr: SocketAddr,

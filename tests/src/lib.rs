@@ -3,6 +3,7 @@
 //! server, and real HTTP / WebSocket clients. Nothing is mocked.
 
 pub mod clients;
+pub mod plugin_host;
 pub mod process;
 pub mod redis;
 pub mod tls;

@@ -165,6 +165,18 @@ async fn agent_not_connected_is_504_after_the_wait() {
 }
 
 #[tokio::test]
+async fn an_agent_the_static_list_does_not_name_is_404_at_once() {
+    // The built-in static authorizer lists every agent that can ever connect: waiting
+    // `stream_wait` for any other one would only end in a 504.
+    let config = ConfigParts { ingress: "stream_wait = \"20s\"".into(), ..Default::default() }.build();
+    let host = TestHost::start(config).await;
+    let (status, headers, body) =
+        clients::get_within(Duration::from_secs(10), host.ingress_addr, "web-nope.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&body));
+    request_id(&headers);
+}
+
+#[tokio::test]
 async fn request_waiting_for_an_agent_succeeds_when_it_connects() {
     let config = ConfigParts { ingress: "stream_wait = \"20s\"".into(), ..Default::default() }.build();
     let host = TestHost::start(config).await;

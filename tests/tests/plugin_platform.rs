@@ -2,130 +2,14 @@
 //! reload by file change and SIGHUP (the control channel), the admin API, expiry, an
 //! older-minor plugin, and per-plugin metrics. Real host, real agents, real HTTP.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_tests::clients;
+use burrow_tests::plugin_host::*;
 use burrow_tests::workload::Workload;
 use burrow_tests::*;
 use http::StatusCode;
-
-const HOST: &str = "web-a1.localhost";
-const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
-
-fn artifact(name: &str) -> PathBuf {
-    let path = Path::new(burrow_host::plugins::ARTIFACTS_DIR).join(name);
-    assert!(path.is_file(), "plugin not built: {}", path.display());
-    path
-}
-
-/// A scratch directory for plugin files and the admin token.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("burrow-plugins-{tag}-{}", rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Replaces `name` atomically (write + rename), as an admin's deploy would.
-    fn install(&self, name: &str, from: &Path) {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::copy(from, &tmp).unwrap();
-        std::fs::rename(&tmp, self.0.join(name)).unwrap();
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rand_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{}-{nanos}", std::process::id())
-}
-
-/// A host whose authorizer is the file `authz.wasm` in `scratch` (the swap test plugins'
-/// config: agent a1 with TOKEN), the admin API on with ADMIN_TOKEN, and `plugins_extra`
-/// inside `[plugins]`.
-fn swap_host_config(scratch: &Scratch, plugins_extra: &str, authorizer_extra: &str) -> burrow_host::Config {
-    let authorizer = format!(
-        "source = {:?}\ncall_timeout = \"500ms\"\n{authorizer_extra}\nconfig = {{ agent_id = \"{AGENT}\", agent_token_sha256 = \"{}\" }}",
-        scratch.path("authz.wasm").display().to_string(),
-        sha256_hex(TOKEN)
-    );
-    ConfigParts {
-        authorizer,
-        extra: format!(
-            "[plugins]\n{plugins_extra}\n[admin]\ntoken_file = {:?}\n",
-            scratch.path("admin-token").display().to_string()
-        ),
-        ..Default::default()
-    }
-    .build()
-}
-
-async fn admin(
-    host: &TestHost,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (StatusCode, serde_json::Value) {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> =
-        bearer.as_deref().map(|b| vec![("authorization", b)]).unwrap_or_default();
-    let mut client = clients::connect(host.admin_addr, &clients::Mode::h1()).await;
-    let response = client.request(method, "admin", path, &headers, clients::empty()).await;
-    let (status, _, body) = clients::collect(response).await;
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    (status, json)
-}
-
-async fn reload(host: &TestHost, plugin: &str) -> (StatusCode, serde_json::Value) {
-    admin(host, "POST", &format!("/plugins/{plugin}/reload"), Some(ADMIN_TOKEN)).await
-}
-
-async fn plugin_status(host: &TestHost, plugin: &str) -> serde_json::Value {
-    let (status, json) = admin(host, "GET", "/plugins", Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, StatusCode::OK, "{json}");
-    json["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == plugin)
-        .cloned()
-        .unwrap_or_else(|| panic!("no plugin {plugin} in {json}"))
-}
-
-async fn connected_agent(host: &TestHost, workload: &Workload) -> burrow_agent::AgentHandle {
-    let mut config = agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]);
-    config.min_idle = 8;
-    let agent = burrow_agent::spawn(config);
-    wait_connected(&agent).await;
-    agent
-}
-
-/// The v1 swap plugin allows everyone; v2 denies with a reason naming v2.
-async fn expect_version(host: &TestHost, version: u8) {
-    let (status, _, body) = clients::get(host.ingress_addr, HOST, "/hello").await;
-    let body = String::from_utf8_lossy(&body);
-    match version {
-        1 => assert_eq!((status, body.as_ref()), (StatusCode::OK, "hello from swap")),
-        _ => {
-            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-            assert!(body.contains("v2"), "the v2 reason reaches the user: {body}");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_load_fails_nothing_and_decides_anew() {
@@ -197,7 +81,8 @@ async fn broken_candidates_are_refused_and_the_old_version_keeps_serving() {
     let before = plugin_status(&host, "authz").await;
 
     let candidates = [
-        ("router_prefer_local.wasm", "does not implement the world"),
+        // Its embedded manifest says it is a router before the world check would.
+        ("router_prefer_local.wasm", "this slot takes authorizer plugins"),
         ("test_old_minor.wasm", "does not implement the world"),
     ];
     for (file, expected) in candidates {
@@ -308,7 +193,7 @@ async fn a_sighup_config_reload_swaps_the_authorizer_atomically() {
         .await
         .unwrap();
     let error = answer.await.unwrap().expect_err("a broken config is refused");
-    assert!(error.to_string().contains("does not implement the world"), "{error}");
+    assert!(error.to_string().contains("this slot takes authorizer plugins"), "{error}");
     expect_version(&host, 1).await;
 
     let mut next = config.plugins.clone();
@@ -375,9 +260,11 @@ async fn per_plugin_metrics_are_exported() {
     let (_, _, body) = clients::get(host.admin_addr, "admin", "/metrics").await;
     let text = String::from_utf8_lossy(&body);
     for needle in [
-        "burrow_plugin_calls_total{plugin=\"authorizer-static\",kind=\"authorizer\",op=\"authorize\",result=\"ok\"} 3\n",
+        "burrow_plugin_calls_total{plugin=\"authorizer-static\",kind=\"authorizer\",op=\"authenticate-user+authorize\",result=\"ok\"} 3\n",
         "burrow_plugin_calls_total{plugin=\"workload-workspace\",kind=\"workload\",op=\"resolve\",result=\"ok\"} 3\n",
-        "burrow_plugin_call_duration_seconds_count{plugin=\"authorizer-static\",kind=\"authorizer\"}",
+        "burrow_plugin_call_duration_seconds_count{plugin=\"authorizer-static\",kind=\"authorizer\",op=\"authenticate-user+authorize\"} 3\n",
+        "burrow_plugin_decisions_total{plugin=\"authorizer-static\",op=\"authorize\",outcome=\"allow\"} 3\n",
+        "burrow_plugin_decisions_total{plugin=\"workload-workspace\",op=\"resolve\",outcome=\"resolved\"} 3\n",
         "burrow_plugin_info{plugin=\"authorizer-static\",kind=\"authorizer\",sha256=\"",
         "burrow_plugin_quarantined{plugin=\"authorizer-static\"} 0",
     ] {

@@ -7,11 +7,14 @@
 //! - `GET /metrics`: OpenMetrics text.
 //! - The plugin API, with `Authorization: Bearer <token>` (the token in
 //!   `admin.token_file`; without one configured the plugin API is off):
-//!   - `GET /plugins`: every plugin with kind, source, sha256, load time and state;
+//!   - `GET /plugins`: every plugin with kind, role, source, manifest version, sha256,
+//!     config sha256, load time, state, swaps and, after a rollback that still holds,
+//!     `rolled_back_from`;
 //!   - `POST /plugins/reload`: reload every plugin from its source;
 //!   - `POST /plugins/<name>/reload`: reload one (canary first; the old one keeps serving
 //!     if the new one fails, and the answer says why);
-//!   - `POST /plugins/<name>/rollback`: put the previous version back.
+//!   - `POST /plugins/<name>/rollback`: put the previous version back (held until the
+//!     plugin's source changes; a reload meanwhile answers `held`).
 //!
 //! # Layout
 //! One file: [`AdminConfig`] (the `[admin]` table), [`serve`] (the accept loop) and one

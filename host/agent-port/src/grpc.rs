@@ -247,13 +247,29 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 ended: tokio_util::sync::CancellationToken::new(),
             })),
         });
+        // A second session of one agent process here is its duplicate connection (fewer
+        // replicas than its `--connections`) or a probe for another replica, which it
+        // repeats for as long as it runs: routine after the first, so at DEBUG.
+        let repeat = self
+            .ctx
+            .sessions
+            .snapshot()
+            .iter()
+            .any(|s| s.agent_id == session.agent_id && s.agent_replica_id == session.agent_replica_id);
         self.ctx.sessions.opened(&session);
         self.ctx.metrics.agent_connect("accepted");
         self.lifecycle(&session, true);
-        tracing::info!(
-            agent_id = %session.agent_id, replica_id = %session.agent_replica_id, %remote,
-            agent_version = %hello.agent_version, services = ?hello.services, "agent connected"
-        );
+        if repeat {
+            tracing::debug!(
+                agent_id = %session.agent_id, replica_id = %session.agent_replica_id, %remote,
+                "agent connected again (a second connection of the same agent process)"
+            );
+        } else {
+            tracing::info!(
+                agent_id = %session.agent_id, replica_id = %session.agent_replica_id, %remote,
+                agent_version = %hello.agent_version, services = ?hello.services, "agent connected"
+            );
+        }
 
         let (tx, rx) = mpsc::channel(4);
         let welcome = HostControl {
@@ -320,7 +336,11 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             };
             ctx.sessions.closed(&session);
             service.lifecycle(&session, false);
-            tracing::info!(agent_id = %session.agent_id, replica_id = %session.agent_replica_id, remote = %session.remote_addr, reason, "agent session ended");
+            if repeat {
+                tracing::debug!(agent_id = %session.agent_id, replica_id = %session.agent_replica_id, remote = %session.remote_addr, reason, "agent session ended");
+            } else {
+                tracing::info!(agent_id = %session.agent_id, replica_id = %session.agent_replica_id, remote = %session.remote_addr, reason, "agent session ended");
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

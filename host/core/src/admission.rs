@@ -145,6 +145,7 @@ impl Admission {
         let client_addr = SocketAddr::new(client_ip, peer.port()).to_string();
         let user =
             UserAuthRequest { credential, client_addr: client_addr.clone(), host: host.clone(), action };
+        let host_name = host.clone();
         let agent_labels = self.sessions.agent_labels(&target.agent_id);
         let authz_target = target.clone();
         let make = move |principal: Option<&Principal>| AuthorizeRequest {
@@ -168,6 +169,12 @@ impl Admission {
             UserAuthOutcome::Authenticated(p) => Some(p),
         };
         match verdict.decision {
+            // An agent the agent list does not name can never connect: say so now
+            // rather than wait `stream_wait` for it. Only admitted requests learn this,
+            // so it tells no one which agents exist.
+            Some(Decision::Allow { .. }) if self.plugins.agent_unlisted(&target.agent_id) => {
+                Err(Refusal::NoRoute { name: if ssh_user.is_empty() { host_name } else { ssh_user } })
+            }
             Some(Decision::Allow { strip_credentials }) => {
                 let session_key = principal.as_ref().map_or_else(|| client_ip.to_string(), |p| p.id.clone());
                 Ok(Admitted { target, principal, strip_credentials, session_key })
@@ -214,6 +221,7 @@ mod tests {
             source = "builtin:authorizer-static"
             [authorizer.config]
             default_access = "deny"
+            agents = [{{ id = "demo", token_sha256 = "{agent}" }}, {{ id = "open", token_sha256 = "{agent2}" }}]
             users = [
                 {{ name = "alice", token_sha256 = "{alice}", groups = ["dev"] }},
                 {{ name = "carol", token_sha256 = "{carol}", groups = ["dev"] }},
@@ -228,9 +236,15 @@ mod tests {
             "#,
             alice = sha("alice-token"),
             carol = sha("carol-token"),
+            agent = sha("demo-agent-token"),
+            agent2 = sha("open-agent-token"),
         ))
         .expect("test plugin config parses");
-        let plugins = Plugins::load(&config, PluginsOptions::default()).await.expect("built-ins load");
+        admission_with(&config).await
+    }
+
+    async fn admission_with(config: &PluginsConfig) -> (Admission, Arc<EndedWorkloads>) {
+        let plugins = Plugins::load(config, PluginsOptions::default()).await.expect("built-ins load");
         let ended = Arc::new(EndedWorkloads::new());
         (Admission::new(plugins, ended.clone(), Arc::new(AgentSessions::new())), ended)
     }
@@ -290,6 +304,32 @@ mod tests {
         let (admission, _) = admission().await;
         let refused = admission.admit(request(Action::Http, "example.com", "", alice())).await;
         assert_eq!(refused, Err(Refusal::NoRoute { name: "example.com".into() }));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_admitted_request_for_an_agent_the_static_list_lacks_is_no_route() {
+        let (admission, _) = admission().await;
+        // `nope` could never connect, but users the authorizer refuses learn nothing of it.
+        let refused = admission.admit(request(Action::Http, "web-nope.localhost", "", alice())).await;
+        assert!(matches!(refused, Err(Refusal::Forbidden { .. })), "{refused:?}");
+        // Users it admits get 404 at once instead of a wait for an agent that never comes.
+        let (admission, _) = admission_with_open_default().await;
+        let refused =
+            admission.admit(request(Action::Http, "web-nope.localhost", "", Credential::None)).await;
+        assert_eq!(refused, Err(Refusal::NoRoute { name: "web-nope.localhost".into() }));
+    }
+
+    async fn admission_with_open_default() -> (Admission, Arc<EndedWorkloads>) {
+        let config: PluginsConfig = toml::from_str(&format!(
+            r#"
+            [authorizer]
+            source = "builtin:authorizer-static"
+            config = {{ default_access = "open", agents = [{{ id = "demo", token_sha256 = "{agent}" }}] }}
+            "#,
+            agent = sha("demo-agent-token"),
+        ))
+        .expect("test plugin config parses");
+        admission_with(&config).await
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -99,7 +99,9 @@ impl Proxy {
                 if status.is_server_error() {
                     tracing::warn!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request failed");
                 } else {
-                    tracing::info!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request refused");
+                    // Refusals are routine (every user without a token is one) and counted in
+                    // `burrow_requests_total{outcome}`; at INFO they would flood the log.
+                    tracing::debug!(%request_id, %method, host = %raw_host, %path, status = status.as_u16(), %error, "request refused");
                 }
                 error
                     .to_response(&request_id, json)

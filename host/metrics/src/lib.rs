@@ -81,9 +81,17 @@ struct PluginCallLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PluginLabel {
+struct PluginOpLabel {
     plugin: String,
     kind: &'static str,
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PluginDecisionLabel {
+    plugin: String,
+    op: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -114,6 +122,21 @@ struct PluginInfoLabel {
     plugin: String,
     kind: &'static str,
     sha256: String,
+    version: String,
+    config_sha256: String,
+}
+
+/// The version a plugin runs, for `burrow_plugin_info`.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginInfo<'a> {
+    pub plugin: &'a str,
+    pub kind: PluginKind,
+    /// The component's SHA-256 (hex).
+    pub sha256: &'a str,
+    /// The manifest's `[plugin] version` (the label is empty without one).
+    pub version: Option<&'a str>,
+    /// The SHA-256 (hex) of the slot's config: a config change shows here.
+    pub config_sha256: &'a str,
 }
 
 fn plugin_histogram() -> Histogram {
@@ -125,7 +148,8 @@ fn plugin_histogram() -> Histogram {
 #[derive(Clone)]
 pub struct PluginMetrics {
     calls: Family<PluginCallLabel, Counter>,
-    duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    duration: Family<PluginOpLabel, Histogram, fn() -> Histogram>,
+    decisions: Family<PluginDecisionLabel, Counter>,
     errors: Family<PluginErrorLabel, Counter>,
     traps: Family<PluginTrapLabel, Counter>,
     quarantined: Family<PluginNameLabel, Gauge>,
@@ -145,6 +169,7 @@ impl PluginMetrics {
         let m = PluginMetrics {
             calls: Family::default(),
             duration: Family::new_with_constructor(plugin_histogram as fn() -> Histogram),
+            decisions: Family::default(),
             errors: Family::default(),
             traps: Family::default(),
             quarantined: Family::default(),
@@ -155,9 +180,15 @@ impl PluginMetrics {
         registry.register("plugin_calls", "Plugin calls by plugin, export and result", m.calls.clone());
         registry.register_with_unit(
             "plugin_call_duration",
-            "Plugin call latency, instantiation included",
+            "Plugin call latency by plugin and export, instantiation included",
             prometheus_client::registry::Unit::Seconds,
             m.duration.clone(),
+        );
+        registry.register(
+            "plugin_decisions",
+            "Plugin answers by plugin, export and outcome (accepted/rejected agents; authenticated/anonymous/\
+             rejected users; allow/unauthorized/forbidden requests; resolved/none; expired/live)",
+            m.decisions.clone(),
         );
         registry.register("plugin_errors", "Failed plugin calls by error kind", m.errors.clone());
         registry.register(
@@ -172,10 +203,14 @@ impl PluginMetrics {
         );
         registry.register(
             "plugin_swaps",
-            "Plugin swaps by result (reload, rollback, refused)",
+            "Plugin swaps by result (reload, rollback, config, refused)",
             m.swaps.clone(),
         );
-        registry.register("plugin_info", "The loaded version of each plugin (value 1)", m.info.clone());
+        registry.register(
+            "plugin_info",
+            "The loaded version of each plugin: component and config SHA-256, manifest version (value 1)",
+            m.info.clone(),
+        );
         m
     }
 
@@ -192,7 +227,7 @@ impl PluginMetrics {
         let result = if error.is_some() { "error" } else { "ok" };
         self.calls.get_or_create(&PluginCallLabel { plugin: plugin.to_owned(), kind, op, result }).inc();
         self.duration
-            .get_or_create(&PluginLabel { plugin: plugin.to_owned(), kind })
+            .get_or_create(&PluginOpLabel { plugin: plugin.to_owned(), kind, op })
             .observe(elapsed.as_secs_f64());
         if let Some(error) = error {
             self.errors
@@ -204,23 +239,34 @@ impl PluginMetrics {
         }
     }
 
+    /// Counts one answer of export `op` by its outcome (`allow`, `forbidden`, ...).
+    pub fn decision(&self, plugin: &str, op: &'static str, outcome: &'static str) {
+        self.decisions.get_or_create(&PluginDecisionLabel { plugin: plugin.to_owned(), op, outcome }).inc();
+    }
+
     pub fn set_quarantined(&self, plugin: &str, quarantined: bool) {
         self.quarantined
             .get_or_create(&PluginNameLabel { plugin: plugin.to_owned() })
             .set(i64::from(quarantined));
     }
 
-    /// `result`: `reload`, `rollback` or `refused`.
+    /// `result`: `reload`, `rollback`, `config` (a SIGHUP'd config rebuilt the slot) or
+    /// `refused`.
     pub fn swap(&self, plugin: &str, result: &'static str) {
         self.swaps.get_or_create(&PluginSwapLabel { plugin: plugin.to_owned(), result }).inc();
     }
 
-    /// Marks `sha256` as the plugin's loaded version, dropping the series of the one before.
-    pub fn set_info(&self, plugin: &str, kind: PluginKind, sha256: &str) {
-        let label =
-            PluginInfoLabel { plugin: plugin.to_owned(), kind: kind.as_str(), sha256: sha256.to_owned() };
+    /// Marks `info` as the plugin's loaded version, dropping the series of the one before.
+    pub fn set_info(&self, info: &PluginInfo<'_>) {
+        let label = PluginInfoLabel {
+            plugin: info.plugin.to_owned(),
+            kind: info.kind.as_str(),
+            sha256: info.sha256.to_owned(),
+            version: info.version.unwrap_or_default().to_owned(),
+            config_sha256: info.config_sha256.to_owned(),
+        };
         let mut current = self.info_current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = current.insert(plugin.to_owned(), label.clone()) {
+        if let Some(old) = current.insert(info.plugin.to_owned(), label.clone()) {
             if old != label {
                 self.info.remove(&old);
             }
@@ -420,5 +466,50 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    struct Trapped;
+
+    impl PluginErrorLabels for Trapped {
+        fn kind_label(&self) -> &'static str {
+            "trap"
+        }
+        fn trap_limit(&self) -> Option<&'static str> {
+            Some("none")
+        }
+    }
+
+    #[test]
+    fn plugin_families_split_by_export_outcome_and_version() {
+        let m = Metrics::new();
+        let p = &m.plugins;
+        let ms = std::time::Duration::from_millis(1);
+        p.call::<Trapped>("authz", PluginKind::Authorizer, "authenticate-user+authorize", ms, None);
+        p.call("authz", PluginKind::Authorizer, "authenticate-agent", ms, Some(&Trapped));
+        p.decision("authz", "authorize", "allow");
+        p.decision("authz", "authorize", "forbidden");
+        p.decision("authz", "authorize", "forbidden");
+        p.swap("authz", "config");
+        let info = |sha256, version, config_sha256| PluginInfo {
+            plugin: "authz",
+            kind: PluginKind::Authorizer,
+            sha256,
+            version,
+            config_sha256,
+        };
+        p.set_info(&info("aaa", Some("1.0.0"), "c1"));
+        p.set_info(&info("aaa", Some("1.0.0"), "c2"));
+        let text = m.encode();
+        for needle in [
+            "burrow_plugin_call_duration_seconds_count{plugin=\"authz\",kind=\"authorizer\",op=\"authenticate-user+authorize\"} 1",
+            "burrow_plugin_calls_total{plugin=\"authz\",kind=\"authorizer\",op=\"authenticate-agent\",result=\"error\"} 1",
+            "burrow_plugin_decisions_total{plugin=\"authz\",op=\"authorize\",outcome=\"forbidden\"} 2",
+            "burrow_plugin_decisions_total{plugin=\"authz\",op=\"authorize\",outcome=\"allow\"} 1",
+            "burrow_plugin_swaps_total{plugin=\"authz\",result=\"config\"} 1",
+            "burrow_plugin_info{plugin=\"authz\",kind=\"authorizer\",sha256=\"aaa\",version=\"1.0.0\",config_sha256=\"c2\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("config_sha256=\"c1\""), "a config change replaces the info series:\n{text}");
     }
 }

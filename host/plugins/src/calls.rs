@@ -20,11 +20,20 @@ pub struct UserVerdict {
 }
 
 impl Plugins {
-    /// Asks the authorizer whether an agent may connect. An error means "refuse":
-    /// authorizers fail closed.
+    /// Asks the agent authenticator (`[plugins.agents]`, else the authorizer) whether an
+    /// agent may connect. An error means "refuse": authorizers fail closed.
     pub async fn authenticate_agent(&self, hello: &AgentHello) -> Result<AgentAuthOutcome, PluginError> {
-        let version = self.active.load().authorizer.current();
+        let version = self.active.load().agent_authenticator().current();
         version.authenticate_agent(hello, self.clock()).await
+    }
+
+    /// Whether `agent_id` can never connect: true only when the agent authenticator
+    /// lists its agents in config (the built-in static list) and this id is not among
+    /// them. Any other authenticator decides in code, so an agent not seen yet may
+    /// still come: false.
+    pub fn agent_unlisted(&self, agent_id: &str) -> bool {
+        let version = self.active.load().agent_authenticator().current();
+        version.listed_agents.as_ref().is_some_and(|ids| !ids.contains(agent_id))
     }
 
     /// Asks the authorizer who a user is (without authorizing anything).

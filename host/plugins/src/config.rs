@@ -13,6 +13,9 @@
 //! source = "builtin:authorizer-static"
 //! config = { ... }                  # handed to the plugin (host import `config`)
 //!
+//! [plugins.agents]                  # optional: who may connect as an agent; without it,
+//! config = { agents = [...] }       # the authorizer. Default source: builtin:authorizer-static
+//!
 //! [[plugins.workload]]              # consulted in order; the first to resolve a request wins
 //! source = "builtin:workload-workspace"
 //! config = { root_domains = ["localhost"] }
@@ -33,6 +36,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How config errors are worded without quoting the (possibly secret) source line.
+pub use burrow_plugin_contract::manifest::toml_message;
 pub(crate) use burrow_plugin_contract::manifest::{table_to_json, toml_to_json};
 
 use super::breaker::BreakerConfig;
@@ -121,6 +126,21 @@ pub enum FailurePolicy {
     Skip,
     /// Routers: order candidates with the built-in policy.
     Fallback,
+}
+
+/// What a slot is for. The agents slot runs an authorizer component but is only asked
+/// `authenticate-agent`, so the kind (the world) and the role differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotRole {
+    /// `[plugins.authorizer]`: users, and agents unless `[plugins.agents]` is set.
+    Authorizer,
+    /// `[plugins.agents]`: agents only (`authenticate-agent`).
+    Agents,
+    /// `[[plugins.workload]]`.
+    Workload,
+    /// `[plugins.router]`.
+    Router,
 }
 
 /// One plugin slot.
@@ -460,6 +480,11 @@ pub struct PluginsConfig {
     pub expiry_check: Duration,
     pub runtime: RuntimeConfig,
     pub authorizer: PluginSlotConfig,
+    /// Who may connect as an agent: an authorizer component asked `authenticate-agent`
+    /// only. Without it the authorizer authenticates agents too. Its source defaults to
+    /// `builtin:authorizer-static`, so `[plugins.agents] config = { agents = [...] }` puts
+    /// the built-in static agent list beside a user-policy plugin.
+    pub agents: Option<PluginSlotConfig>,
     /// Consulted in order for every request; empty means the built-in workspace scheme
     /// (`builtin:workload-workspace`, host names `<service>-<agent>.localhost`).
     pub workload: Vec<PluginSlotConfig>,
@@ -476,6 +501,7 @@ impl Default for PluginsConfig {
             expiry_check: Duration::from_secs(60),
             runtime: RuntimeConfig::default(),
             authorizer: PluginSlotConfig::default(),
+            agents: None,
             workload: Vec::new(),
             router: None,
         }
@@ -486,21 +512,39 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotSpec {
     pub kind: PluginKind,
+    pub role: SlotRole,
     /// `plugins.authorizer`, `plugins.workload[0]`, `plugins.router`.
     pub key: String,
+    /// The name the config gives the slot: `name`, else the built-in's name or the file
+    /// stem. It identifies the slot across a config reload; the plugin's own name (the
+    /// manifest's `[plugin] name` when `name` is unset) is decided at load.
     pub name: String,
     pub config: PluginSlotConfig,
 }
 
+impl SlotSpec {
+    fn new(kind: PluginKind, role: SlotRole, key: String, config: &PluginSlotConfig) -> SlotSpec {
+        SlotSpec { kind, role, key, name: config.plugin_name(kind), config: config.clone() }
+    }
+}
+
 impl PluginsConfig {
-    /// Every slot, authorizer first, then workloads in order, then the router.
+    /// Every slot: the authorizer, the agents slot, the workloads in order, the router.
     pub fn slots(&self) -> Vec<SlotSpec> {
-        let mut slots = vec![SlotSpec {
-            kind: PluginKind::Authorizer,
-            key: "plugins.authorizer".into(),
-            name: self.authorizer.plugin_name(PluginKind::Authorizer),
-            config: self.authorizer.clone(),
-        }];
+        let mut slots = vec![SlotSpec::new(
+            PluginKind::Authorizer,
+            SlotRole::Authorizer,
+            "plugins.authorizer".into(),
+            &self.authorizer,
+        )];
+        if let Some(agents) = &self.agents {
+            slots.push(SlotSpec::new(
+                PluginKind::Authorizer,
+                SlotRole::Agents,
+                "plugins.agents".into(),
+                agents,
+            ));
+        }
         let default_workload;
         let workloads = if self.workload.is_empty() {
             default_workload = [PluginSlotConfig::with_source(
@@ -512,22 +556,38 @@ impl PluginsConfig {
             &self.workload[..]
         };
         for (i, slot) in workloads.iter().enumerate() {
-            slots.push(SlotSpec {
-                kind: PluginKind::Workload,
-                key: format!("plugins.workload[{i}]"),
-                name: slot.plugin_name(PluginKind::Workload),
-                config: slot.clone(),
-            });
+            slots.push(SlotSpec::new(
+                PluginKind::Workload,
+                SlotRole::Workload,
+                format!("plugins.workload[{i}]"),
+                slot,
+            ));
         }
         if let Some(router) = &self.router {
-            slots.push(SlotSpec {
-                kind: PluginKind::Router,
-                key: "plugins.router".into(),
-                name: router.plugin_name(PluginKind::Router),
-                config: router.clone(),
-            });
+            slots.push(SlotSpec::new(PluginKind::Router, SlotRole::Router, "plugins.router".into(), router));
         }
         slots
+    }
+
+    /// The slot `selector` names: `authorizer`, `agents`, `router`, `workload` (when
+    /// there is just one), `workload[N]`, the full key (`plugins.workload[1]`) or the
+    /// name the config gives a slot.
+    pub fn find_slot(&self, selector: &str) -> Result<SlotSpec, String> {
+        let slots = self.slots();
+        let key = selector.strip_prefix("plugins.").unwrap_or(selector);
+        let workloads = slots.iter().filter(|s| s.role == SlotRole::Workload).count();
+        let found = slots.iter().find(|s| {
+            s.key == format!("plugins.{key}")
+                || (key == "workload" && workloads == 1 && s.role == SlotRole::Workload)
+                || s.name == selector
+        });
+        found.cloned().ok_or_else(|| {
+            let known: Vec<String> = slots
+                .iter()
+                .map(|s| format!("{} ({})", s.key.trim_start_matches("plugins."), s.name))
+                .collect();
+            format!("no slot {selector:?} in this config; it has: {}", known.join(", "))
+        })
     }
 
     /// Checks every key; the error names the offending one. File sources are checked
@@ -601,7 +661,6 @@ fn is_bare_name(path: &Path) -> bool {
     path.components().count() == 1 && path.extension().is_none()
 }
 
-/// TOML datetimes have no JSON counterpart: they become RFC 3339 strings.
 /// An invalid `[plugins]` key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]

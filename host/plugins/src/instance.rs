@@ -158,6 +158,11 @@ pub struct VersionInfo {
     pub file: Option<std::path::PathBuf>,
     /// Full hex SHA-256 of the component.
     pub sha256: String,
+    /// The manifest's `[plugin] version`, if it has one.
+    pub version: Option<String>,
+    /// Full hex SHA-256 of the slot's `config` table (its canonical JSON): a config
+    /// change is a new version even when the component is the same.
+    pub config_sha256: String,
     pub loaded_at: SystemTime,
     /// Workload plugins: the kind they serve.
     pub workload_kind: Option<String>,
@@ -172,6 +177,20 @@ pub struct VersionInfo {
 impl VersionInfo {
     pub fn sha256_short(&self) -> &str {
         &self.sha256[..12.min(self.sha256.len())]
+    }
+
+    /// `3f2a9c1b0d4e` or, when the config differs from the one `other` ran with,
+    /// `3f2a9c1b0d4e+config 9a8b7c6d5e4f`: what a swap log line shows for each side.
+    pub fn describe_against(&self, other: &VersionInfo) -> String {
+        if self.config_sha256 == other.config_sha256 {
+            self.sha256_short().to_owned()
+        } else {
+            format!(
+                "{}+config {}",
+                self.sha256_short(),
+                &self.config_sha256[..12.min(self.config_sha256.len())]
+            )
+        }
     }
 }
 
@@ -205,6 +224,9 @@ pub(crate) struct Version {
     warm: Mutex<Vec<Warm>>,
     pub breaker: SharedBreaker,
     metrics: Option<PluginMetrics>,
+    /// Authorizers whose agents the host can enumerate (the embedded static list): the
+    /// ids they can ever admit. `None`: the plugin decides in code.
+    pub listed_agents: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 /// Everything needed to build a [`Version`] besides the compiled component.
@@ -234,6 +256,7 @@ impl Version {
             warm: Mutex::new(Vec::new()),
             breaker: parts.breaker,
             metrics: parts.metrics,
+            listed_agents: None,
         }
     }
 
@@ -484,8 +507,40 @@ fn is_guest_failure(store: &Store<CallState>, err: &wasmtime::Error) -> bool {
     store.data().limiter.hit || err.downcast_ref::<Trap>().is_some()
 }
 
-/// The typed calls: each converts the request, calls the export and checks the answer.
+/// The outcome labels of `burrow_plugin_decisions_total`.
+fn agent_label(outcome: &AgentAuthOutcome) -> &'static str {
+    match outcome {
+        AgentAuthOutcome::Accepted(_) => "accepted",
+        AgentAuthOutcome::Rejected(_) => "rejected",
+    }
+}
+
+fn user_label(outcome: &UserAuthOutcome) -> &'static str {
+    match outcome {
+        UserAuthOutcome::Authenticated(_) => "authenticated",
+        UserAuthOutcome::Anonymous => "anonymous",
+        UserAuthOutcome::Rejected(_) => "rejected",
+    }
+}
+
+fn decision_label(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Allow { .. } => "allow",
+        Decision::Deny { status: 401, .. } => "unauthorized",
+        Decision::Deny { status: 403, .. } => "forbidden",
+        Decision::Deny { .. } => "deny",
+    }
+}
+
+/// The typed calls: each converts the request, calls the export, checks the answer and
+/// counts it by outcome.
 impl Version {
+    fn decided(&self, op: &'static str, outcome: &'static str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.decision(&self.info.name, op, outcome);
+        }
+    }
+
     pub(crate) async fn authenticate_agent(
         &self,
         req: &AgentHello,
@@ -497,7 +552,9 @@ impl Version {
                 Box::pin(async move { b.authorizer()?.call_authenticate_agent(s, &wit_req).await })
             })
             .await?;
-        convert::agent_outcome(out).map_err(|e| self.invalid(e))
+        let outcome = convert::agent_outcome(out).map_err(|e| self.invalid(e))?;
+        self.decided("authenticate-agent", agent_label(&outcome));
+        Ok(outcome)
     }
 
     pub(crate) async fn authenticate_user(
@@ -511,7 +568,9 @@ impl Version {
                 Box::pin(async move { b.authorizer()?.call_authenticate_user(s, &wit_req).await })
             })
             .await?;
-        convert::user_outcome(out).map_err(|e| self.invalid(e))
+        let outcome = convert::user_outcome(out).map_err(|e| self.invalid(e))?;
+        self.decided("authenticate-user", user_label(&outcome));
+        Ok(outcome)
     }
 
     pub(crate) async fn authorize(
@@ -525,12 +584,15 @@ impl Version {
                 Box::pin(async move { b.authorizer()?.call_authorize(s, &wit_req).await })
             })
             .await?;
-        convert::decision(out).map_err(|e| self.invalid(e))
+        let decision = convert::decision(out).map_err(|e| self.invalid(e))?;
+        self.decided("authorize", decision_label(&decision));
+        Ok(decision)
     }
 
     /// `authenticate-user` then, unless the credential was rejected, `authorize` with
     /// the request `make` builds from the principal: in ONE instance, so a fresh-instance
-    /// plugin pays one instantiation per request.
+    /// plugin pays one instantiation per request. Its latency is recorded under op
+    /// `authenticate-user+authorize`; each answer is counted under its own export.
     pub(crate) async fn authenticate_and_authorize<M>(
         &self,
         req: &UserAuthRequest,
@@ -542,7 +604,7 @@ impl Version {
     {
         let wit_req = wit::UserAuthRequest::from(req);
         let (who, decision) = self
-            .call("authorize", clock, move |b, s| {
+            .call("authenticate-user+authorize", clock, move |b, s| {
                 Box::pin(async move {
                     let a = b.authorizer()?;
                     let who = a.call_authenticate_user(&mut *s, &wit_req).await?;
@@ -559,6 +621,10 @@ impl Version {
             .await?;
         let who = convert::user_outcome(who).map_err(|e| self.invalid(e))?;
         let decision = decision.map(convert::decision).transpose().map_err(|e| self.invalid(e))?;
+        self.decided("authenticate-user", user_label(&who));
+        if let Some(decision) = &decision {
+            self.decided("authorize", decision_label(decision));
+        }
         Ok((who, decision))
     }
 
@@ -579,15 +645,20 @@ impl Version {
                 Box::pin(async move { b.workload_resolve(s, &wit_req).await })
             })
             .await?;
-        convert::resolved(out).map_err(|e| self.invalid(e))
+        let resolved = convert::resolved(out).map_err(|e| self.invalid(e))?;
+        self.decided("resolve", if resolved.is_some() { "resolved" } else { "none" });
+        Ok(resolved)
     }
 
     pub(crate) async fn expired(&self, req: &ExpiryRequest, clock: ClockSource) -> Result<bool, PluginError> {
         let wit_req = wit::ExpiryRequest::from(req);
-        self.call("expired", clock, move |b, s| {
-            Box::pin(async move { b.workload_expired(s, &wit_req).await })
-        })
-        .await
+        let expired = self
+            .call("expired", clock, move |b, s| {
+                Box::pin(async move { b.workload_expired(s, &wit_req).await })
+            })
+            .await?;
+        self.decided("expired", if expired { "expired" } else { "live" });
+        Ok(expired)
     }
 
     /// Tells a workload plugin an agent came or went; a no-op for plugins without the

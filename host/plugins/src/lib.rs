@@ -43,7 +43,7 @@ pub use breaker::BreakerConfig;
 pub use calls::UserVerdict;
 pub use config::{
     FailurePolicy, InstancePolicy, PluginConfigError, PluginKind, PluginSlotConfig, PluginSource,
-    PluginsConfig, RuntimeConfig, MAX_CALL_TIMEOUT, MAX_MEMORY_MB, MIN_CALL_TIMEOUT,
+    PluginsConfig, RuntimeConfig, SlotRole, MAX_CALL_TIMEOUT, MAX_MEMORY_MB, MIN_CALL_TIMEOUT,
 };
 pub use host_api::ClockSource;
 pub use instance::VersionInfo;
@@ -54,13 +54,12 @@ pub use reload::ReloadOutcome;
 /// including the test-only ones (`test_misbehave.wasm`, ...) and the examples.
 pub const ARTIFACTS_DIR: &str = env!("BURROW_PLUGIN_ARTIFACTS");
 
-/// A component compiled into the host binary.
+/// A component compiled into the host binary. Its manifest, if any, is embedded in it
+/// like any SDK plugin's.
 pub(crate) struct Builtin {
     pub name: &'static str,
     pub kind: PluginKind,
     pub bytes: &'static [u8],
-    /// Its manifest (test vectors run at every load), if it has one.
-    pub manifest: Option<&'static str>,
 }
 
 macro_rules! artifact {
@@ -74,31 +73,22 @@ static BUILTINS: &[Builtin] = &[
         name: "authorizer-static",
         kind: PluginKind::Authorizer,
         bytes: artifact!("authorizer_static.wasm"),
-        manifest: None,
     },
     Builtin {
         name: "workload-workspace",
         kind: PluginKind::Workload,
         bytes: artifact!("workload_workspace.wasm"),
-        manifest: Some(include_str!("../../../plugins/workload-workspace/workload-workspace.toml")),
     },
-    Builtin {
-        name: "workload-ci-job",
-        kind: PluginKind::Workload,
-        bytes: artifact!("workload_ci_job.wasm"),
-        manifest: Some(include_str!("../../../plugins/workload-ci-job/workload-ci-job.toml")),
-    },
+    Builtin { name: "workload-ci-job", kind: PluginKind::Workload, bytes: artifact!("workload_ci_job.wasm") },
     Builtin {
         name: "workload-terminal",
         kind: PluginKind::Workload,
         bytes: artifact!("workload_terminal.wasm"),
-        manifest: Some(include_str!("../../../plugins/workload-terminal/workload-terminal.toml")),
     },
     Builtin {
         name: "router-prefer-local",
         kind: PluginKind::Router,
         bytes: artifact!("router_prefer_local.wasm"),
-        manifest: Some(include_str!("../../../plugins/router-prefer-local/router-prefer-local.toml")),
     },
 ];
 
@@ -124,8 +114,12 @@ pub enum PluginError {
     /// Rollback asked of a plugin that has never been swapped.
     #[error("plugin {plugin} has no previous version to roll back to")]
     NoPrevious { plugin: String },
-    /// `plugin.init` refused the config.
-    #[error("plugin {plugin} (sha256 {sha256}) refused its config: {reason}")]
+    /// A candidate failed a step of the canary (`init`, the kind's probe): it was not
+    /// swapped in.
+    #[error("plugin {plugin}: the canary's {step} call failed: {}", .error.detail())]
+    Canary { plugin: String, step: &'static str, error: Box<PluginError> },
+    /// `plugin.init` returned an error: the plugin's own words, usually about its config.
+    #[error("plugin {plugin} (sha256 {sha256}): init failed: {reason}")]
     Init { plugin: String, sha256: String, reason: String },
     /// The plugin trapped (a Rust plugin's panic ends up here, with its message).
     #[error("plugin {plugin} (sha256 {sha256}) trapped: {message}")]
@@ -175,6 +169,7 @@ impl PluginError {
     pub fn kind_label(&self) -> &'static str {
         match self {
             PluginError::Load { .. } => "load",
+            PluginError::Canary { .. } => "canary",
             PluginError::NotFound { .. } => "not_found",
             PluginError::NoPrevious { .. } => "no_previous",
             PluginError::Init { .. } => "init",
@@ -187,6 +182,27 @@ impl PluginError {
             PluginError::Busy { .. } => "busy",
             PluginError::Quarantined { .. } => "quarantined",
             PluginError::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// The message without its leading `plugin NAME (sha256 …)`, for an error that wraps
+    /// this one and names the plugin itself.
+    pub fn detail(&self) -> String {
+        let full = self.to_string();
+        let Some(at) = full.find(" (sha256 ") else { return full };
+        match full[at..].find(')') {
+            Some(end) => full[at + end + 1..].trim_start_matches(':').trim_start().to_owned(),
+            None => full,
+        }
+    }
+
+    /// Whether `plugin.init` refused to start (at load or in a fresh instance): the
+    /// plugin's config is the usual cause.
+    pub fn is_init(&self) -> bool {
+        match self {
+            PluginError::Init { .. } => true,
+            PluginError::Canary { step, error, .. } => *step == "init" || error.is_init(),
+            _ => false,
         }
     }
 

@@ -1,9 +1,11 @@
-//! Builds a plugin version: read the file (or the embedded built-in) and its manifest,
-//! hash, compile off the async workers, type-check against the slot's world, then the
-//! canary (`init`, the kind's probe, the manifest's test vectors). Only a version that
-//! passes all of it is handed back to be swapped in (`manager.rs` at the first load,
-//! `reload.rs` afterwards).
+//! Builds a plugin version: read the file (or the embedded built-in) and its manifest
+//! (embedded in the component, or `NAME.toml` beside it: never both), hash, compile off
+//! the async workers, type-check against the slot's world, then the canary (`init`, the
+//! kind's probe, the manifest's test vectors) on an instance of its own whose log lines
+//! are marked as the canary's. Only a version that passes all of it is handed back to be
+//! swapped in (`manager.rs` at the first load, `reload.rs` afterwards).
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -67,11 +69,11 @@ impl Loader<'_> {
         let load_err = |reason: String| PluginError::Load { plugin: base_label.clone(), reason };
         let file = cfg.resolve_file(&source);
         let stamp = file.as_deref().and_then(stamp_of);
-        let (bytes, manifest_text) = match &file {
+        let (bytes, beside) = match &file {
             Some(path) => read_plugin_file(path).await.map_err(load_err)?,
             None => match &source {
                 PluginSource::Builtin(name) => match builtin(name) {
-                    Some(b) => (b.bytes.to_vec(), b.manifest.map(str::to_owned)),
+                    Some(b) => (b.bytes.to_vec(), None),
                     None => {
                         return Err(load_err(format!("unknown built-in (known: {})", super::builtin_names())))
                     }
@@ -87,19 +89,24 @@ impl Loader<'_> {
         let load_err = |reason: String| PluginError::Load { plugin: label.clone(), reason };
         check_header(&bytes).map_err(load_err)?;
 
-        let manifest = match &manifest_text {
-            Some(text) => {
-                let origin = match &file {
-                    Some(path) => path.with_extension("toml").display().to_string(),
-                    None => format!("{source} manifest"),
-                };
-                let manifest = manifest::parse(text, &origin).map_err(|e| load_err(e.to_string()))?;
+        let manifest = match manifest_text(&bytes, beside, &source).map_err(load_err)? {
+            Some((text, origin)) => {
+                let manifest = manifest::parse(&text, &origin).map_err(|e| load_err(e.to_string()))?;
                 manifest.check_kind(spec.kind).map_err(|e| load_err(e.to_string()))?;
                 tracing::debug!(plugin = %label, declared = ?manifest.kind(), tests = manifest.tests.len(), "plugin manifest read");
                 Some(manifest)
             }
             None => None,
         };
+        // The slot's `name` wins; else the manifest's; else the built-in's name or the
+        // file stem (what `spec.name` already holds).
+        let name = match (&spec.config.name, manifest.as_ref().and_then(|m| m.plugin.name.clone())) {
+            (Some(name), _) => name.clone(),
+            (None, Some(name)) => name,
+            (None, None) => spec.name.clone(),
+        };
+        let label = format!("{} {name}@{}", spec.kind, &sha256_hex[..12]);
+        let load_err = |reason: String| PluginError::Load { plugin: label.clone(), reason };
 
         let engine = self.engine.clone();
         let compiled = tokio::task::spawn_blocking(move || engine.compile(&sha256, &bytes))
@@ -121,23 +128,35 @@ impl Loader<'_> {
         })?;
 
         let info = VersionInfo {
-            name: spec.name.clone(),
+            name: name.clone(),
             kind: spec.kind,
             source: source.to_string(),
             file: file.clone(),
             sha256: sha256_hex,
+            version: manifest.as_ref().and_then(|m| m.plugin.version.clone()),
+            config_sha256: config_sha256(&spec.config.config),
             loaded_at: SystemTime::now(),
             workload_kind: None,
             lifecycle: pre.has_lifecycle(),
             tests_passed: 0,
             label: label.clone(),
         };
-        let mut version = self.version(spec, pre.clone(), info.clone(), &spec.config.config)?;
-        version.canary_init(self.clock).await.map_err(|e| canary_err(&label, "init", e))?;
+        // The canary runs on a version of its own, so its log lines say they are the
+        // canary's and its warm instances never serve a request.
+        let canary = self.version_with(
+            spec,
+            pre.clone(),
+            info.clone(),
+            &spec.config.config,
+            self.kv.clone(),
+            "canary",
+        )?;
+        canary.canary_init(self.clock).await.map_err(|e| canary_err(&label, "init", e))?;
+        let mut info = info;
         match spec.kind {
             PluginKind::Authorizer => {
                 // An authorizer that accepts an empty token would let anyone in.
-                match version.authenticate_agent(&AgentHello::default(), self.clock).await {
+                match canary.authenticate_agent(&AgentHello::default(), self.clock).await {
                     Ok(AgentAuthOutcome::Rejected(_)) => {}
                     Ok(AgentAuthOutcome::Accepted(id)) => {
                         return Err(load_err(format!(
@@ -149,41 +168,36 @@ impl Loader<'_> {
                 }
             }
             PluginKind::Workload => {
-                let kind = version.kind_name(self.clock).await.map_err(|e| canary_err(&label, "kind", e))?;
-                version.info.workload_kind = Some(kind);
+                let kind = canary.kind_name(self.clock).await.map_err(|e| canary_err(&label, "kind", e))?;
+                info.workload_kind = Some(kind);
             }
             PluginKind::Router => {}
         }
         if let Some(manifest) = &manifest {
-            let passed = self.run_tests(spec, &pre, &version.info, manifest).await.map_err(load_err)?;
-            version.info.tests_passed = passed;
+            info.tests_passed = self.run_tests(spec, &pre, &info, manifest).await.map_err(load_err)?;
         }
+        let mut version = self.version_with(spec, pre, info, &spec.config.config, self.kv.clone(), "")?;
+        version.listed_agents = listed_agents(spec, &source, file.as_deref());
         version.set_metrics(self.metrics.cloned());
         Ok((Arc::new(version), stamp))
     }
 
-    fn version(
-        &self,
-        spec: &SlotSpec,
-        pre: Pre,
-        info: VersionInfo,
-        config: &toml::Table,
-    ) -> Result<Version, PluginError> {
-        self.version_with_kv(spec, pre, info, config, self.kv.clone())
-    }
-
-    fn version_with_kv(
+    /// A version of `spec` with `config` and `kv`; `stage` (`canary`, a test vector's
+    /// name) marks its log lines, empty for the version that serves.
+    fn version_with(
         &self,
         spec: &SlotSpec,
         pre: Pre,
         info: VersionInfo,
         config: &toml::Table,
         kv: kv::KvStore,
+        stage: &str,
     ) -> Result<Version, PluginError> {
         let slot = &spec.config;
         let env = Arc::new(PluginEnv {
             label: info.label.clone().into(),
-            name: spec.name.clone().into(),
+            name: info.name.clone().into(),
+            stage: (!stage.is_empty()).then(|| stage.into()),
             config_json: serde_json::Value::Object(super::config::table_to_json(config)).to_string().into(),
             config_toml: toml::to_string(config).unwrap_or_default().into(),
             config: config.clone(),
@@ -233,8 +247,9 @@ impl Loader<'_> {
             // other's writes, nor write into the store the live version uses.
             let sandbox = kv::KvStore::memory(kv::KvLimits::default());
             let config = test.config.as_ref().unwrap_or(&spec.config.config);
+            let stage = format!("test vector {:?}", test.name);
             let own = self
-                .version_with_kv(spec, pre.clone(), info.clone(), config, sandbox)
+                .version_with(spec, pre.clone(), info.clone(), config, sandbox, &stage)
                 .map_err(|e| e.to_string())?;
             let target = &own;
             let actual = run_call(target, &test.call, clock)
@@ -266,11 +281,14 @@ async fn run_call(
     })
 }
 
-fn canary_err(label: &str, step: &str, err: PluginError) -> PluginError {
-    PluginError::Load { plugin: label.to_owned(), reason: format!("the canary's {step} call failed: {err}") }
+fn canary_err(label: &str, step: &'static str, err: PluginError) -> PluginError {
+    PluginError::Canary { plugin: label.to_owned(), step, error: Box::new(err) }
 }
 
-async fn read_plugin_file(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
+/// A manifest file beside the component: its text and its path (for messages).
+type Beside = Option<(String, String)>;
+
+async fn read_plugin_file(path: &Path) -> Result<(Vec<u8>, Beside), String> {
     let meta = tokio::fs::metadata(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("not a file: {}", path.display()));
@@ -281,11 +299,75 @@ async fn read_plugin_file(path: &Path) -> Result<(Vec<u8>, Option<String>), Stri
     let bytes = tokio::fs::read(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let manifest_path = path.with_extension("toml");
     let manifest = match tokio::fs::read_to_string(&manifest_path).await {
-        Ok(text) => Some(text),
+        Ok(text) => Some((text, manifest_path.display().to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read the manifest {}: {e}", manifest_path.display())),
     };
     Ok((bytes, manifest))
+}
+
+/// The manifest to use and where it came from: the one embedded in the component, or the
+/// one beside its file. Both is an error: they could disagree, and which one the canary
+/// ran would depend on who asked.
+fn manifest_text(bytes: &[u8], beside: Beside, source: &PluginSource) -> Result<Beside, String> {
+    match (embedded_manifest(bytes)?, beside) {
+        (Some(_), Some((_, path))) => Err(format!(
+            "it embeds a manifest and {path} is a second one: remove the file (the embedded one \
+             travels with the component)"
+        )),
+        (Some(text), None) => Ok(Some((text, format!("{source} (embedded manifest)")))),
+        (None, beside) => Ok(beside),
+    }
+}
+
+/// The manifest in the component's [`manifest::EMBEDDED_SECTION`] custom section,
+/// searched in nested modules too (the SDK writes it into the core module, which the
+/// component wraps).
+pub(crate) fn embedded_manifest(bytes: &[u8]) -> Result<Option<String>, String> {
+    let mut found = None;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        // A malformed binary is the compiler's to report, with a better message.
+        let Ok(payload) = payload else { break };
+        let wasmparser::Payload::CustomSection(section) = payload else { continue };
+        if section.name() != manifest::EMBEDDED_SECTION {
+            continue;
+        }
+        if found.is_some() {
+            return Err(format!("it embeds more than one {} section", manifest::EMBEDDED_SECTION));
+        }
+        let text = std::str::from_utf8(section.data())
+            .map_err(|e| format!("its embedded manifest is not UTF-8: {e}"))?;
+        found = Some(text.to_owned());
+    }
+    Ok(found)
+}
+
+/// The SHA-256 of a slot's config table (its canonical JSON), so a swap caused by a
+/// config change shows as one even when the component's bytes did not change.
+pub(crate) fn config_sha256(config: &toml::Table) -> String {
+    let json = serde_json::Value::Object(super::config::table_to_json(config)).to_string();
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+/// The agent ids a slot can ever admit, when the host can know them: the embedded
+/// built-in static authorizer admits exactly the `agents` of its config. Any other
+/// plugin decides in code, so `None` (the host cannot tell an unknown agent from one
+/// that has not connected yet).
+fn listed_agents(
+    spec: &SlotSpec,
+    source: &PluginSource,
+    file: Option<&Path>,
+) -> Option<Arc<HashSet<String>>> {
+    let is_static = matches!(source, PluginSource::Builtin(name) if name == "authorizer-static");
+    if spec.kind != PluginKind::Authorizer || !is_static || file.is_some() {
+        return None;
+    }
+    let agents = match spec.config.config.get("agents") {
+        Some(toml::Value::Array(agents)) => agents,
+        _ => return Some(Arc::default()),
+    };
+    let ids = agents.iter().filter_map(|a| a.get("id")?.as_str().map(str::to_owned)).collect();
+    Some(Arc::new(ids))
 }
 
 /// Refuses what is not a component before the compiler sees it, with advice.
@@ -337,5 +419,69 @@ fn describe(engine: &Engine, name: &str, item: &ComponentItem) -> String {
             format!("{name}{{{}}}", funcs.join(", "))
         }
         _ => name.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(name: &str) -> Vec<u8> {
+        std::fs::read(Path::new(crate::ARTIFACTS_DIR).join(name)).expect("the build made it")
+    }
+
+    #[test]
+    fn the_manifest_embedded_by_the_sdk_is_found_inside_the_component() {
+        let text = embedded_manifest(&artifact("workload_workspace.wasm")).unwrap().expect("embedded");
+        let manifest = manifest::parse(&text, "workload-workspace").unwrap();
+        assert_eq!(manifest.plugin.name.as_deref(), Some("workload-workspace"));
+        assert!(!manifest.tests.is_empty());
+        assert_eq!(embedded_manifest(&artifact("test_misbehave.wasm")).unwrap(), None);
+        assert_eq!(
+            embedded_manifest(b"\0asm junk").unwrap(),
+            None,
+            "a broken binary is the compiler's to report"
+        );
+    }
+
+    #[test]
+    fn a_manifest_embedded_and_one_beside_the_file_are_refused() {
+        let bytes = artifact("workload_workspace.wasm");
+        let source = PluginSource::File("w.wasm".into());
+        let beside = Some(("[plugin]\n".to_owned(), "w.toml".to_owned()));
+        let err = manifest_text(&bytes, beside.clone(), &source).unwrap_err();
+        assert!(err.contains("w.toml is a second one"), "{err}");
+        let (_, origin) = manifest_text(&bytes, None, &source).unwrap().unwrap();
+        assert!(origin.contains("embedded"), "{origin}");
+        let plain = artifact("test_misbehave.wasm");
+        assert_eq!(manifest_text(&plain, beside.clone(), &source).unwrap(), beside);
+    }
+
+    #[test]
+    fn only_the_embedded_static_list_tells_which_agents_exist() {
+        let slot = |source: &str| {
+            let config: toml::Table =
+                toml::from_str("agents = [{ id = \"a1\", token_sha256 = \"00\" }]").unwrap();
+            let source: PluginSource = source.parse().unwrap();
+            let config = super::super::PluginSlotConfig::with_source(source.clone(), config);
+            let spec = SlotSpec {
+                kind: PluginKind::Authorizer,
+                role: super::super::SlotRole::Agents,
+                key: "plugins.agents".into(),
+                name: "x".into(),
+                config,
+            };
+            (spec, source)
+        };
+        let (spec, source) = slot("builtin:authorizer-static");
+        let ids = listed_agents(&spec, &source, None).expect("the static list is known");
+        assert!(ids.contains("a1") && ids.len() == 1);
+        assert_eq!(
+            listed_agents(&spec, &source, Some(Path::new("dir/authorizer-static.wasm"))),
+            None,
+            "an override"
+        );
+        let (spec, source) = slot("my-authorizer.wasm");
+        assert_eq!(listed_agents(&spec, &source, None), None);
     }
 }

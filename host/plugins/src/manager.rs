@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use super::breaker::BreakerState;
-use super::config::{PluginKind, PluginsConfig, SlotSpec};
+use super::config::{PluginKind, PluginsConfig, SlotRole, SlotSpec};
 use super::engine::PluginEngine;
 use super::host_api::{kv, ClockSource};
 use super::instance::{Version, VersionInfo};
@@ -57,9 +57,27 @@ impl PluginsOptions {
     }
 }
 
+/// What makes a version: its component and its config. A rollback's hold is the
+/// difference between the slot's current identity and its source's (see `reload.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Identity {
+    pub(super) sha256: String,
+    pub(super) config_sha256: String,
+}
+
+impl Identity {
+    pub(super) fn of(info: &VersionInfo) -> Identity {
+        Identity { sha256: info.sha256.clone(), config_sha256: info.config_sha256.clone() }
+    }
+}
+
 /// One slot: its spec and the versions it has held.
 pub(super) struct Slot {
     pub(super) spec: SlotSpec,
+    /// The plugin's name (the slot's `name`, else its manifest's, else the built-in's
+    /// name or the file stem), fixed when the slot is built: the admin API and metrics
+    /// know it by this.
+    pub(super) name: String,
     pub(super) current: ArcSwap<Version>,
     /// The version `rollback` restores.
     pub(super) previous: Mutex<Option<Arc<Version>>>,
@@ -67,6 +85,12 @@ pub(super) struct Slot {
     pub(super) last_error: Mutex<Option<(SystemTime, String)>>,
     /// The file as last loaded (or refused), for the watcher.
     pub(super) stamp: Mutex<Option<FileStamp>>,
+    /// The version last read from the source (file or built-in, with the slot's
+    /// config). It differs from the current one only after a rollback: reloads that
+    /// find the source unchanged then leave the rolled-back version serving.
+    pub(super) source: Mutex<Identity>,
+    /// Versions swapped in since the host started (a slot rebuilt by a config reload
+    /// carries its predecessor's count on), so it only grows.
     pub(super) swaps: AtomicU64,
 }
 
@@ -74,6 +98,8 @@ impl Slot {
     pub(super) fn new(spec: SlotSpec, version: Arc<Version>, stamp: Option<FileStamp>) -> Slot {
         Slot {
             spec,
+            name: version.info.name.clone(),
+            source: Mutex::new(Identity::of(&version.info)),
             current: ArcSwap::new(version),
             previous: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -85,6 +111,12 @@ impl Slot {
     pub(super) fn current(&self) -> Arc<Version> {
         self.current.load_full()
     }
+
+    /// After a rollback away from what the source holds: the source's sha256.
+    pub(super) fn rolled_back_from(&self) -> Option<String> {
+        let source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        (Identity::of(&self.current().info) != *source).then(|| source.sha256.clone())
+    }
 }
 
 /// The plugins' state for the admin API.
@@ -92,11 +124,18 @@ impl Slot {
 pub struct PluginStatus {
     pub name: String,
     pub kind: PluginKind,
+    /// What the slot is for (`agents`: an authorizer asked about agents only).
+    pub role: SlotRole,
     /// Where the slot is configured (`plugins.workload[0]`).
     pub slot: String,
     pub source: String,
     pub file: Option<PathBuf>,
     pub sha256: String,
+    /// The manifest's `[plugin] version`.
+    pub version: Option<String>,
+    /// SHA-256 of the slot's `config` table: changes with the config even when the
+    /// component does not.
+    pub config_sha256: String,
     /// Unix milliseconds.
     pub loaded_at: u64,
     /// `active`, `quarantined` or `half-open`.
@@ -109,6 +148,10 @@ pub struct PluginStatus {
     pub instances: super::config::InstancePolicy,
     /// The version `rollback` would restore.
     pub previous_sha256: Option<String>,
+    pub previous_config_sha256: Option<String>,
+    /// After a rollback: the sha256 of what the source still holds and reloads leave
+    /// alone until the source changes. `None` when the slot serves its source.
+    pub rolled_back_from: Option<String>,
     pub swaps: u64,
     /// The last failed load or reload, kept until the next successful one.
     pub last_error: Option<String>,
@@ -118,17 +161,33 @@ pub struct PluginStatus {
 /// The slots in the roles the host asks them in.
 pub(super) struct Active {
     pub(super) authorizer: Arc<Slot>,
+    /// `[plugins.agents]`: asked about agents instead of the authorizer.
+    pub(super) agents: Option<Arc<Slot>>,
     pub(super) workloads: Vec<Arc<Slot>>,
     pub(super) router: Option<Arc<Slot>>,
 }
 
 impl Active {
     pub(super) fn all(&self) -> impl Iterator<Item = &Arc<Slot>> {
-        std::iter::once(&self.authorizer).chain(self.workloads.iter()).chain(self.router.iter())
+        std::iter::once(&self.authorizer)
+            .chain(self.agents.iter())
+            .chain(self.workloads.iter())
+            .chain(self.router.iter())
     }
 
+    /// The plugin the admin API and metrics call `name`.
     pub(super) fn by_name(&self, name: &str) -> Option<&Arc<Slot>> {
-        self.all().find(|s| s.spec.name == name)
+        self.all().find(|s| s.name == name)
+    }
+
+    /// The slot a config reload's `spec` continues: same role and configured name.
+    pub(super) fn continuing(&self, spec: &SlotSpec) -> Option<&Arc<Slot>> {
+        self.all().find(|s| s.spec.role == spec.role && s.spec.name == spec.name)
+    }
+
+    /// The slot that authenticates agents: `[plugins.agents]`, else the authorizer.
+    pub(super) fn agent_authenticator(&self) -> &Arc<Slot> {
+        self.agents.as_ref().unwrap_or(&self.authorizer)
     }
 }
 
@@ -171,6 +230,7 @@ impl Plugins {
             slots.push(Arc::new(Slot::new(spec, version, stamp)));
         }
         let active = arrange(slots);
+        check_names(&active)?;
         check_workload_kinds(&active)?;
         let plugins = Plugins {
             engine,
@@ -215,13 +275,26 @@ impl Plugins {
             plugin = %v.info.name,
             kind = %v.info.kind,
             source = %v.info.source,
+            version = %v.info.version.as_deref().unwrap_or("-"),
             sha256 = %v.info.sha256,
+            config_sha256 = %v.info.config_sha256,
             tests = v.info.tests_passed,
             "plugin loaded"
         );
+        self.record_info(&v.info);
+    }
+
+    /// The metrics' record of the version a plugin runs now.
+    pub(super) fn record_info(&self, info: &VersionInfo) {
         if let Some(metrics) = &self.metrics {
-            metrics.set_info(&v.info.name, v.info.kind, &v.info.sha256);
-            metrics.set_quarantined(&v.info.name, false);
+            metrics.set_info(&burrow_host_metrics::PluginInfo {
+                plugin: &info.name,
+                kind: info.kind,
+                sha256: &info.sha256,
+                version: info.version.as_deref(),
+                config_sha256: &info.config_sha256,
+            });
+            metrics.set_quarantined(&info.name, false);
         }
     }
 
@@ -250,13 +323,17 @@ impl Plugins {
                     other => other,
                 };
                 let last_error = slot.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let previous = slot.previous.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 PluginStatus {
-                    name: v.info.name.clone(),
+                    name: slot.name.clone(),
                     kind: v.info.kind,
+                    role: slot.spec.role,
                     slot: slot.spec.key.clone(),
                     source: v.info.source.clone(),
                     file: v.info.file.clone(),
                     sha256: v.info.sha256.clone(),
+                    version: v.info.version.clone(),
+                    config_sha256: v.info.config_sha256.clone(),
                     loaded_at: unix_ms(v.info.loaded_at),
                     state,
                     quarantined_for_ms,
@@ -264,12 +341,9 @@ impl Plugins {
                     lifecycle_hooks: v.info.lifecycle,
                     tests_passed: v.info.tests_passed,
                     instances: v.limits.instances,
-                    previous_sha256: slot
-                        .previous
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .map(|p| p.info.sha256.clone()),
+                    previous_sha256: previous.as_ref().map(|p| p.info.sha256.clone()),
+                    previous_config_sha256: previous.as_ref().map(|p| p.info.config_sha256.clone()),
+                    rolled_back_from: slot.rolled_back_from(),
                     swaps: slot.swaps.load(Ordering::Relaxed),
                     last_error_at: last_error.as_ref().map(|(at, _)| unix_ms(*at)),
                     last_error: last_error.map(|(_, e)| e),
@@ -300,20 +374,42 @@ fn clock_bits(clock: ClockSource) -> u64 {
 
 pub(super) fn arrange(slots: Vec<Arc<Slot>>) -> Active {
     let mut authorizer = None;
+    let mut agents = None;
     let mut workloads = Vec::new();
     let mut router = None;
     for slot in slots {
-        match slot.spec.kind {
-            PluginKind::Authorizer => authorizer = Some(slot),
-            PluginKind::Workload => workloads.push(slot),
-            PluginKind::Router => router = Some(slot),
+        match slot.spec.role {
+            SlotRole::Authorizer => authorizer = Some(slot),
+            SlotRole::Agents => agents = Some(slot),
+            SlotRole::Workload => workloads.push(slot),
+            SlotRole::Router => router = Some(slot),
         }
     }
     Active {
         authorizer: authorizer.expect("PluginsConfig::slots always has an authorizer"),
+        agents,
         workloads,
         router,
     }
+}
+
+/// Plugin names must tell slots apart: the config checks the names it gives, this the
+/// names manifests gave.
+pub(super) fn check_names(active: &Active) -> Result<(), PluginError> {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for slot in active.all() {
+        if let Some(other) = seen.insert(&slot.name, &slot.spec.key) {
+            return Err(PluginError::Load {
+                plugin: slot.current().info.label.clone(),
+                reason: format!(
+                    "{} and {other} are both named {:?} (by their manifests or file names): set `name` in one \
+                     of the slots",
+                    slot.spec.key, slot.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn check_workload_kinds(active: &Active) -> Result<(), PluginError> {
@@ -321,7 +417,7 @@ pub(super) fn check_workload_kinds(active: &Active) -> Result<(), PluginError> {
     for slot in &active.workloads {
         let v = slot.current();
         let kind = v.info.workload_kind.clone().unwrap_or_default();
-        if let Some(other) = kinds.insert(kind.clone(), &slot.spec.name) {
+        if let Some(other) = kinds.insert(kind.clone(), &slot.name) {
             return Err(PluginError::Load {
                 plugin: v.info.label.clone(),
                 reason: format!("workload kind {kind:?} is already served by plugin {other}"),

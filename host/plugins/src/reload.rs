@@ -3,6 +3,17 @@
 //! vectors) and only then swapped in atomically; a refused candidate leaves the old one
 //! serving and its error is kept for the admin API. The previous version is kept for
 //! `rollback`. Triggers: the admin API, SIGHUP (`apply_config`) and the file watcher.
+//!
+//! # How long a rollback lasts
+//!
+//! A rollback puts the previous version back and holds it **until the source changes**:
+//! every reload (the admin's, SIGHUP's, the watcher's) that finds the source still
+//! holding the version rolled back from (same component, same config) leaves the slot
+//! alone and answers `held`. New bytes in the file, or a new `config` for the slot in a
+//! SIGHUP'd config, are a new deployment: they go through the canary and swap in as
+//! usual. A second rollback rolls forward. The host never writes plugin files, so a
+//! restart loads what the source holds: to keep a rollback across restarts, put the
+//! previous file back (`GET /plugins` shows `rolled_back_from` while a rollback holds).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,17 +25,23 @@ use tokio_util::sync::CancellationToken;
 use super::config::PluginsConfig;
 use super::instance::Version;
 use super::loader::stamp_of;
-use super::manager::{arrange, check_workload_kinds, Plugins, Slot};
+use super::manager::{arrange, check_names, check_workload_kinds, Identity, Plugins, Slot};
 use super::PluginError;
 
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ReloadOutcome {
-    /// A new version serves now.
-    Swapped { plugin: String, from: String, to: String },
+    /// A new version serves now: new bytes, a new config (`from_config` and `to_config`
+    /// differ), or both.
+    Swapped { plugin: String, from: String, to: String, from_config: String, to_config: String },
+    /// A slot the new config adds.
+    Added { plugin: String, sha256: String, config_sha256: String },
     /// The source has the same bytes and settings: nothing to do.
     Unchanged { plugin: String, sha256: String },
+    /// A rollback holds: the source still holds `source_sha256`, which the admin rolled
+    /// back from, so `sha256` keeps serving. Change the source or roll back again.
+    Held { plugin: String, sha256: String, source_sha256: String },
 }
 
 impl Plugins {
@@ -63,11 +80,38 @@ impl Plugins {
             }
         };
         *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = stamp;
+        if candidate.info.name != slot.name {
+            // The admin API, metrics and the kv namespace know the plugin by its name.
+            let err = PluginError::Load {
+                plugin: candidate.info.label.clone(),
+                reason: format!(
+                    "its manifest now names the plugin {:?}, but this slot serves {:?}: set `name` in {} \
+                     to keep the name, or restart the host to rename it",
+                    candidate.info.name, slot.name, slot.spec.key
+                ),
+            };
+            self.refused(slot, &err);
+            return Err(err);
+        }
         let current = slot.current();
-        if current.info.sha256 == candidate.info.sha256 {
+        let found = Identity::of(&candidate.info);
+        {
+            let mut source = slot.source.lock().unwrap_or_else(|p| p.into_inner());
+            if found == *source && Identity::of(&current.info) != found {
+                *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return Ok(ReloadOutcome::Held {
+                    plugin: slot.name.clone(),
+                    sha256: current.info.sha256.clone(),
+                    source_sha256: found.sha256,
+                });
+            }
+            // The source changed since any rollback: what it holds now is what counts.
+            *source = found.clone();
+        }
+        if Identity::of(&current.info) == found {
             *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Ok(ReloadOutcome::Unchanged {
-                plugin: slot.spec.name.clone(),
+                plugin: slot.name.clone(),
                 sha256: current.info.sha256.clone(),
             });
         }
@@ -83,54 +127,51 @@ impl Plugins {
         let Some(kind) = &candidate.info.workload_kind else { return Ok(()) };
         let active = self.active.load();
         for other in &active.workloads {
-            if other.spec.name != slot.spec.name && other.current().info.workload_kind.as_ref() == Some(kind)
-            {
+            if other.name != slot.name && other.current().info.workload_kind.as_ref() == Some(kind) {
                 return Err(PluginError::Load {
                     plugin: candidate.info.label.clone(),
-                    reason: format!("workload kind {kind:?} is already served by plugin {}", other.spec.name),
+                    reason: format!("workload kind {kind:?} is already served by plugin {}", other.name),
                 });
             }
         }
         Ok(())
     }
 
+    /// `why`: `reload` or `rollback`, for the log and `burrow_plugin_swaps_total`.
     fn swap(&self, slot: &Slot, candidate: Arc<Version>, why: &'static str) -> ReloadOutcome {
         let old = slot.current.swap(candidate.clone());
         old.drain_warm();
-        let outcome = ReloadOutcome::Swapped {
-            plugin: slot.spec.name.clone(),
-            from: old.info.sha256.clone(),
-            to: candidate.info.sha256.clone(),
-        };
+        let outcome = swapped(&slot.name, &old, &candidate);
         *slot.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old.clone());
         *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         slot.swaps.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            plugin = %slot.spec.name,
-            from = %old.info.sha256_short(),
-            to = %candidate.info.sha256_short(),
+            plugin = %slot.name,
+            from = %old.info.describe_against(&candidate.info),
+            to = %candidate.info.describe_against(&old.info),
+            version = %candidate.info.version.as_deref().unwrap_or("-"),
             tests = candidate.info.tests_passed,
             "plugin swapped ({why})"
         );
         if let Some(metrics) = &self.metrics {
-            metrics.swap(&slot.spec.name, why);
-            metrics.set_info(&candidate.info.name, candidate.info.kind, &candidate.info.sha256);
-            metrics.set_quarantined(&candidate.info.name, false);
+            metrics.swap(&slot.name, why);
         }
+        self.record_info(&candidate.info);
         outcome
     }
 
     fn refused(&self, slot: &Slot, err: &PluginError) {
-        tracing::error!(plugin = %slot.spec.name, "plugin reload refused, the current version keeps serving: {err}");
+        tracing::error!(plugin = %slot.name, "plugin reload refused, the current version keeps serving: {err}");
         *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((SystemTime::now(), err.to_string()));
         if let Some(metrics) = &self.metrics {
-            metrics.swap(&slot.spec.name, "refused");
+            metrics.swap(&slot.name, "refused");
         }
     }
 
     /// Puts the previous version back (the current one becomes the previous, so a
-    /// second rollback rolls forward again).
+    /// second rollback rolls forward again). It holds until the source changes (see the
+    /// module's docs).
     pub async fn rollback(&self, name: &str) -> Result<ReloadOutcome, PluginError> {
         let _guard = self.reload.lock().await;
         let slot = self.slot(name)?;
@@ -140,7 +181,16 @@ impl Plugins {
         };
         // The admin chose this version deliberately: give it a clean breaker.
         previous.breaker.reset();
-        Ok(self.swap(&slot, previous, "rollback"))
+        let outcome = self.swap(&slot, previous, "rollback");
+        if let Some(source) = slot.rolled_back_from() {
+            tracing::warn!(
+                plugin = %slot.name,
+                source = %source,
+                "rolled back: reloads leave this version serving until the plugin's source changes; a restart \
+                 loads the source again"
+            );
+        }
+        Ok(outcome)
     }
 
     /// Applies a new `[plugins]` table (SIGHUP): slots whose settings changed are
@@ -159,35 +209,35 @@ impl Plugins {
         let mut outcomes = Vec::new();
         let mut kept = Vec::new();
         for spec in new.slots() {
-            match active.by_name(&spec.name) {
+            match active.continuing(&spec) {
                 Some(slot) if slot.spec == spec => {
                     kept.push(slot.clone());
                     slots.push(slot.clone());
                 }
                 existing => {
                     let (version, stamp) = self.loader().load(&spec, &new).await?;
-                    if let Some(old) = existing {
-                        outcomes.push(ReloadOutcome::Swapped {
-                            plugin: spec.name.clone(),
-                            from: old.current().info.sha256.clone(),
-                            to: version.info.sha256.clone(),
-                        });
-                    } else {
-                        outcomes.push(ReloadOutcome::Swapped {
-                            plugin: spec.name.clone(),
-                            from: String::new(),
-                            to: version.info.sha256.clone(),
-                        });
+                    let slot = Slot::new(spec, version.clone(), stamp);
+                    match existing {
+                        Some(old) => {
+                            let old_version = old.current();
+                            outcomes.push(swapped(&slot.name, &old_version, &version));
+                            *slot.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old_version);
+                            // A rebuilt slot is the same plugin's next version: its swap
+                            // count goes on from the old slot's.
+                            slot.swaps.store(old.swaps.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                        }
+                        None => outcomes.push(ReloadOutcome::Added {
+                            plugin: slot.name.clone(),
+                            sha256: version.info.sha256.clone(),
+                            config_sha256: version.info.config_sha256.clone(),
+                        }),
                     }
-                    let slot = Arc::new(Slot::new(spec, version, stamp));
-                    if let Some(old) = existing {
-                        *slot.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(old.current());
-                    }
-                    slots.push(slot);
+                    slots.push(Arc::new(slot));
                 }
             }
         }
         let arranged = arrange(slots);
+        check_names(&arranged)?;
         check_workload_kinds(&arranged)?;
         self.active.store(Arc::new(arranged));
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = new;
@@ -197,14 +247,20 @@ impl Plugins {
             }
         }
         for slot in self.active.load().all() {
-            if !kept.iter().any(|k| Arc::ptr_eq(k, slot)) {
-                self.record_loaded(slot);
+            if kept.iter().any(|k| Arc::ptr_eq(k, slot)) {
+                continue;
             }
+            if slot.previous.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                if let Some(metrics) = &self.metrics {
+                    metrics.swap(&slot.name, "config");
+                }
+            }
+            self.record_loaded(slot);
         }
         for slot in kept {
             match self.reload_slot(&slot).await {
                 Ok(outcome) => outcomes.push(outcome),
-                Err(err) => tracing::error!(plugin = %slot.spec.name, "reload failed: {err}"),
+                Err(err) => tracing::error!(plugin = %slot.name, "reload failed: {err}"),
             }
         }
         Ok(outcomes)
@@ -257,8 +313,18 @@ impl Plugins {
 
     async fn watch_reload(&self, slot: &Arc<Slot>, why: &str) {
         let _guard = self.reload.lock().await;
-        tracing::info!(plugin = %slot.spec.name, "reloading plugin: {why}");
+        tracing::info!(plugin = %slot.name, "reloading plugin: {why}");
         // Errors are logged and kept for the admin API by `reload_slot`.
         let _ = self.reload_slot(slot).await;
+    }
+}
+
+fn swapped(plugin: &str, from: &Version, to: &Version) -> ReloadOutcome {
+    ReloadOutcome::Swapped {
+        plugin: plugin.to_owned(),
+        from: from.info.sha256.clone(),
+        to: to.info.sha256.clone(),
+        from_config: from.info.config_sha256.clone(),
+        to_config: to.info.config_sha256.clone(),
     }
 }

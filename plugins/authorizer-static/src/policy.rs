@@ -260,7 +260,11 @@ fn add_secret(secrets: &mut Vec<Secret>, field: &str, sha256: Hash, owner: usize
 
 impl Policy {
     pub fn from_json(json: &str) -> Result<Policy, String> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|err| err.to_string())?;
+        // Through a JSON value, so errors name the field without the position in the
+        // JSON the host made of the config (admins wrote TOML: that position is noise).
+        let raw: RawConfig = serde_json::from_str::<serde_json::Value>(json)
+            .and_then(serde_json::from_value)
+            .map_err(|err| err.to_string())?;
 
         let mut agents = Vec::with_capacity(raw.agents.len());
         let mut agent_tokens = Vec::with_capacity(raw.agents.len());

@@ -133,7 +133,6 @@ impl HarnessBuilder {
     pub async fn load(self) -> Result<Harness, HarnessError> {
         let mut cfg = self.plugins;
         cfg.watch = false;
-        let name = self.slot.plugin_name(self.kind);
         match self.kind {
             PluginKind::Authorizer => cfg.authorizer = self.slot,
             PluginKind::Workload => cfg.workload = vec![self.slot],
@@ -141,6 +140,13 @@ impl HarnessBuilder {
         }
         cfg.validate().map_err(|e| HarnessError::Settings(e.to_string()))?;
         let plugins = Plugins::load(&cfg, PluginsOptions::default().with_clock(self.clock)).await?;
+        // Its name is the host's choice (the manifest's, else the file stem): ask.
+        let name = plugins
+            .status()
+            .into_iter()
+            .find(|s| s.kind == self.kind && s.source == self.path.display().to_string())
+            .map(|s| s.name)
+            .expect("the harness plugin is loaded");
         Ok(Harness { plugins, name, kind: self.kind, path: self.path })
     }
 }

@@ -12,15 +12,13 @@ fn artifact(name: &str) -> PathBuf {
     path
 }
 
-/// The manifest sits next to the component as `<name>.toml`; the build writes the
-/// component elsewhere, so copy both into a scratch dir the way an admin installs them.
-fn installed(component: &str, manifest: &str) -> (PathBuf, PathBuf) {
+/// The component copied into a scratch dir under another name, the way an admin
+/// installs it: its manifest is embedded, so it comes along whatever the file is called.
+fn installed(component: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("burrow-harness-{}-{component}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join(component);
+    let wasm = dir.join(format!("deployed-{component}"));
     std::fs::copy(artifact(component), &wasm).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::copy(root.join(manifest), wasm.with_extension("toml")).unwrap();
     (dir, wasm)
 }
 
@@ -57,7 +55,7 @@ fn bearer(token: &str) -> UserAuthRequest {
 
 #[tokio::test]
 async fn office_hours_allows_staff_in_office_hours_only() {
-    let (dir, wasm) = installed("office_hours.wasm", "examples/plugins/office-hours/office-hours.toml");
+    let (dir, wasm) = installed("office_hours.wasm");
     let plugin = Harness::authorizer(&wasm)
         .config_toml(OFFICE_CONFIG)
         .unwrap()
@@ -67,6 +65,8 @@ async fn office_hours_allows_staff_in_office_hours_only() {
         .unwrap();
     let info = plugin.info();
     assert!(info.tests_passed >= 5, "the manifest's vectors ran at load: {info:?}");
+    assert_eq!(info.name, "office-hours", "named by its manifest, not its file");
+    assert_eq!(info.version.as_deref(), Some("0.1.0"));
 
     let verdict = plugin.authorize_user(&bearer("alice-token"), target(), Action::Http).await.unwrap();
     assert!(matches!(verdict.who, UserAuthOutcome::Authenticated(ref p) if p.id == "alice"), "{verdict:?}");
@@ -96,15 +96,30 @@ async fn office_hours_allows_staff_in_office_hours_only() {
 
 #[tokio::test]
 async fn office_hours_refuses_a_broken_config() {
-    let (dir, wasm) = installed("office_hours.wasm", "examples/plugins/office-hours/office-hours.toml");
+    let (dir, wasm) = installed("office_hours.wasm");
     let err = Harness::authorizer(&wasm)
         .config_toml("groups = [\"staff\"]\nstart = \"25:00\"")
         .unwrap()
         .load()
         .await
         .expect_err("an impossible start time is refused at load");
-    assert!(matches!(err, burrow_plugin_harness::HarnessError::Plugin(PluginError::Load { .. })), "{err}");
-    assert!(err.to_string().contains("init"), "{err}");
+    assert!(matches!(err, burrow_plugin_harness::HarnessError::Plugin(ref e) if e.is_init()), "{err}");
+    assert!(
+        err.to_string().contains("init failed") && !err.to_string().contains("refused its config"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_component_with_an_embedded_manifest_and_one_beside_it_is_refused() {
+    let (dir, wasm) = installed("office_hours.wasm");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(root.join("examples/plugins/office-hours/office-hours.toml"), wasm.with_extension("toml"))
+        .unwrap();
+    let err = Harness::authorizer(&wasm).config_toml(OFFICE_CONFIG).unwrap().load().await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("embeds a manifest") && text.contains("second one"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -120,7 +135,7 @@ fn candidates() -> Vec<RouteCandidate> {
 
 #[tokio::test]
 async fn canary_router_sends_its_share_to_the_canary() {
-    let (dir, wasm) = installed("canary_router.wasm", "examples/plugins/canary-router/canary-router.toml");
+    let (dir, wasm) = installed("canary_router.wasm");
     let plugin = Harness::router(&wasm)
         .config_toml("canary_percent = 20\ncanary_replicas = [\"r-canary\"]")
         .unwrap()
@@ -154,19 +169,14 @@ async fn canary_router_sends_its_share_to_the_canary() {
 #[tokio::test]
 async fn builtin_workloads_and_router_load_with_their_manifests() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for (component, manifest) in [
-        ("workload_workspace.wasm", "plugins/workload-workspace/workload-workspace.toml"),
-        ("workload_ci_job.wasm", "plugins/workload-ci-job/workload-ci-job.toml"),
-        ("workload_terminal.wasm", "plugins/workload-terminal/workload-terminal.toml"),
-    ] {
-        let (dir, wasm) = installed(component, manifest);
+    for component in ["workload_workspace.wasm", "workload_ci_job.wasm", "workload_terminal.wasm"] {
+        let (dir, wasm) = installed(component);
         let plugin = Harness::workload(&wasm).load().await.unwrap_or_else(|e| panic!("{component}: {e}"));
         assert!(plugin.info().tests_passed > 0, "{component}");
         assert!(plugin.info().workload_kind.is_some());
         let _ = std::fs::remove_dir_all(dir);
     }
-    let (dir, wasm) =
-        installed("router_prefer_local.wasm", "plugins/router-prefer-local/router-prefer-local.toml");
+    let (dir, wasm) = installed("router_prefer_local.wasm");
     let router = Harness::router(&wasm).load().await.unwrap();
     let order = router
         .route(&RouteRequest { target: target(), session_key: "s".into(), candidates: candidates() })

@@ -72,6 +72,7 @@ impl Router for PreferLocal {
 }
 
 export_router!(PreferLocal);
+burrow_plugin_sdk::embed_manifest!("router-prefer-local.toml");
 
 #[cfg(test)]
 mod tests {
@@ -156,8 +157,7 @@ mod tests {
 
     #[test]
     fn manifest_vectors_pass() {
-        let manifest =
-            Manifest::load(concat!(env!("CARGO_MANIFEST_DIR"), "/router-prefer-local.toml")).unwrap();
+        let manifest = Manifest::from_toml(crate::MANIFEST).unwrap();
         manifest.run_router::<PreferLocal>(&serde_json::json!({})).unwrap();
     }
 }

@@ -336,6 +336,37 @@ macro_rules! export_router {
     };
 }
 
+/// Embeds the plugin's manifest into the component and defines `pub const MANIFEST:
+/// &str` holding its text, for `cargo test`.
+///
+/// `$file` is a path relative to the crate root (`"team-token.toml"`). The text lands
+/// in the component's custom section `burrow-plugin-manifest`, where the host, `burrow-host
+/// plugin check` and the test harness read it: the manifest travels with every copy of
+/// the `.wasm`, whatever its file is called. Natively nothing is embedded; run the same
+/// vectors with [`manifest::Manifest::from_toml`](crate::manifest::Manifest::from_toml)`(MANIFEST)`.
+///
+/// ```
+/// burrow_plugin_sdk::embed_manifest!("README.md"); // any file of the crate; a manifest in practice
+/// # fn main() { assert!(MANIFEST.contains("burrow-plugin-sdk")); }
+/// ```
+#[macro_export]
+macro_rules! embed_manifest {
+    ($file:literal) => {
+        /// The plugin's manifest, as embedded in the component.
+        pub const MANIFEST: &str =
+            ::core::include_str!(::core::concat!(::core::env!("CARGO_MANIFEST_DIR"), "/", $file));
+        #[cfg(target_family = "wasm")]
+        const _: () = {
+            // `used` keeps the section through LTO; the component linker copies the
+            // core module's custom sections into the component as they are.
+            #[unsafe(link_section = "burrow-plugin-manifest")]
+            #[used]
+            static __BURROW_MANIFEST: [u8; MANIFEST.len()] =
+                *::core::include_bytes!(::core::concat!(::core::env!("CARGO_MANIFEST_DIR"), "/", $file));
+        };
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,12 +128,15 @@ pub trait Host {
     fn http(&self, request: &HttpRequest) -> Result<HttpResponse, HttpError>;
 
     /// Parses the config table into `T` (typically a `#[derive(Deserialize)]` struct with
-    /// `#[serde(deny_unknown_fields)]`).
+    /// `#[serde(deny_unknown_fields)]`). Errors name the field (``unknown field `temas` ``)
+    /// but no position: the admin wrote TOML, and the host's `check-config` points at the
+    /// line in their file.
     fn config<T: DeserializeOwned>(&self) -> Result<T, ConfigError>
     where
         Self: Sized,
     {
-        Ok(serde_json::from_str(&self.config_json())?)
+        let value: serde_json::Value = serde_json::from_str(&self.config_json())?;
+        Ok(serde_json::from_value(value)?)
     }
 
     /// [`Host::log`] at [`LogLevel::Debug`].

@@ -11,7 +11,8 @@
 //!   tests;
 //! - one trait per plugin kind ([`Authorizer`], [`Workload`], [`Router`]) and one macro
 //!   exporting it ([`export_authorizer!`], [`export_workload!`], [`export_router!`]);
-//! - [`manifest`]: run a plugin manifest's test vectors natively;
+//! - [`manifest`]: run a plugin manifest's test vectors natively; [`embed_manifest!`]
+//!   puts the manifest into the component, where the host reads it;
 //! - [`routing::stable_hash`]: a platform- and release-stable hash for sticky routing.
 //!
 //! ```
@@ -30,9 +31,8 @@
 //!         }
 //!     }
 //!
-//!     fn authenticate_agent(&self, _host: &impl Host, _req: AgentHello) -> AgentAuthOutcome {
-//!         AgentAuthOutcome::Rejected("this authorizer admits no agents".into())
-//!     }
+//!     // `authenticate_agent` is left to the host's `[plugins.agents]` slot (the default
+//!     // rejects every agent).
 //!
 //!     fn authenticate_user(&self, _host: &impl Host, req: UserAuthRequest) -> UserAuthOutcome {
 //!         match req.credential {
@@ -90,7 +90,7 @@ mod wasm_host;
 pub use host::{ConfigError, ConfigValue, Host, KvError, LogLevel, KV_MAX_KEY_BYTES, KV_MAX_VALUE_BYTES};
 pub use http::{HttpError, HttpRequest, HttpResponse};
 pub use mock::MockHost;
-pub use plugin::{Authorizer, Router, Workload};
+pub use plugin::{Authorizer, Router, Workload, NO_AGENTS};
 pub use types::{
     label, Action, AgentAuthOutcome, AgentEvent, AgentHello, AgentIdentity, AuthorizeRequest, Credential,
     Decision, ExpiryRequest, Labels, Principal, ResolveRequest, Resolved, RouteCandidate, RouteRequest,

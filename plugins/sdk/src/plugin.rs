@@ -12,6 +12,11 @@
 use crate::host::Host;
 use crate::types::*;
 
+/// Why [`Authorizer::authenticate_agent`]'s default rejects an agent: the agent logs it,
+/// and it tells the host's admin what to configure.
+pub const NO_AGENTS: &str =
+    "this authorizer does not authenticate agents: list them in the host's [plugins.agents] slot";
+
 /// Decides which agents may connect and which users may reach which workloads
 /// (world `authorizer-plugin`).
 pub trait Authorizer: Sized + 'static {
@@ -21,7 +26,15 @@ pub trait Authorizer: Sized + 'static {
 
     /// An agent connects with a token: who is it? Compare tokens in constant time (or
     /// compare hashes) and never log them. Reject the empty token.
-    fn authenticate_agent(&self, host: &impl Host, req: AgentHello) -> AgentAuthOutcome;
+    ///
+    /// The host asks this plugin only when its config has no `[plugins.agents]` slot;
+    /// with one (for instance the built-in static agent list), this plugin decides about
+    /// users alone. The default rejects every agent and says so, so a user-policy plugin
+    /// need not implement it.
+    fn authenticate_agent(&self, host: &impl Host, req: AgentHello) -> AgentAuthOutcome {
+        let _ = (host, req);
+        AgentAuthOutcome::Rejected(NO_AGENTS.into())
+    }
 
     /// A user request or session starts: who is this?
     fn authenticate_user(&self, host: &impl Host, req: UserAuthRequest) -> UserAuthOutcome;
@@ -68,4 +81,55 @@ pub trait Router: Sized + 'static {
     /// The candidates to try, best first, as indices into `req.candidates`. Indices out
     /// of range or repeated are a plugin failure; candidates left out are not tried.
     fn route(&self, host: &impl Host, req: RouteRequest) -> Vec<u32>;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::MockHost;
+
+    /// An authorizer about users only, as the guide writes one.
+    struct Users;
+
+    impl Authorizer for Users {
+        fn init(host: &impl Host) -> Result<Self, String> {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            #[allow(dead_code, reason = "read only to check the config's shape")]
+            struct Config {
+                teams: Vec<String>,
+            }
+            let _: Config = host.config().map_err(|e| e.to_string())?;
+            Ok(Users)
+        }
+
+        fn authenticate_user(&self, _host: &impl Host, _req: UserAuthRequest) -> UserAuthOutcome {
+            UserAuthOutcome::Anonymous
+        }
+
+        fn authorize(&self, _host: &impl Host, _req: AuthorizeRequest) -> Decision {
+            Decision::allow()
+        }
+    }
+
+    #[test]
+    fn an_authorizer_about_users_only_rejects_every_agent_saying_where_agents_go() {
+        let host = MockHost::new().with_config_toml("teams = []");
+        let plugin = Users::init(&host).unwrap();
+        let hello = AgentHello { token: "any".into(), ..AgentHello::default() };
+        assert_eq!(plugin.authenticate_agent(&host, hello), AgentAuthOutcome::Rejected(NO_AGENTS.into()));
+        assert!(NO_AGENTS.contains("[plugins.agents]"));
+    }
+
+    #[test]
+    fn config_errors_name_the_field_without_a_json_position() {
+        let host = MockHost::new().with_config_toml("teams = []\ntemas = 1");
+        let err = Users::init(&host).err().expect("a typo is refused");
+        assert!(err.contains("unknown field `temas`"), "{err}");
+        assert!(!err.contains("line") && !err.contains("column"), "{err}");
+        let err = Users::init(&MockHost::new()).err().expect("a missing key is refused");
+        assert!(err.contains("missing field `teams`") && !err.contains("column"), "{err}");
+    }
 }

@@ -2,3 +2,4 @@
 //! v2. See `test-swap`.
 
 burrow_plugin_sdk::export_authorizer!(test_swap::Swap<2>);
+burrow_plugin_sdk::embed_manifest!("test-swap-v2.toml");

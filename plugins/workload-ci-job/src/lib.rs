@@ -195,6 +195,7 @@ impl Workload for CiJob {
 }
 
 export_workload!(CiJob);
+burrow_plugin_sdk::embed_manifest!("workload-ci-job.toml");
 
 #[cfg(test)]
 mod tests {
@@ -304,7 +305,7 @@ mod tests {
 
     #[test]
     fn manifest_vectors_pass() {
-        let manifest = Manifest::load(concat!(env!("CARGO_MANIFEST_DIR"), "/workload-ci-job.toml")).unwrap();
+        let manifest = Manifest::from_toml(crate::MANIFEST).unwrap();
         manifest.run_workload::<CiJob>(&serde_json::json!({"root_domains": ["ci.localhost"]})).unwrap();
     }
 }

@@ -138,6 +138,7 @@ impl Workload for Terminal {
 }
 
 export_workload!(Terminal, without_lifecycle);
+burrow_plugin_sdk::embed_manifest!("workload-terminal.toml");
 
 #[cfg(test)]
 mod tests {
@@ -243,8 +244,7 @@ mod tests {
 
     #[test]
     fn manifest_vectors_pass() {
-        let manifest =
-            Manifest::load(concat!(env!("CARGO_MANIFEST_DIR"), "/workload-terminal.toml")).unwrap();
+        let manifest = Manifest::from_toml(crate::MANIFEST).unwrap();
         manifest
             .run_workload::<Terminal>(
                 &serde_json::json!({"host_names": ["term.localhost"], "max_session": 1500}),

@@ -76,6 +76,7 @@ impl Workload for Workspace {
 }
 
 export_workload!(Workspace, without_lifecycle);
+burrow_plugin_sdk::embed_manifest!("workload-workspace.toml");
 
 #[cfg(test)]
 mod tests {
@@ -148,8 +149,7 @@ mod tests {
 
     #[test]
     fn manifest_vectors_pass() {
-        let manifest =
-            Manifest::load(concat!(env!("CARGO_MANIFEST_DIR"), "/workload-workspace.toml")).unwrap();
+        let manifest = Manifest::from_toml(crate::MANIFEST).unwrap();
         let ran = manifest.run_workload::<Workspace>(&serde_json::json!({})).unwrap();
         assert!(ran >= 3, "{ran}");
     }

@@ -65,7 +65,11 @@ fn valid_service(service: &str) -> bool {
 
 impl Scheme {
     pub fn from_json(json: &str) -> Result<Scheme, String> {
-        let raw: RawConfig = serde_json::from_str(json).map_err(|err| err.to_string())?;
+        // Through a JSON value, so errors name the field without the position in the
+        // JSON the host made of the config (admins wrote TOML: that position is noise).
+        let raw: RawConfig = serde_json::from_str::<serde_json::Value>(json)
+            .and_then(serde_json::from_value)
+            .map_err(|err| err.to_string())?;
         let mut roots = Vec::with_capacity(raw.root_domains.len());
         for (i, root) in raw.root_domains.iter().enumerate() {
             let root = root.trim().trim_matches('.').to_ascii_lowercase();

@@ -18,8 +18,9 @@
 //! - [`validate`]: the rules an answer must follow before anyone trusts it (ids,
 //!   workload kinds, deny statuses, route orders).
 //! - [`kind`]: [`PluginKind`], one per world, and how configs and manifests spell it.
-//! - [`manifest`]: the `NAME.toml` manifest format and its parser: plugin metadata and
-//!   test vectors with their inputs already parsed into [`types`].
+//! - [`manifest`]: the manifest format (embedded in a component, or `NAME.toml` beside
+//!   it) and its parser: plugin metadata and test vectors with their inputs already
+//!   parsed into [`types`].
 //! - [`matcher`]: whether a result contains a vector's `expect` (subset semantics), and
 //!   a readable, credential-masked [`matcher::Mismatch`] when it does not.
 //!

@@ -1,13 +1,21 @@
-//! A plugin's optional manifest: `NAME.toml` next to `NAME.wasm` (or embedded text for a
-//! built-in). It describes the plugin and carries test vectors the canary runs before a
-//! new version is swapped in.
+//! A plugin's optional manifest. It describes the plugin and carries test vectors the
+//! canary runs before a new version is swapped in.
+//!
+//! Where it lives is one rule for every tool (host, `burrow-host plugin check`, the test
+//! harness): the manifest **embedded in the component** (custom section
+//! [`EMBEDDED_SECTION`], written by the SDK's `embed_manifest!`), or, for components built
+//! without the SDK, `NAME.toml` next to `NAME.wasm`. A component with both is refused:
+//! the two could disagree. A built-in's manifest is embedded like any other.
+//!
+//! The `[plugin]` table's `name` names the plugin (logs, metrics, the admin API) when
+//! its slot sets no `name`; its `version` is shown by the admin API and in metrics.
 //!
 //! ```toml
 //! [plugin]
 //! name = "office-hours"          # optional
 //! kind = "authorizer"            # optional; authorizer | workload | router; must match the slot
 //! description = "..."            # optional
-//! version = "1.2.0"              # optional, informative
+//! version = "1.2.0"              # optional, shown by GET /plugins and burrow_plugin_info
 //!
 //! [[test]]
 //! name = "alice on a Tuesday morning"
@@ -43,6 +51,10 @@ use crate::types::{
     AgentHello, AuthorizeRequest, ExpiryRequest, ResolveRequest, RouteRequest, UserAuthRequest,
 };
 
+/// The custom section of a component that holds its embedded manifest (UTF-8 TOML).
+/// The SDK's `embed_manifest!` writes it (as a literal: attributes cannot name a const).
+pub const EMBEDDED_SECTION: &str = "burrow-plugin-manifest";
+
 /// Largest manifest accepted, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Most test vectors in one manifest: each runs in the canary before a swap.
@@ -54,7 +66,8 @@ pub const MAX_TEST_NAME_CHARS: usize = 200;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginInfo {
-    /// The plugin's name (as in `NAME.wasm`): 1-64 characters of `[A-Za-z0-9-_.]`.
+    /// The plugin's name in logs, metrics and the admin API unless its slot sets `name`:
+    /// 1-64 characters of `[A-Za-z0-9-_.]`.
     #[serde(default)]
     pub name: Option<String>,
     /// Which world it implements; the host refuses the manifest in a slot of another kind.
@@ -63,7 +76,7 @@ pub struct PluginInfo {
     /// Free text for admins, at most 4096 characters.
     #[serde(default)]
     pub description: Option<String>,
-    /// Free text, e.g. `1.2.0`.
+    /// Free text, e.g. `1.2.0`: shown by the admin API and in `burrow_plugin_info`.
     #[serde(default)]
     pub version: Option<String>,
 }
@@ -439,9 +452,10 @@ fn parse_call(call: &str, input: Option<toml::Value>) -> Result<TestCall, (&'sta
     })
 }
 
-/// toml's own Display quotes the offending source line, which may hold a test token:
-/// keep its message and point at the line and column instead.
-fn toml_message(text: &str, err: &toml::de::Error) -> String {
+/// A TOML error as `line L, column C: message`. toml's own Display quotes the offending
+/// source line, which may hold a secret (a test token here, a credential in a host
+/// config): keep its message and point at the line and column instead.
+pub fn toml_message(text: &str, err: &toml::de::Error) -> String {
     let message = err.message().trim_end();
     match err.span() {
         Some(span) => {

@@ -83,6 +83,7 @@ impl Router for CanaryRouter {
 }
 
 export_router!(CanaryRouter);
+burrow_plugin_sdk::embed_manifest!("canary-router.toml");
 
 #[cfg(test)]
 mod tests {
@@ -181,7 +182,7 @@ mod tests {
 
     #[test]
     fn manifest_vectors_pass() {
-        let manifest = Manifest::load(concat!(env!("CARGO_MANIFEST_DIR"), "/canary-router.toml")).unwrap();
+        let manifest = Manifest::from_toml(crate::MANIFEST).unwrap();
         let ran = manifest.run_router::<CanaryRouter>(&config()).unwrap();
         assert!(ran >= 4, "{ran}");
     }

@@ -240,6 +240,7 @@ impl Authorizer for OfficeHours {
 }
 
 export_authorizer!(OfficeHours);
+burrow_plugin_sdk::embed_manifest!("office-hours.toml");
 
 #[cfg(test)]
 mod tests {
@@ -388,7 +389,7 @@ mod tests {
 
     #[test]
     fn manifest_vectors_pass() {
-        let manifest = Manifest::load(concat!(env!("CARGO_MANIFEST_DIR"), "/office-hours.toml")).unwrap();
+        let manifest = Manifest::from_toml(crate::MANIFEST).unwrap();
         let ran = manifest.run_authorizer::<OfficeHours>(&config()).unwrap();
         assert!(ran >= 6, "{ran}");
     }

@@ -56,6 +56,9 @@ pub(crate) struct PluginEnv {
     pub label: Arc<str>,
     /// The kv namespace: the plugin's name.
     pub name: Arc<str>,
+    /// Set while the loader checks a candidate (`canary`, `test vector "..."`): its log
+    /// lines carry it, so they do not read like live events.
+    pub stage: Option<Arc<str>>,
     pub config_json: Arc<str>,
     pub config_toml: Arc<str>,
     pub config: toml::Table,
@@ -139,12 +142,21 @@ impl log::Host for HostCtx {
             return;
         }
         let message = truncate(&message, LOG_LINE_BYTES);
-        match level {
-            types::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            types::LogLevel::Info => tracing::info!(plugin, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            types::LogLevel::Error => tracing::error!(plugin, "{message}"),
+        match self.env.stage.as_deref() {
+            Some(check) => match level {
+                types::LogLevel::Trace => tracing::trace!(plugin, check, "{message}"),
+                types::LogLevel::Debug => tracing::debug!(plugin, check, "{message}"),
+                types::LogLevel::Info => tracing::info!(plugin, check, "{message}"),
+                types::LogLevel::Warn => tracing::warn!(plugin, check, "{message}"),
+                types::LogLevel::Error => tracing::error!(plugin, check, "{message}"),
+            },
+            None => match level {
+                types::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+                types::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+                types::LogLevel::Info => tracing::info!(plugin, "{message}"),
+                types::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+                types::LogLevel::Error => tracing::error!(plugin, "{message}"),
+            },
         }
     }
 }

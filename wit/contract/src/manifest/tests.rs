@@ -215,3 +215,25 @@ fn declared_kind_must_match_calls_and_slot() {
     let err = m.check_kind(PluginKind::Router).unwrap_err().to_string();
     assert!(err.contains("test[0] (\"k\").call: \"kind\" is a workload call"), "{err}");
 }
+
+/// The SDK guide documents every call's vector with an example: each must be a vector the
+/// host accepts, or the guide teaches something that fails.
+#[test]
+fn every_vector_the_sdk_guide_shows_parses() {
+    let guide = include_str!("../../../../plugins/sdk/README.md");
+    let mut blocks = Vec::new();
+    let mut lines = guide.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_start().starts_with("```toml") {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
+            blocks.push(body.join("\n"));
+        }
+    }
+    let vectors: Vec<&String> = blocks.iter().filter(|b| b.contains("[[test]]")).collect();
+    let mut calls = std::collections::HashSet::new();
+    for block in &vectors {
+        let manifest = parse(block, "plugins/sdk/README.md").unwrap_or_else(|e| panic!("{e}\n{block}"));
+        calls.extend(manifest.tests.iter().map(|t| t.call.call()));
+    }
+    assert_eq!(calls.len(), Call::ALL.len(), "the guide shows a vector of every call: {calls:?}");
+}
