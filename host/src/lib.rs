@@ -328,6 +328,10 @@ pub async fn run_with_control(
         c.drain().await;
     }
     token.cancel();
+    if config.ssh.is_none() {
+        // The placeholder task never ends on its own.
+        ssh_server.abort();
+    }
     let (a, i, s) = tokio::join!(agents, ingress, ssh_server);
     replica_api.abort();
     // Background work first, then the records: a heartbeat or registration that ran after
