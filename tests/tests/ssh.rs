@@ -55,12 +55,11 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 
 impl Fixture {
     async fn start() -> Fixture {
-        Self::start_with(false).await
+        Self::start_with(Options::default()).await
     }
 
-    /// `ssh_loop`: the agent also offers Burrow's own SSH port as TCP service `loop`, an
-    /// SSH server to jump to.
-    async fn start_with(ssh_loop: bool) -> Fixture {
+    async fn start_with(options: Options) -> Fixture {
+        let Options { ssh_loop, expires_at } = options;
         let dir = temp_dir("fixture");
         let (alice_key, alice_fp) = keygen(&dir, "alice");
         let (bob_key, bob_fp) = keygen(&dir, "bob");
@@ -72,14 +71,19 @@ impl Fixture {
             sha256_hex(ALICE_TOKEN),
             sha256_hex(BOB_TOKEN),
         );
-        let parts = ConfigParts {
-            authorizer: static_authorizer("deny", &users),
-            extra: format!(
-                "[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\n",
-                dir.join("host_key").display()
-            ),
-            ..Default::default()
-        };
+        // Agent a1, with an end (the workspace plugin's `expires-at` label) if asked.
+        let labels =
+            expires_at.map_or(String::new(), |at| format!(", labels = {{ \"expires-at\" = \"{at}\" }}"));
+        let authorizer = format!(
+            "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{{ id = \"{AGENT}\", token_sha256 = \"{}\"{labels} }}], default_access = \"deny\", {users} }}",
+            sha256_hex(TOKEN)
+        );
+        let mut extra =
+            format!("[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\n", dir.join("host_key").display());
+        if expires_at.is_some() {
+            extra.push_str("[plugins]\nexpiry_check = \"1s\"\n");
+        }
+        let parts = ConfigParts { authorizer, extra, ..Default::default() };
         let host = TestHost::start(parts.build()).await;
         let workload = Workload::start("w1").await;
         let mut services = vec![workload.service("web")];
@@ -135,6 +139,16 @@ impl Fixture {
         cmd.arg(format!("{user}@127.0.0.1")).arg(command);
         run(cmd)
     }
+}
+
+/// What a fixture differs in.
+#[derive(Default)]
+struct Options {
+    /// The agent also offers Burrow's own SSH port as TCP service `loop`, an SSH server
+    /// to jump to.
+    ssh_loop: bool,
+    /// The workspace ends at this Unix time in ms.
+    expires_at: Option<u64>,
 }
 
 /// Removes the fixture's directory (keys, files) when the test ends.
@@ -419,7 +433,7 @@ async fn ssh_w_carries_raw_bytes_to_a_service() {
 async fn ssh_proxy_command_with_w_jumps_through_burrow() {
     // The agent offers Burrow's own SSH port as service `loop`: `ssh -W loop:22` through
     // Burrow reaches an SSH server (Burrow again), which the outer ssh logs into.
-    let f = Fixture::start_with(true).await;
+    let f = Fixture::start_with(Options { ssh_loop: true, ..Default::default() }).await;
     let out = tokio::task::spawn_blocking(move || {
         let key = f.alice_key.display().to_string();
         let proxy = format!(
@@ -484,4 +498,35 @@ async fn ssh_host_shutdown_ends_a_live_session_with_a_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("the host is shutting down"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_an_expired_workload_ends_a_live_session_with_a_reason() {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Long enough to log in and start; the host checks every second.
+    let f = Fixture::start_with(Options { expires_at: Some(now_ms + 4000), ..Default::default() }).await;
+    let mut cmd = Command::new("ssh");
+    cmd.args(f.base_args("-p")).args(f.key_args(&f.alice_key));
+    cmd.arg(format!("{AGENT}@127.0.0.1")).arg("echo started; sleep 600");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 8];
+        let n = stdout.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(started.starts_with("started"), "the session ran before the workload ended: {started}");
+    let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the workload has ended"), "{}", text(&out.stderr));
+    // And a new login is refused: the workload is over.
+    let again = tokio::task::spawn_blocking(move || f.ssh(&f.alice_key, AGENT, &[], "true")).await.unwrap();
+    assert_eq!(again.status.code(), Some(255));
+    assert!(text(&again.stderr).contains("Permission denied"), "{}", text(&again.stderr));
 }
