@@ -530,3 +530,63 @@ async fn ssh_an_expired_workload_ends_a_live_session_with_a_reason() {
     assert_eq!(again.status.code(), Some(255));
     assert!(text(&again.stderr).contains("Permission denied"), "{}", text(&again.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_a_session_on_another_replica_reaches_the_agent_through_the_cluster() {
+    let redis = burrow_tests::redis::RedisServer::start();
+    let dir = temp_dir("cluster");
+    let _cleanup = Cleanup(dir.clone());
+    let (key, fingerprint) = keygen(&dir, "alice");
+    let authorizer = format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{{ id = \"{AGENT}\", token_sha256 = \"{}\" }}], \
+         default_access = \"deny\", users = [{{ name = \"alice\", token_sha256 = \"{}\" }}], \
+         ssh_keys = [{{ user = \"alice\", fingerprint = \"{fingerprint}\" }}], \
+         workloads = [{{ agent = \"{AGENT}\", service = \"*\", access = \"token\", users = [\"alice\"] }}] }}",
+        sha256_hex(TOKEN),
+        sha256_hex(ALICE_TOKEN),
+    );
+    let mut hosts = Vec::new();
+    for replica in ["r0", "r1"] {
+        let mut parts = cluster_parts(replica, &redis.url(), "");
+        parts.authorizer = authorizer.clone();
+        // One host key for the cluster, as the docs ask: the first replica creates it.
+        parts.extra.push_str(&format!(
+            "[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\n",
+            dir.join("host_key").display()
+        ));
+        let host = TestHost::start(parts.build()).await;
+        let admin = host.admin_addr;
+        eventually(Duration::from_secs(10), "replica ready", || {
+            std::net::TcpStream::connect(admin).is_ok_and(|mut s| {
+                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                answer.starts_with("HTTP/1.1 200")
+            })
+        })
+        .await;
+        hosts.push(host);
+    }
+    // The agent holds streams on r0 only; the user lands on r1.
+    let mut config = agent_config(&hosts[0].agent_url("grpc"), TOKEN, &[]);
+    config.connections = 1;
+    let mut sessions = burrow_agent::SessionConfig::new(vec!["ssh".into()]);
+    sessions.shell = PathBuf::from("/bin/sh");
+    config.sessions = Some(sessions);
+    let agent = burrow_agent::spawn(config);
+    wait_connected(&agent).await;
+    let port = hosts[1].ssh_addr.unwrap().port();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null", "-p", &port.to_string(), "-o", "StrictHostKeyChecking=no"]);
+        cmd.args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]);
+        cmd.args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i"]).arg(&key);
+        cmd.arg(format!("{AGENT}@127.0.0.1")).arg("echo across; exit 4");
+        run(cmd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "across\n");
+    drop(agent);
+}
