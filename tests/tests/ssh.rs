@@ -182,6 +182,15 @@ fn wait_with_deadline(child: std::process::Child, limit: Duration) -> Output {
     }
 }
 
+/// A sample's value in Prometheus text; 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -193,11 +202,17 @@ fn sha256_file(path: &Path) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn ssh_key_login_runs_a_command_and_returns_its_exit_status() {
     let f = Fixture::start().await;
+    let admin = f.host.admin_addr;
     let out = tokio::task::spawn_blocking(move || {
         f.ssh(&f.alice_key, AGENT, &[], "echo hi; echo oops >&2; exit 3")
     })
     .await
     .unwrap();
+    let (_, _, metrics) = burrow_tests::clients::get(admin, "localhost", "/metrics").await;
+    let metrics = text(&metrics);
+    assert_eq!(metric(&metrics, "burrow_ssh_logins_total{result=\"accepted\"}"), 1.0, "{metrics}");
+    let opened = "burrow_ssh_channels_total{kind=\"session\",result=\"opened\"}";
+    assert_eq!(metric(&metrics, opened), 1.0, "{metrics}");
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
     assert_eq!(text(&out.stderr), "oops\n", "stderr arrives separately without a terminal");
@@ -247,6 +262,7 @@ async fn ssh_token_login_with_the_token_as_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ssh_refusals_look_alike_for_a_wrong_key_an_unknown_user_and_a_denied_user() {
     let f = Fixture::start().await;
+    let admin = f.host.admin_addr;
     let outs = tokio::task::spawn_blocking(move || {
         [
             f.ssh(&f.stranger_key, AGENT, &[], "true"),           // nobody's key
@@ -267,6 +283,12 @@ async fn ssh_refusals_look_alike_for_a_wrong_key_an_unknown_user_and_a_denied_us
         assert!(out.stdout.is_empty());
     }
     assert!(lines.windows(2).all(|w| w[0] == w[1]), "refusals differ: {lines:?}");
+    // Each refusal is counted (OpenSSH may try a key more than once; at least once each).
+    let (_, _, metrics) = burrow_tests::clients::get(admin, "localhost", "/metrics").await;
+    let metrics = text(&metrics);
+    let refused = metric(&metrics, "burrow_ssh_logins_total{result=\"refused\"}");
+    assert!(refused >= 3.0, "{metrics}");
+    assert_eq!(metric(&metrics, "burrow_ssh_logins_total{result=\"accepted\"}"), 0.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -68,6 +68,12 @@ struct DirectionLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelLabel {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -301,6 +307,8 @@ pub struct Metrics {
     bytes: Family<DirectionLabel, Counter>,
     agent_connects: Family<ResultLabel, Counter>,
     forwards_served: Family<ResultLabel, Counter>,
+    ssh_logins: Family<ResultLabel, Counter>,
+    ssh_channels: Family<ChannelLabel, Counter>,
     /// Whether this replica is draining (1) or serving (0).
     pub draining: Gauge,
     /// Whether the cluster store (Redis) is reachable (1), unreachable (0); absent in single-process mode.
@@ -336,6 +344,8 @@ impl Metrics {
         let bytes = Family::<DirectionLabel, Counter>::default();
         let agent_connects = Family::<ResultLabel, Counter>::default();
         let forwards_served = Family::<ResultLabel, Counter>::default();
+        let ssh_logins = Family::<ResultLabel, Counter>::default();
+        let ssh_channels = Family::<ChannelLabel, Counter>::default();
         let draining = Gauge::default();
         let redis_up = Gauge::default();
 
@@ -369,6 +379,12 @@ impl Metrics {
             "Requests from other replicas served by this one, by result",
             forwards_served.clone(),
         );
+        registry.register("ssh_logins", "SSH logins by result (accepted, refused)", ssh_logins.clone());
+        registry.register(
+            "ssh_channels",
+            "SSH channels by kind (session, forward) and result (opened, refused)",
+            ssh_channels.clone(),
+        );
         registry.register("draining", "1 while this replica drains", draining.clone());
         registry.register("redis_up", "1 while Redis is reachable (cluster mode)", redis_up.clone());
         let plugins = PluginMetrics::register(&mut registry);
@@ -387,6 +403,8 @@ impl Metrics {
             bytes,
             agent_connects,
             forwards_served,
+            ssh_logins,
+            ssh_channels,
             draining,
             redis_up,
             plugins,
@@ -428,6 +446,17 @@ impl Metrics {
     /// Counts a forwarded request this replica served: `ok`, `refused`, `no_tunnel`, `unauthenticated`.
     pub fn forward_served(&self, result: &'static str) {
         self.forwards_served.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts an SSH login: `accepted` or `refused` (any step: the log says which).
+    pub fn ssh_login(&self, result: &'static str) {
+        self.ssh_logins.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts an SSH channel: `kind` is `session` or `forward`, `result` `opened` or
+    /// `refused`.
+    pub fn ssh_channel(&self, kind: &'static str, result: &'static str) {
+        self.ssh_channels.get_or_create(&ChannelLabel { kind, result }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -76,9 +76,11 @@ impl SessionTask {
             Err(e) => {
                 info!(channel = %self.id, agent = %admitted.target.agent_id, error = %e, "SSH session could not reach the workload");
                 reply.reject(ChannelOpenFailure::Other { code: 2, reason: e.to_string() }).await;
+                self.ctx.metrics.ssh_channel("session", "refused");
                 return;
             }
         };
+        self.ctx.metrics.ssh_channel("session", "opened");
         // The agent session's "workload ended" switch (local tunnels carry it).
         let ended = stream.session().identity.as_ref().map(|i| i.ended.clone());
         let (sender, receiver) = stream.into_session();

@@ -54,6 +54,7 @@ impl ForwardTask {
                 info!(channel = %self.id, host = %self.host, port = self.port, %refusal, "SSH forward refused");
                 let reason = refusal_text(&refusal);
                 reply.reject(ChannelOpenFailure::Other { code: 1, reason }).await;
+                self.ctx.metrics.ssh_channel("forward", "refused");
                 return;
             }
         };
@@ -70,10 +71,12 @@ impl ForwardTask {
             Err(e) => {
                 info!(channel = %self.id, service = %admitted.target.service, error = %e, "SSH forward could not reach the service");
                 reply.reject(ChannelOpenFailure::Other { code: 2, reason: e.to_string() }).await;
+                self.ctx.metrics.ssh_channel("forward", "refused");
                 return;
             }
         };
         reply.accept().await;
+        self.ctx.metrics.ssh_channel("forward", "opened");
         debug!(channel = %self.id, service = %admitted.target.service, "forward open");
         let mut stream = channel.into_stream();
         let mut closing = self.closing.clone();

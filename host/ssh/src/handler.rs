@@ -125,6 +125,7 @@ impl ConnHandler {
                     "SSH login"
                 );
                 self.login = Some(Login { user: user.to_owned(), credential, admitted });
+                self.parts.ctx.metrics.ssh_login("accepted");
                 Auth::Accept
             }
             Err(refusal) => {
@@ -132,6 +133,7 @@ impl ConnHandler {
                     conn = %self.parts.conn_id, peer = %self.parts.peer, user, method, key = key_id,
                     refusal = %refusal, "SSH login refused"
                 );
+                self.parts.ctx.metrics.ssh_login("refused");
                 self.reject()
             }
         }
@@ -298,6 +300,7 @@ impl russh::server::Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         if let Err(reason) = self.may_open() {
             debug!(conn = %self.parts.conn_id, %reason, "session channel refused");
+            self.parts.ctx.metrics.ssh_channel("session", "refused");
             reply.reject(ChannelOpenFailure::Other { code: 1, reason }).await;
             return Ok(());
         }
@@ -339,6 +342,7 @@ impl russh::server::Handler for ConnHandler {
         });
         if let Err(reason) = check {
             debug!(conn = %self.parts.conn_id, %reason, "direct-tcpip refused");
+            self.parts.ctx.metrics.ssh_channel("forward", "refused");
             reply.reject(ChannelOpenFailure::Other { code: 1, reason }).await;
             return Ok(());
         }
