@@ -526,8 +526,9 @@ async fn ssh_host_shutdown_ends_a_live_session_with_a_reason() {
 async fn ssh_an_expired_workload_ends_a_live_session_with_a_reason() {
     let now_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    // Long enough to log in and start; the host checks every second.
-    let f = Fixture::start_with(Options { expires_at: Some(now_ms + 4000), ..Default::default() }).await;
+    // Long enough to start, log in and run under a loaded CI machine; the host checks
+    // every second, and the test waits for the end it observes.
+    let f = Fixture::start_with(Options { expires_at: Some(now_ms + 12_000), ..Default::default() }).await;
     let mut cmd = Command::new("ssh");
     cmd.args(f.base_args("-p")).args(f.key_args(&f.alice_key));
     cmd.arg(format!("{AGENT}@127.0.0.1")).arg("echo started; sleep 600");
@@ -553,62 +554,110 @@ async fn ssh_an_expired_workload_ends_a_live_session_with_a_reason() {
     assert!(text(&again.stderr).contains("Permission denied"), "{}", text(&again.stderr));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ssh_a_session_on_another_replica_reaches_the_agent_through_the_cluster() {
-    let redis = burrow_tests::redis::RedisServer::start();
-    let dir = temp_dir("cluster");
-    let _cleanup = Cleanup(dir.clone());
-    let (key, fingerprint) = keygen(&dir, "alice");
-    let authorizer = format!(
-        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{{ id = \"{AGENT}\", token_sha256 = \"{}\" }}], \
-         default_access = \"deny\", users = [{{ name = \"alice\", token_sha256 = \"{}\" }}], \
-         ssh_keys = [{{ user = \"alice\", fingerprint = \"{fingerprint}\" }}], \
-         workloads = [{{ agent = \"{AGENT}\", service = \"*\", access = \"token\", users = [\"alice\"] }}] }}",
-        sha256_hex(TOKEN),
-        sha256_hex(ALICE_TOKEN),
-    );
-    let mut hosts = Vec::new();
-    for replica in ["r0", "r1"] {
-        let mut parts = cluster_parts(replica, &redis.url(), "");
-        parts.authorizer = authorizer.clone();
-        // One host key for the cluster, as the docs ask: the first replica creates it.
-        parts.extra.push_str(&format!(
-            "[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\n",
-            dir.join("host_key").display()
-        ));
-        let host = TestHost::start(parts.build()).await;
-        let admin = host.admin_addr;
-        eventually(Duration::from_secs(10), "replica ready", || {
-            std::net::TcpStream::connect(admin).is_ok_and(|mut s| {
-                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                let mut answer = String::new();
-                let _ = s.read_to_string(&mut answer);
-                answer.starts_with("HTTP/1.1 200")
+/// Two replicas (r0, r1) on one Redis with `[ssh]` and one shared host key; agent a1 holds
+/// streams on r0 only. `expires_at`: the workspace ends then (checked every second).
+struct TwoReplicas {
+    _redis: burrow_tests::redis::RedisServer,
+    hosts: Vec<TestHost>,
+    _agent: burrow_agent::AgentHandle,
+    key: PathBuf,
+    _cleanup: Cleanup,
+}
+
+impl TwoReplicas {
+    async fn start(expires_at: Option<u64>) -> TwoReplicas {
+        let redis = burrow_tests::redis::RedisServer::start();
+        let dir = temp_dir("cluster");
+        let cleanup = Cleanup(dir.clone());
+        let (key, fingerprint) = keygen(&dir, "alice");
+        let labels =
+            expires_at.map_or(String::new(), |at| format!(", labels = {{ \"expires-at\" = \"{at}\" }}"));
+        let authorizer = format!(
+            "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{{ id = \"{AGENT}\", token_sha256 = \"{}\"{labels} }}], \
+             default_access = \"deny\", users = [{{ name = \"alice\", token_sha256 = \"{}\" }}], \
+             ssh_keys = [{{ user = \"alice\", fingerprint = \"{fingerprint}\" }}], \
+             workloads = [{{ agent = \"{AGENT}\", service = \"*\", access = \"token\", users = [\"alice\"] }}] }}",
+            sha256_hex(TOKEN),
+            sha256_hex(ALICE_TOKEN),
+        );
+        let mut hosts = Vec::new();
+        for replica in ["r0", "r1"] {
+            let mut parts = cluster_parts(replica, &redis.url(), "");
+            parts.authorizer = authorizer.clone();
+            // One host key for the cluster, as the docs ask: the first replica creates it.
+            parts.extra.push_str(&format!(
+                "[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\n",
+                dir.join("host_key").display()
+            ));
+            if expires_at.is_some() {
+                parts.extra.push_str("[plugins]\nexpiry_check = \"1s\"\n");
+            }
+            let host = TestHost::start(parts.build()).await;
+            let admin = host.admin_addr;
+            eventually(Duration::from_secs(10), "replica ready", || {
+                std::net::TcpStream::connect(admin).is_ok_and(|mut s| {
+                    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                    let mut answer = String::new();
+                    let _ = s.read_to_string(&mut answer);
+                    answer.starts_with("HTTP/1.1 200")
+                })
             })
-        })
-        .await;
-        hosts.push(host);
+            .await;
+            hosts.push(host);
+        }
+        let mut config = agent_config(&hosts[0].agent_url("grpc"), TOKEN, &[]);
+        config.connections = 1;
+        let mut sessions = burrow_agent::SessionConfig::new(vec!["ssh".into()]);
+        sessions.shell = PathBuf::from("/bin/sh");
+        config.sessions = Some(sessions);
+        let agent = burrow_agent::spawn(config);
+        wait_connected(&agent).await;
+        TwoReplicas { _redis: redis, hosts, _agent: agent, key, _cleanup: cleanup }
     }
-    // The agent holds streams on r0 only; the user lands on r1.
-    let mut config = agent_config(&hosts[0].agent_url("grpc"), TOKEN, &[]);
-    config.connections = 1;
-    let mut sessions = burrow_agent::SessionConfig::new(vec!["ssh".into()]);
-    sessions.shell = PathBuf::from("/bin/sh");
-    config.sessions = Some(sessions);
-    let agent = burrow_agent::spawn(config);
-    wait_connected(&agent).await;
-    let port = hosts[1].ssh_addr.unwrap().port();
-    let out = tokio::task::spawn_blocking(move || {
+
+    /// `ssh` into replica r1 running `command`.
+    fn ssh_r1(&self, command: &str) -> Command {
+        let port = self.hosts[1].ssh_addr.unwrap().port();
         let mut cmd = Command::new("ssh");
         cmd.args(["-F", "/dev/null", "-p", &port.to_string(), "-o", "StrictHostKeyChecking=no"]);
         cmd.args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]);
-        cmd.args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i"]).arg(&key);
-        cmd.arg(format!("{AGENT}@127.0.0.1")).arg("echo across; exit 4");
-        run(cmd)
+        cmd.args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i"]).arg(&self.key);
+        cmd.arg(format!("{AGENT}@127.0.0.1")).arg(command);
+        cmd
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_a_session_on_another_replica_reaches_the_agent_through_the_cluster() {
+    let cluster = TwoReplicas::start(None).await;
+    let cmd = cluster.ssh_r1("echo across; exit 4");
+    let out = tokio::task::spawn_blocking(move || run(cmd)).await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "across\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_a_forwarded_session_ends_when_the_workload_ends() {
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    // Room for two replicas, Redis and a login under a loaded CI machine; the wait below
+    // is for the end, observed, not for a fixed time.
+    let cluster = TwoReplicas::start(Some(now_ms + 20_000)).await;
+    let mut cmd = cluster.ssh_r1("echo started; sleep 600");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 8];
+        let n = stdout.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     })
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "across\n");
-    drop(agent);
+    assert!(started.starts_with("started"), "the session ran before the workload ended: {started}");
+    let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the workload has ended"), "{}", text(&out.stderr));
 }

@@ -314,8 +314,11 @@ impl ReplicaTunnel for ForwardService {
         let _ = to_caller.try_send(Ok(frames::dial_ok()));
         let metrics = self.ctx.metrics.clone();
         metrics.tunnels_active.inc();
+        // The calling replica cannot see the agent's session: it is told here when the
+        // workload ends, so its users' sessions end too.
+        let ended = dialed.session.identity.as_ref().map(|i| i.ended.clone());
         tokio::spawn(async move {
-            relay(from_caller, dialed.outbound, dialed.inbound, to_caller).await;
+            relay(from_caller, dialed.outbound, dialed.inbound, to_caller, ended).await;
             metrics.tunnels_active.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -324,14 +327,30 @@ impl ReplicaTunnel for ForwardService {
 
 /// Copies frames between the calling replica and the agent until both directions ended
 /// or either side reset. A side that vanishes without `Eof`/`Reset` is reported to the
-/// other as a `Reset`, so neither end is left half-open.
+/// other as a `Reset`, so neither end is left half-open. When the agent's workload ends
+/// (`ended`), both ends are reset with `WORKLOAD_ENDED`.
 async fn relay(
     mut from_caller: Streaming<pb::HostFrame>,
     to_agent: burrow_host_core::registry::HostFrameSender,
     mut from_agent: Streaming<pb::AgentFrame>,
     to_caller: mpsc::Sender<Result<pb::AgentFrame, Status>>,
+    ended: Option<CancellationToken>,
 ) {
     let done = CancellationToken::new();
+    if let Some(ended) = ended {
+        let (done, to_agent, to_caller) = (done.clone(), to_agent.clone(), to_caller.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = done.cancelled() => {}
+                _ = ended.cancelled() => {
+                    let message = "the workload has ended";
+                    let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::WorkloadEnded, message)));
+                    let _ = to_agent.try_send(Ok(frames::host_reset(ResetCode::WorkloadEnded, message)));
+                    done.cancel();
+                }
+            }
+        });
+    }
     let upstream = {
         let done = done.clone();
         let to_agent = to_agent.clone();

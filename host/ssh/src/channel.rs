@@ -133,7 +133,7 @@ impl SessionTask {
 
         let exit = {
             let input = relay_input(&mut read, &mut self.commands, &sender);
-            let output = relay_output(receiver, &mut stdout, &mut stderr);
+            let output = relay_output(receiver, &mut stdout, &mut stderr, &self.workload_ended);
             let ended_signal = async {
                 match &ended {
                     Some(token) => token.cancelled().await,
@@ -254,6 +254,7 @@ async fn relay_output(
     mut receiver: SessionReceiver,
     stdout: &mut (impl tokio::io::AsyncWrite + Unpin),
     stderr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    workload_ended: &CancellationToken,
 ) -> Exit {
     let mut exit = None;
     while let Some(event) = receiver.next().await {
@@ -268,6 +269,12 @@ async fn relay_output(
             }
             SessionEvent::Exit(e) => exit = Some(e),
             SessionEvent::Eof => break,
+            // The replica holding the agent says the workload ended (forwarded
+            // sessions): the whole connection was for it, so it closes too.
+            SessionEvent::Reset(ResetCode::WorkloadEnded, _) => {
+                workload_ended.cancel();
+                return Exit::Notice("the workload has ended".into());
+            }
             SessionEvent::Reset(_, reason) => return Exit::Broken(reason),
         }
     }
