@@ -5,10 +5,12 @@
 //!   tested deterministically (in the spirit of `quinn-proto`). Host and agent drive
 //!   their sockets and consult it before acting on each frame.
 //! - [`ws`]: a WebSocket as a byte stream, so HTTP/2 can ride inside it (`ws://`, `wss://`).
+//! - [`session`]: limits on what a session may ask for, checked by host and agent.
 //! - [`Secret`]: a configured credential that `Debug` masks, shared by agent and host config.
 //! - Constants both sides must agree on.
 
 pub mod secret;
+pub mod session;
 pub mod tunnel;
 pub mod ws;
 

@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, real agents (`burrow_agent::spawn`) over real sockets, a real workload
 //! server, and real HTTP / WebSocket clients. Nothing is mocked.
 
+pub mod browser;
 pub mod clients;
 pub mod plugin_host;
 pub mod process;
@@ -269,6 +270,14 @@ pub fn agent_config(url: &str, token: &str, services: &[String]) -> burrow_agent
 fn rand_bytes() -> [u8; 4] {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     nanos.to_le_bytes()
+}
+
+/// Agent sessions on service `ssh`, run by `/bin/sh`, starting in `dir` if given.
+pub fn shell_sessions(dir: Option<&std::path::Path>) -> burrow_agent::SessionConfig {
+    let mut sessions = burrow_agent::SessionConfig::new(vec!["ssh".into()]);
+    sessions.shell = std::path::PathBuf::from("/bin/sh");
+    sessions.dir = dir.map(std::path::Path::to_path_buf);
+    sessions
 }
 
 /// Waits until `check` holds, failing the test after `limit`. For readiness only (never to

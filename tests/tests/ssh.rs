@@ -91,10 +91,7 @@ impl Fixture {
             services.push(format!("loop={}", host.ssh_addr.expect("an SSH port")));
         }
         let mut config = agent_config(&host.agent_url("grpc"), TOKEN, &services);
-        let mut sessions = burrow_agent::SessionConfig::new(vec!["ssh".into()]);
-        sessions.shell = PathBuf::from("/bin/sh");
-        sessions.dir = Some(dir.clone());
-        config.sessions = Some(sessions);
+        config.sessions = Some(shell_sessions(Some(&dir)));
         let agent = burrow_agent::spawn(config);
         wait_connected(&agent).await;
         let _cleanup = Cleanup(dir.clone());
@@ -607,9 +604,7 @@ impl TwoReplicas {
         }
         let mut config = agent_config(&hosts[0].agent_url("grpc"), TOKEN, &[]);
         config.connections = 1;
-        let mut sessions = burrow_agent::SessionConfig::new(vec!["ssh".into()]);
-        sessions.shell = PathBuf::from("/bin/sh");
-        config.sessions = Some(sessions);
+        config.sessions = Some(shell_sessions(None));
         let agent = burrow_agent::spawn(config);
         wait_connected(&agent).await;
         TwoReplicas { _redis: redis, hosts, _agent: agent, key, _cleanup: cleanup }

@@ -10,14 +10,7 @@ use burrow_proto::pb::{self, session_start::Command};
 
 use super::SessionConfig;
 
-/// Most variables a session may ask for.
-pub const MAX_ENV: usize = 64;
-/// Longest variable value.
-pub const MAX_ENV_VALUE: usize = 4096;
-/// Longest `exec` command line.
-pub const MAX_COMMAND: usize = 16 * 1024;
-/// Largest terminal dimension accepted (columns or rows).
-pub const MAX_DIMENSION: u32 = 10_000;
+use burrow_proto::session::{MAX_COMMAND, MAX_ENV, MAX_ENV_VALUE};
 
 /// Variables a client may never set, whatever the patterns say: they would change which
 /// program runs, how the shell starts, or leak the agent's own settings.
@@ -169,10 +162,7 @@ fn base_env(agent: &AgentEnv, shell: &Path, pty: Option<&pb::Pty>, principal: &s
 }
 
 fn check_pty(pty: &pb::Pty) -> Result<(), Refused> {
-    let term_ok = !pty.term.is_empty()
-        && pty.term.len() <= 64
-        && pty.term.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
-    if !term_ok {
+    if !burrow_proto::session::valid_term(&pty.term) {
         return Err(refused(format!("invalid terminal type {:?}", truncate(&pty.term, 64))));
     }
     if let Some(size) = &pty.size {
@@ -183,7 +173,7 @@ fn check_pty(pty: &pb::Pty) -> Result<(), Refused> {
 
 /// A window size the agent accepts.
 pub fn check_size(size: &pb::WindowSize) -> Result<(), Refused> {
-    if size.cols > MAX_DIMENSION || size.rows > MAX_DIMENSION {
+    if !burrow_proto::session::valid_size(size.cols, size.rows) {
         return Err(refused(format!("terminal size {}x{} is too large", size.cols, size.rows)));
     }
     Ok(())

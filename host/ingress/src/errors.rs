@@ -50,6 +50,13 @@ pub enum ProxyError {
     /// `CONNECT` (tunnelling, including HTTP/2 extended CONNECT) is not offered (501).
     #[error("CONNECT is not supported: send plain HTTP requests or an HTTP/1.1 Upgrade")]
     ConnectUnsupported,
+    /// A request to one of the host's own endpoints (`/_burrow/...`) is malformed (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A browser page of another origin tried to open a terminal or port-forward
+    /// WebSocket with the user's cookie (403).
+    #[error("cross-origin request refused: origin {origin:?} may not open this WebSocket")]
+    CrossOrigin { origin: String },
     /// The forwarded request could not be built (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -106,6 +113,8 @@ impl ProxyError {
             Self::Open { error, .. } => open_error_status(error),
             Self::Workload { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectUnsupported => StatusCode::NOT_IMPLEMENTED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,6 +135,8 @@ impl ProxyError {
             Self::Open { error: OpenError::ClusterUnavailable { .. }, .. } => "cluster_unavailable",
             Self::Workload { .. } => "workload_failed",
             Self::ConnectUnsupported => "connect_unsupported",
+            Self::BadRequest(_) => "bad_request",
+            Self::CrossOrigin { .. } => "cross_origin",
             Self::Internal(_) => "internal",
         }
     }
@@ -240,6 +251,8 @@ mod tests {
             (ProxyError::Denied { status: StatusCode::FORBIDDEN, reason: "r".into() }, 403),
             (ProxyError::Workload { agent_id: "a".into(), service: "s".into(), message: "m".into() }, 502),
             (ProxyError::ConnectUnsupported, 501),
+            (ProxyError::BadRequest("x".into()), 400),
+            (ProxyError::CrossOrigin { origin: "https://evil.example".into() }, 403),
             (ProxyError::Internal("x".into()), 500),
         ];
         for (error, status) in cases {

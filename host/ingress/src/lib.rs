@@ -11,6 +11,8 @@
 //! - `proxy.rs`: one request, from the user's socket to the workload's answer.
 //! - `pool.rs`: keep-alive connections to workloads, keyed by (agent, service).
 //! - `upgrade.rs`: `101` upgrades (WebSocket, SPDY) as raw byte pipes.
+//! - `reserved.rs`: the host's own endpoints under `/_burrow/` (web terminal, port-forward,
+//!   assets); `websocket.rs` accepts the WebSockets the host itself ends.
 //! - `headers.rs`: host parsing, hop-by-hop headers, forwarding headers, credentials.
 //! - `errors.rs`: one error enum deciding status, stable code and the page users see.
 //! - `config.rs`: the `[ingress]` table.
@@ -20,7 +22,9 @@ mod errors;
 pub mod headers;
 mod pool;
 mod proxy;
+mod reserved;
 mod upgrade;
+mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -72,7 +76,8 @@ pub async fn serve(
     let local_addr = listener.local_addr().map_err(IngressError::Listener)?;
     let in_flight = Arc::new(InFlight::default());
     let force_close = CancellationToken::new();
-    let proxy = Arc::new(Proxy::new(config.clone(), ctx, in_flight.clone(), force_close.clone()));
+    let proxy =
+        Arc::new(Proxy::new(config.clone(), ctx, in_flight.clone(), force_close.clone(), shutdown.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());

@@ -18,6 +18,7 @@ use super::config::IngressConfig;
 use super::errors::{wants_json, ProxyError};
 use super::headers::{self, ForwardedInfo, X_REQUEST_ID};
 use super::pool::{SendError, WorkloadPool};
+use super::reserved::{self, Endpoint};
 use super::upgrade;
 use super::InFlight;
 use burrow_host_core::admission::AdmissionRequest;
@@ -45,6 +46,8 @@ pub struct Proxy {
     /// waits for them, and cut when the grace period ends.
     pub(super) in_flight: Arc<InFlight>,
     pub(super) force_close: CancellationToken,
+    /// Cancelled when the host starts shutting down: web terminals tell their users.
+    pub(super) shutdown: CancellationToken,
 }
 
 impl Proxy {
@@ -54,6 +57,7 @@ impl Proxy {
         ctx: Arc<HostContext>,
         in_flight: Arc<InFlight>,
         force_close: CancellationToken,
+        shutdown: CancellationToken,
     ) -> Self {
         let pool = WorkloadPool::new(
             ctx.clone(),
@@ -61,7 +65,7 @@ impl Proxy {
             config.max_idle_per_workload,
             config.idle_connection_timeout,
         );
-        Self { config, ctx, pool, in_flight, force_close }
+        Self { config, ctx, pool, in_flight, force_close, shutdown }
     }
 
     /// How long a request waits for a tunnel of its agent.
@@ -143,10 +147,18 @@ impl Proxy {
         } else {
             None
         };
-        let action = match &upgrade {
-            None => Action::Http,
-            Some(value) if value.as_bytes().eq_ignore_ascii_case(b"websocket") => Action::Websocket,
-            Some(_) => Action::Upgrade,
+        if let Some(asset) = reserved::asset(&request) {
+            return asset;
+        }
+        let websocket =
+            upgrade.as_ref().is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let endpoint = reserved::endpoint(request.uri().path());
+        let action = match (endpoint, &upgrade) {
+            (Some(Endpoint::Terminal), _) => Action::Terminal,
+            (Some(Endpoint::Forward), _) => Action::PortForward,
+            (None, None) => Action::Http,
+            (None, Some(_)) if websocket => Action::Websocket,
+            (None, Some(_)) => Action::Upgrade,
         };
 
         let (credential, cookie) = self.credential(request.headers());
@@ -169,6 +181,20 @@ impl Proxy {
             .await?;
         let route = &admitted.target;
         tracing::debug!(request_id, agent_id = %route.agent_id, service = %route.service, principal = admitted.principal_id(), "admitted");
+        if let Some(endpoint) = endpoint {
+            if upgrade.is_some() && !websocket {
+                return Err(ProxyError::BadRequest("this endpoint upgrades to WebSocket only".into()));
+            }
+            return reserved::serve(self, endpoint, request, &admitted, websocket, raw_host, request_id)
+                .await;
+        }
+        if upgrade.is_none() {
+            if let Some(redirect) =
+                reserved::terminal_redirect(&admitted, request.method(), request.uri().path())
+            {
+                return Ok(redirect);
+            }
+        }
 
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();

@@ -25,10 +25,7 @@ use tracing::{debug, info};
 
 use crate::config::SshConfig;
 
-/// Most environment variables one session may ask for.
-pub(crate) const MAX_ENV: usize = 64;
-/// Longest command line accepted for `exec`.
-pub(crate) const MAX_COMMAND: usize = 16 * 1024;
+use burrow_proto::session::{valid_size, valid_term, MAX_COMMAND, MAX_ENV, MAX_ENV_VALUE};
 /// Commands queued for a channel task; a full queue fails the request.
 const COMMAND_QUEUE: usize = 16;
 
@@ -390,10 +387,8 @@ impl russh::server::Handler for ConnHandler {
         modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let term_ok = !term.is_empty()
-            && term.len() <= 64
-            && term.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
-        let size_ok = col_width <= 10_000 && row_height <= 10_000;
+        let term_ok = valid_term(term);
+        let size_ok = valid_size(col_width, row_height);
         let ok = match self.sessions.get_mut(&channel) {
             Some(entry) if !entry.started && entry.pty.is_none() && term_ok && size_ok => {
                 entry.pty = Some(pb::Pty {
@@ -427,7 +422,9 @@ impl russh::server::Handler for ConnHandler {
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         let ok = match self.sessions.get_mut(&channel) {
             // The agent decides which variables pass; the host only bounds the request.
-            Some(entry) if !entry.started && name_ok && value.len() <= 4096 && entry.env.len() < MAX_ENV => {
+            Some(entry)
+                if !entry.started && name_ok && value.len() <= MAX_ENV_VALUE && entry.env.len() < MAX_ENV =>
+            {
                 entry.env.push(pb::EnvVar { name: name.to_owned(), value: value.to_owned() });
                 true
             }
@@ -474,8 +471,7 @@ impl russh::server::Handler for ConnHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let size = window(col_width, row_height, pix_width, pix_height);
-        let ok = col_width <= 10_000
-            && row_height <= 10_000
+        let ok = valid_size(col_width, row_height)
             && match self.sessions.get_mut(&channel) {
                 Some(entry) if entry.started => entry.commands.try_send(ChannelCommand::Resize(size)).is_ok(),
                 Some(entry) => match entry.pty.as_mut() {

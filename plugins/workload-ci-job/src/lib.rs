@@ -4,6 +4,8 @@
 //!   `job-<id>` (`web-job-1234.ci.localhost`: service `web` of agent `job-1234`).
 //! - SSH user names: `job-<id>` reaches the agent's `ssh_service` (default `ssh`),
 //!   `<service>+job-<id>` any other service.
+//! - The web terminal, `<any host name of the job>/_burrow/terminal`, runs in
+//!   `ssh_service` too: a shell in the job to debug it.
 //! - The workload id is the agent id (`job-<id>`), as `authorizer-static` assigns by
 //!   default.
 //! - A job has ended once its agent carries the label `job-finished = "true"`, or once
@@ -21,7 +23,7 @@
 //! otherwise read `web-job-7.localhost` as service `web` of an agent named `job-7`.
 
 use burrow_plugin_sdk::{
-    export_workload, label, AgentEvent, ExpiryRequest, Host, ResolveRequest, Resolved, Workload,
+    export_workload, label, Action, AgentEvent, ExpiryRequest, Host, ResolveRequest, Resolved, Workload,
 };
 use serde::Deserialize;
 
@@ -147,7 +149,12 @@ impl Workload for CiJob {
         } else {
             self.route_ssh_user(&req.ssh_user)?
         };
-        let service = req.forward_service().unwrap_or(service);
+        // A web terminal on any of the job's host names is a session, like SSH's.
+        let service = if req.action == Action::Terminal {
+            self.ssh_service.as_str()
+        } else {
+            req.forward_service().unwrap_or(service)
+        };
         Some(Resolved {
             workload_id: agent.to_string(),
             agent_id: agent.to_string(),
@@ -252,6 +259,10 @@ mod tests {
         );
         assert_eq!(p.resolve(&host, resolve("", "job-7")).unwrap().service, "ssh");
         assert_eq!(p.resolve(&host, resolve("", "logs+job-7")).unwrap().service, "logs");
+        // The web terminal on any of the job's host names runs in the session service.
+        let mut terminal = resolve("web-job-1234.ci.localhost", "");
+        terminal.action = Action::Terminal;
+        assert_eq!(p.resolve(&host, terminal).unwrap().service, "ssh");
         for miss in
             ["web-demo.ci.localhost", "web-job-.ci.localhost", "web-job-7.localhost", "job-7.ci.localhost"]
         {

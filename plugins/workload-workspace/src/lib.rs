@@ -22,7 +22,9 @@
 
 mod scheme;
 
-use burrow_plugin_sdk::{export_workload, label, ExpiryRequest, Host, ResolveRequest, Resolved, Workload};
+use burrow_plugin_sdk::{
+    export_workload, label, Action, ExpiryRequest, Host, ResolveRequest, Resolved, Workload,
+};
 use scheme::{Route, Scheme};
 
 /// The agent label holding the workspace's end (unix ms).
@@ -51,7 +53,12 @@ impl Workload for Workspace {
             self.scheme.route_ssh_user(&req.ssh_user)?
         };
         let Route { service, agent } = route;
-        let service = req.forward_service().unwrap_or(service);
+        // A web terminal on any of the agent's host names is a session, like SSH's.
+        let service = if req.action == Action::Terminal {
+            self.scheme.session_service()
+        } else {
+            req.forward_service().unwrap_or(service)
+        };
         Some(Resolved {
             workload_id: agent.to_string(),
             agent_id: agent.to_string(),
@@ -126,6 +133,9 @@ mod tests {
         let local = plugin.resolve(&host, resolve("localhost", "web+demo", Action::PortForward)).unwrap();
         assert_eq!(local.service, "web");
         assert_eq!(plugin.resolve(&host, resolve("nothing.example", "", Action::Http)), None);
+        // The web terminal on any of the agent's host names runs in the session service.
+        let terminal = plugin.resolve(&host, resolve("web-demo.localhost", "", Action::Terminal)).unwrap();
+        assert_eq!((terminal.agent_id.as_str(), terminal.service.as_str()), ("demo", "ssh"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   `api` of agent `edge-eu-1`.
 //! - SSH user names: `<agent>` (service `ssh_service`, default `ssh`) or
 //!   `<service>+<agent>`.
+//! - The web terminal (`<any host name of the agent>/_burrow/terminal`) runs in
+//!   `ssh_service` too.
 
 use serde::Deserialize;
 
@@ -96,6 +98,11 @@ impl Scheme {
             let (service, agent) = label.split_once('-')?;
             (valid_service(service) && valid_agent(agent)).then_some(Route { service, agent })
         })
+    }
+
+    /// The service that runs sessions: SSH users' default and every web terminal's.
+    pub fn session_service(&self) -> &str {
+        &self.ssh_service
     }
 
     /// `<agent>` or `<service>+<agent>`; `None` when SSH users are off or the name has
