@@ -86,6 +86,7 @@
 mod backoff;
 mod config;
 mod connection;
+pub mod forward;
 mod pool;
 mod session;
 mod shared;

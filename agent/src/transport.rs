@@ -44,10 +44,10 @@ pub(crate) struct Transport {
 }
 
 /// The trusted roots: built-in web PKI plus `ca_file`.
-fn load_roots(config: &AgentConfig) -> Result<rustls::RootCertStore, AgentError> {
+pub(crate) fn load_roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, AgentError> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    if let Some(path) = &config.ca_file {
-        let ca_err = |reason: String| AgentError::CaFile { path: path.clone(), reason };
+    if let Some(path) = ca_file {
+        let ca_err = |reason: String| AgentError::CaFile { path: path.to_path_buf(), reason };
         let mut added = 0;
         for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
             let cert = cert.map_err(|e| ca_err(e.to_string()))?;
@@ -61,7 +61,7 @@ fn load_roots(config: &AgentConfig) -> Result<rustls::RootCertStore, AgentError>
     Ok(roots)
 }
 
-fn tls_connector(
+pub(crate) fn tls_connector(
     roots: &rustls::RootCertStore,
     alpn: &[u8],
 ) -> Result<tokio_rustls::TlsConnector, AgentError> {
@@ -80,8 +80,11 @@ impl Transport {
     /// One transport per `config.hosts` entry, in order. The CA file is read once, and
     /// only if some URL uses TLS.
     pub(crate) fn for_hosts(config: &AgentConfig) -> Result<Vec<Self>, AgentError> {
-        let roots =
-            if config.hosts.iter().any(|h| h.scheme().is_tls()) { Some(load_roots(config)?) } else { None };
+        let roots = if config.hosts.iter().any(|h| h.scheme().is_tls()) {
+            Some(load_roots(config.ca_file.as_deref())?)
+        } else {
+            None
+        };
         let (mut h2, mut http1) = (None, None);
         let mut out = Vec::with_capacity(config.hosts.len());
         for url in &config.hosts {

@@ -116,6 +116,28 @@ pub fn static_authorizer(default_access: &str, extra_fields: &str) -> String {
     )
 }
 
+/// A user allowed on the workloads of [`alice_and_bob`], and one who is known but not.
+pub const ALICE_TOKEN: &str = "alice-token-0123456789";
+/// See [`ALICE_TOKEN`].
+pub const BOB_TOKEN: &str = "bob-token-0123456789";
+
+/// Static authorizer fields: users alice and bob (by [`ALICE_TOKEN`], [`BOB_TOKEN`]),
+/// and each of `agents` open to alice alone, every service, with a token.
+pub fn alice_and_bob(agents: &[&str]) -> String {
+    let workloads: Vec<String> = agents
+        .iter()
+        .map(|agent| {
+            format!("{{ agent = \"{agent}\", service = \"*\", access = \"token\", users = [\"alice\"] }}")
+        })
+        .collect();
+    format!(
+        "users = [{{ name = \"alice\", token_sha256 = \"{}\" }}, {{ name = \"bob\", token_sha256 = \"{}\" }}], workloads = [{}]",
+        sha256_hex(ALICE_TOKEN),
+        sha256_hex(BOB_TOKEN),
+        workloads.join(", ")
+    )
+}
+
 /// The shared secret cluster tests use.
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
 

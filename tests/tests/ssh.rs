@@ -12,9 +12,6 @@ use burrow_tests::workload::Workload;
 use burrow_tests::*;
 use sha2::{Digest, Sha256};
 
-const ALICE_TOKEN: &str = "alice-token-0123456789";
-const BOB_TOKEN: &str = "bob-token-0123456789";
-
 /// A host with `[ssh]`, agent `a1` serving sessions (`ssh`) and a web service (`web`),
 /// and users alice (allowed on a1, by key or token) and bob (known, not allowed).
 struct Fixture {

@@ -10,8 +10,6 @@ use burrow_tests::*;
 use http::header;
 use http::StatusCode;
 
-const ALICE_TOKEN: &str = "alice-token-0123456789";
-const BOB_TOKEN: &str = "bob-token-0123456789";
 const COOKIE: &str = "burrow_session";
 /// The `terminal` kind's agent, and its token.
 const TERM_AGENT: &str = "term-t1";
@@ -38,14 +36,10 @@ impl Fixture {
     async fn start() -> Fixture {
         let authorizer = format!(
             "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{{ id = \"{AGENT}\", token_sha256 = \"{}\" }}, \
-             {{ id = \"{TERM_AGENT}\", token_sha256 = \"{}\" }}], default_access = \"deny\", session_cookie = \"{COOKIE}\", \
-             users = [{{ name = \"alice\", token_sha256 = \"{}\" }}, {{ name = \"bob\", token_sha256 = \"{}\" }}], \
-             workloads = [{{ agent = \"{AGENT}\", service = \"*\", access = \"token\", users = [\"alice\"] }}, \
-             {{ agent = \"{TERM_AGENT}\", service = \"*\", access = \"token\", users = [\"alice\"] }}] }}",
+             {{ id = \"{TERM_AGENT}\", token_sha256 = \"{}\" }}], default_access = \"deny\", session_cookie = \"{COOKIE}\", {} }}",
             sha256_hex(TOKEN),
             sha256_hex(TERM_TOKEN),
-            sha256_hex(ALICE_TOKEN),
-            sha256_hex(BOB_TOKEN),
+            alice_and_bob(&[AGENT, TERM_AGENT]),
         );
         let parts = ConfigParts {
             authorizer,
