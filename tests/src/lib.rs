@@ -189,6 +189,8 @@ pub struct TestHost {
     pub ssh_addr: Option<SocketAddr>,
     /// What the binary sends on SIGHUP (plugin config reloads).
     pub control: burrow_host::ControlSender,
+    /// What it runs with, for [`TestHost::restart`].
+    config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), HostError>>,
 }
@@ -203,6 +205,19 @@ impl TestHost {
 
     /// Starts a host on the given listeners (to restart on the same ports).
     pub async fn start_on(config: Config, agents: TcpListener, ingress: TcpListener) -> TestHost {
+        let ssh = match config.ssh {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        Self::start_with_ssh(config, agents, ingress, ssh).await
+    }
+
+    async fn start_with_ssh(
+        config: Config,
+        agents: TcpListener,
+        ingress: TcpListener,
+        ssh: Option<TcpListener>,
+    ) -> TestHost {
         init_tracing();
         let agent_addr = agents.local_addr().unwrap();
         let ingress_addr = ingress.local_addr().unwrap();
@@ -213,16 +228,12 @@ impl TestHost {
             None => None,
         };
         let cluster_addr = cluster.as_ref().map(|l| l.local_addr().unwrap());
-        let ssh = match config.ssh {
-            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
-            None => None,
-        };
         let ssh_addr = ssh.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let listeners = Listeners { agents, ingress, admin: Some(admin), cluster, ssh };
         let (control, requests) = burrow_host::control_channel();
         let task = tokio::spawn(burrow_host::run_with_control(
-            config,
+            config.clone(),
             listeners,
             async move {
                 let _ = stopped.await;
@@ -236,9 +247,33 @@ impl TestHost {
             cluster_addr,
             ssh_addr,
             control,
+            config,
             stop: Some(stop),
             task,
         }
+    }
+
+    /// Stops the host gracefully and starts it again with the same config on the same
+    /// agent, ingress and SSH ports, as an operator's restart would.
+    pub async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("host stops within 30 s")
+            .expect("host task did not panic")
+            .expect("host stopped cleanly");
+        // The listeners are closed now; tokio sets SO_REUSEADDR, so the ports rebind.
+        let agents = TcpListener::bind(self.agent_addr).await.expect("agent port rebinds");
+        let ingress = TcpListener::bind(self.ingress_addr).await.expect("ingress port rebinds");
+        let ssh = match self.ssh_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.expect("SSH port rebinds")),
+            None => None,
+        };
+        let config = self.config.clone();
+        // The old value's Drop aborts a task that has already finished.
+        *self = Self::start_with_ssh(config, agents, ingress, ssh).await;
     }
 
     /// The agent URL for a scheme (`grpc`, `ws`, `grpcs`, `wss`).

@@ -516,6 +516,153 @@ async fn ssh_host_shutdown_ends_a_live_session_with_a_reason() {
     assert!(text(&out.stderr).contains("the host is shutting down"), "{}", text(&out.stderr));
 }
 
+/// `ssh` checking the host key against `known` under one alias (ports differ across
+/// runs), `accept_new` to record it on first use; running `command`.
+fn ssh_known(f: &Fixture, known: &Path, accept_new: bool, command: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-p",
+        &f.port().to_string(),
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=20",
+    ]);
+    cmd.args(["-o", &format!("UserKnownHostsFile={}", known.display()), "-o", "HostKeyAlias=burrow-test"]);
+    cmd.args([
+        "-o",
+        if accept_new { "StrictHostKeyChecking=accept-new" } else { "StrictHostKeyChecking=yes" },
+    ]);
+    cmd.args(f.key_args(&f.alice_key)).arg(format!("{AGENT}@127.0.0.1")).arg(command);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_host_restart_ends_a_session_cleanly_and_serves_again() {
+    let mut f = Fixture::start().await;
+    let known = f.dir.join("known_hosts");
+    let mut cmd = ssh_known(&f, &known, true, "echo started; sleep 600");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 8];
+        let n = stdout.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(started.starts_with("started"), "{started}");
+
+    f.host.restart().await;
+    let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the host is shutting down"), "{}", text(&out.stderr));
+
+    // The agent reconnects by itself; the same host key (kept in its file) is accepted
+    // by a client that now insists on it, and a new session runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let f = std::sync::Arc::new(f);
+    loop {
+        let (g, k) = (f.clone(), known.clone());
+        let out =
+            tokio::task::spawn_blocking(move || run(ssh_known(&g, &k, false, "echo again"))).await.unwrap();
+        if out.status.success() {
+            assert_eq!(text(&out.stdout), "again\n");
+            break;
+        }
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("HOST IDENTIFICATION HAS CHANGED"), "the host key changed: {stderr}");
+        assert!(tokio::time::Instant::now() < deadline, "no session after the restart: {stderr}");
+        // Waiting for the agent's reconnect (its backoff), observed through ssh itself.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Trusts the test host's key (it is made by the fixture on loopback).
+struct TrustAll;
+
+impl russh::client::Handler for TrustAll {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Reads a russh channel until its output contains `needle`, or it reports the exit.
+async fn russh_until(
+    channel: &mut russh::Channel<russh::client::Msg>,
+    needle: &str,
+) -> Result<String, russh::ChannelMsg> {
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), channel.wait())
+            .await
+            .unwrap_or_else(|_| panic!("nothing for 30 s; saw {:?}", String::from_utf8_lossy(&seen)));
+        match message {
+            Some(russh::ChannelMsg::Data { data }) => {
+                seen.extend_from_slice(&data);
+                if String::from_utf8_lossy(&seen).contains(needle) {
+                    return Ok(String::from_utf8_lossy(&seen).into_owned());
+                }
+            }
+            Some(end @ (russh::ChannelMsg::ExitStatus { .. } | russh::ChannelMsg::ExitSignal { .. })) => {
+                return Err(end)
+            }
+            Some(_) => {}
+            None => panic!("the channel closed; saw {:?}", String::from_utf8_lossy(&seen)),
+        }
+    }
+}
+
+// OpenSSH's client has no way to send a signal; russh's has.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_signals_reach_the_program_and_exit_signals_come_back() {
+    use russh::keys::{load_secret_key, PrivateKeyWithHashAlg};
+    use russh::{ChannelMsg, Sig};
+
+    let f = Fixture::start().await;
+    let key = std::sync::Arc::new(load_secret_key(&f.alice_key, None).unwrap());
+    let config = std::sync::Arc::new(russh::client::Config { nodelay: true, ..Default::default() });
+    let session = russh::client::connect(config, ("127.0.0.1", f.port()), TrustAll).await.unwrap();
+    let mut session = session;
+    let auth = session.authenticate_publickey(AGENT, PrivateKeyWithHashAlg::new(key, None)).await.unwrap();
+    assert!(auth.success(), "{auth:?}");
+
+    // TERM reaches the program, whose trap answers and sets the exit status.
+    let mut channel = session.channel_open_session().await.unwrap();
+    channel
+        .exec(true, "trap 'echo got-term; exit 5' TERM; echo ready; while :; do sleep 0.05; done")
+        .await
+        .unwrap();
+    russh_until(&mut channel, "ready").await.expect("the program started");
+    channel.signal(Sig::TERM).await.unwrap();
+    russh_until(&mut channel, "got-term").await.expect("the trap ran");
+    match russh_until(&mut channel, "never printed").await {
+        Err(ChannelMsg::ExitStatus { exit_status }) => assert_eq!(exit_status, 5),
+        other => panic!("expected exit status 5, got {other:?}"),
+    }
+
+    // A program killed by a signal is reported as such, not as a status.
+    let mut channel = session.channel_open_session().await.unwrap();
+    channel.exec(true, "kill -KILL $$").await.unwrap();
+    match russh_until(&mut channel, "never printed").await {
+        Err(ChannelMsg::ExitSignal { signal_name, core_dumped, .. }) => {
+            assert!(matches!(signal_name, Sig::KILL), "{signal_name:?}");
+            assert!(!core_dumped);
+        }
+        other => panic!("expected exit signal KILL, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ssh_an_expired_workload_ends_a_live_session_with_a_reason() {
     let now_ms =
