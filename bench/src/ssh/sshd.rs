@@ -27,8 +27,9 @@ pub(super) struct Sshd {
 
 impl Sshd {
     /// Starts sshd in `dir` accepting `client_pub` (an OpenSSH public key file) for any
-    /// user, with an empty HOME for its sessions, serving sftp with `sftp_server` (the program Burrow's agent runs, so scp
-    /// runs the same server side on both paths), and waits until it greets a client.
+    /// user, with an empty HOME for its sessions, serving sftp with `sftp_server` (the
+    /// program Burrow's agent runs, so scp runs the same server side on both paths), and
+    /// waits until it greets a client.
     pub(super) async fn start(dir: &Path, client_pub: &Path, sftp_server: &Path) -> anyhow::Result<Sshd> {
         if !Path::new(PRIVSEP_DIR).is_dir() {
             std::fs::create_dir_all(PRIVSEP_DIR).with_context(|| format!("creating {PRIVSEP_DIR}"))?;
