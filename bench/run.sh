@@ -10,6 +10,11 @@
 #                [--swaps 10] [--http-requests 4000] [--clients 8]
 #       plugin call latency (fresh, warm) vs the same policy compiled natively, decision
 #       throughput, hot-swap time with and without the artifact cache, HTTP requests/s
+#   bench/run.sh --suite ssh [--runs 5] [--bytes 268435456] [--keystrokes 500] [--sessions 20]
+#       Burrow's SSH path vs a local OpenSSH sshd: scp upload/download MiB/s, keystroke echo
+#       p50/p99, new-session time (russh client and `ssh` process); needs root (it starts
+#       /usr/sbin/sshd) and ssh, scp, ssh-keygen on PATH; per-run figures go to
+#       bench/results/<date>-ssh/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --release -q -p burrow-bench -- "$@"

@@ -5,7 +5,8 @@
 //! (`--suite cluster`, see [`cluster`]); or what the plugin platform costs against the
 //! same policy compiled natively: per-call latency with fresh and warm instances,
 //! decision throughput, hot-swap time, HTTP requests per second (`--suite plugins`, see
-//! [`plugins`]).
+//! [`plugins`]); or what Burrow's SSH path costs against a local OpenSSH `sshd`: `scp`
+//! throughput, keystroke echo latency, new-session time (`--suite ssh`, see [`ssh`]).
 //!
 //! Every figure is the median of `--runs` runs; ratios compare against a baseline
 //! measured in the same run. Run it with `bench/run.sh` (release build).
@@ -13,6 +14,7 @@
 mod cluster;
 mod plugins;
 mod procfs;
+mod ssh;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,9 +32,10 @@ use http_body_util::BodyExt;
 #[derive(Parser, Debug)]
 struct Args {
     /// Which measurements: `tunnel` (tunnel vs direct, plugin path), `cluster`
-    /// (forwarded vs local, wake-up delay, Redis registry cost) or `plugins` (plugin
-    /// call cost vs native, throughput, swap time).
-    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins"])]
+    /// (forwarded vs local, wake-up delay, Redis registry cost), `plugins` (plugin
+    /// call cost vs native, throughput, swap time) or `ssh` (Burrow's SSH path vs a
+    /// local sshd: scp, keystroke echo, session setup).
+    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins", "ssh"])]
     suite: String,
     /// Repetitions of each measurement; the median is reported.
     #[arg(long, default_value_t = 5)]
@@ -40,7 +43,7 @@ struct Args {
     /// Sequential small requests per latency run.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
-    /// Bytes per throughput run.
+    /// Bytes per throughput run (ssh suite: the size of the file `scp` copies each way).
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     bytes: u64,
     /// Plugin calls per plugin run (plugins suite: sequential decisions per latency run
@@ -75,6 +78,12 @@ struct Args {
     /// Plugins suite: concurrent keep-alive client connections in the HTTP runs.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// SSH suite: single-byte keystrokes per echo-latency run and path.
+    #[arg(long, default_value_t = 500)]
+    keystrokes: usize,
+    /// SSH suite: new sessions per setup-time run, path and client (russh, `ssh`).
+    #[arg(long, default_value_t = 20)]
+    sessions: usize,
 }
 
 const HOST: &str = "web-a1.localhost";
@@ -206,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
     match args.suite.as_str() {
         "cluster" => cluster::run(&args).await,
         "plugins" => plugins::run(&args).await,
+        "ssh" => ssh::run(&args).await,
         _ => tunnel_suite(&args).await,
     }
 }
