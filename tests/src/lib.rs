@@ -253,6 +253,20 @@ impl TestHost {
         }
     }
 
+    /// Waits until the admin port reports ready (in cluster mode: its first heartbeat
+    /// reached Redis); fails the test after 10 s.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _, _) = clients::get(self.admin_addr, "localhost", "/readyz").await;
+            if status == http::StatusCode::OK {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the host never became ready ({status})");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the host gracefully and starts it again with the same config on the same
     /// agent, ingress and SSH ports, as an operator's restart would.
     pub async fn restart(&mut self) {

@@ -53,11 +53,7 @@ async fn replicas(redis: &RedisServer, n: usize) -> Vec<TestHost> {
 /// Starts a replica and waits until it reports ready (its first heartbeat reached Redis).
 async fn start(parts: ConfigParts) -> TestHost {
     let host = TestHost::start(parts.build()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while admin(&host, "/readyz").await.0 != StatusCode::OK {
-        assert!(tokio::time::Instant::now() < deadline, "replica never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    host.wait_ready().await;
     host
 }
 

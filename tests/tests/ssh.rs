@@ -99,31 +99,12 @@ impl Fixture {
         self.host.ssh_addr.expect("the fixture has an SSH port").port()
     }
 
-    /// Options every client here uses: no config files, no known_hosts, no agent.
     fn base_args(&self, port_flag: &str) -> Vec<String> {
-        [
-            "-F",
-            "/dev/null",
-            port_flag,
-            &self.port().to_string(),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=20",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        base_args(port_flag, self.port())
     }
 
     fn key_args(&self, key: &Path) -> Vec<String> {
-        let mut args = vec!["-o".into(), "BatchMode=yes".into(), "-o".into(), "IdentitiesOnly=yes".into()];
-        args.extend(["-o".into(), "IdentityAgent=none".into(), "-i".into(), key.display().to_string()]);
-        args
+        key_args(key)
     }
 
     /// `ssh` with `key` as `user`, running `command`.
@@ -146,6 +127,51 @@ struct Options {
 }
 
 /// Removes the fixture's directory (keys, files) when the test ends.
+/// Options every client here uses: no config files, no known_hosts, no agent.
+fn base_args(port_flag: &str, port: u16) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        port_flag,
+        &port.to_string(),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=20",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Log in with `key` alone, never asking anything.
+fn key_args(key: &Path) -> Vec<String> {
+    let mut args = vec!["-o".into(), "BatchMode=yes".into(), "-o".into(), "IdentitiesOnly=yes".into()];
+    args.extend(["-o".into(), "IdentityAgent=none".into(), "-i".into(), key.display().to_string()]);
+    args
+}
+
+/// Spawns `cmd` (whose remote command prints `started` first) and returns it once the
+/// session is running.
+async fn spawn_started(mut cmd: Command) -> std::process::Child {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 8];
+        let n = stdout.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(started.starts_with("started"), "the session runs: {started:?}");
+    child
+}
+
 struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
@@ -496,17 +522,7 @@ async fn ssh_host_shutdown_ends_a_live_session_with_a_reason() {
     let mut cmd = Command::new("ssh");
     cmd.args(f.base_args("-p")).args(f.key_args(&f.alice_key));
     cmd.arg(format!("{AGENT}@127.0.0.1")).arg("echo started; sleep 600");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let started = tokio::task::spawn_blocking(move || {
-        let mut buf = [0u8; 8];
-        let n = stdout.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    })
-    .await
-    .unwrap();
-    assert!(started.starts_with("started"), "{started}");
+    let child = spawn_started(cmd).await;
     let Fixture { host, .. } = f;
     host.stop().await.expect("the host stops cleanly with a session open");
     let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
@@ -543,18 +559,8 @@ fn ssh_known(f: &Fixture, known: &Path, accept_new: bool, command: &str) -> Comm
 async fn ssh_host_restart_ends_a_session_cleanly_and_serves_again() {
     let mut f = Fixture::start().await;
     let known = f.dir.join("known_hosts");
-    let mut cmd = ssh_known(&f, &known, true, "echo started; sleep 600");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let started = tokio::task::spawn_blocking(move || {
-        let mut buf = [0u8; 8];
-        let n = stdout.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    })
-    .await
-    .unwrap();
-    assert!(started.starts_with("started"), "{started}");
+    let cmd = ssh_known(&f, &known, true, "echo started; sleep 600");
+    let child = spawn_started(cmd).await;
 
     f.host.restart().await;
     let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
@@ -673,17 +679,7 @@ async fn ssh_an_expired_workload_ends_a_live_session_with_a_reason() {
     let mut cmd = Command::new("ssh");
     cmd.args(f.base_args("-p")).args(f.key_args(&f.alice_key));
     cmd.arg(format!("{AGENT}@127.0.0.1")).arg("echo started; sleep 600");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let started = tokio::task::spawn_blocking(move || {
-        let mut buf = [0u8; 8];
-        let n = stdout.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    })
-    .await
-    .unwrap();
-    assert!(started.starts_with("started"), "the session ran before the workload ended: {started}");
+    let child = spawn_started(cmd).await;
     let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
         .await
         .unwrap();
@@ -734,16 +730,7 @@ impl TwoReplicas {
                 parts.extra.push_str("[plugins]\nexpiry_check = \"1s\"\n");
             }
             let host = TestHost::start(parts.build()).await;
-            let admin = host.admin_addr;
-            eventually(Duration::from_secs(10), "replica ready", || {
-                std::net::TcpStream::connect(admin).is_ok_and(|mut s| {
-                    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-                    let mut answer = String::new();
-                    let _ = s.read_to_string(&mut answer);
-                    answer.starts_with("HTTP/1.1 200")
-                })
-            })
-            .await;
+            host.wait_ready().await;
             hosts.push(host);
         }
         let mut config = agent_config(&hosts[0].agent_url("grpc"), TOKEN, &[]);
@@ -758,9 +745,7 @@ impl TwoReplicas {
     fn ssh_r1(&self, command: &str) -> Command {
         let port = self.hosts[1].ssh_addr.unwrap().port();
         let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null", "-p", &port.to_string(), "-o", "StrictHostKeyChecking=no"]);
-        cmd.args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]);
-        cmd.args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i"]).arg(&self.key);
+        cmd.args(base_args("-p", port)).args(key_args(&self.key));
         cmd.arg(format!("{AGENT}@127.0.0.1")).arg(command);
         cmd
     }
@@ -782,18 +767,8 @@ async fn ssh_a_forwarded_session_ends_when_the_workload_ends() {
     // Room for two replicas, Redis and a login under a loaded CI machine; the wait below
     // is for the end, observed, not for a fixed time.
     let cluster = TwoReplicas::start(Some(now_ms + 20_000)).await;
-    let mut cmd = cluster.ssh_r1("echo started; sleep 600");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let started = tokio::task::spawn_blocking(move || {
-        let mut buf = [0u8; 8];
-        let n = stdout.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    })
-    .await
-    .unwrap();
-    assert!(started.starts_with("started"), "the session ran before the workload ended: {started}");
+    let cmd = cluster.ssh_r1("echo started; sleep 600");
+    let child = spawn_started(cmd).await;
     let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
         .await
         .unwrap();

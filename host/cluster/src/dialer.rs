@@ -363,7 +363,8 @@ mod tests {
 
     use super::*;
 
-    fn candidate(replica: &str) -> Candidate {
+    /// A remote replica's registration, as the registry would return it.
+    pub(super) fn candidate(replica: &str) -> Candidate {
         Candidate {
             replica_id: replica.into(),
             address: format!("{replica}:1"),

@@ -337,9 +337,11 @@ async fn relay(
     ended: Option<CancellationToken>,
 ) {
     let done = CancellationToken::new();
-    if let Some(ended) = ended {
+    // Runs beside the two directions (not as a task of its own) until the relay is done.
+    let workload_end = {
         let (done, to_agent, to_caller) = (done.clone(), to_agent.clone(), to_caller.clone());
-        tokio::spawn(async move {
+        async move {
+            let Some(ended) = ended else { return };
             tokio::select! {
                 _ = done.cancelled() => {}
                 _ = ended.cancelled() => {
@@ -349,8 +351,8 @@ async fn relay(
                     done.cancel();
                 }
             }
-        });
-    }
+        }
+    };
     let upstream = {
         let done = done.clone();
         let to_agent = to_agent.clone();
@@ -468,7 +470,12 @@ async fn relay(
             }
         }
     };
-    tokio::join!(upstream, downstream);
+    let directions = async {
+        tokio::join!(upstream, downstream);
+        // Both ended cleanly (Eof both ways): the end watch stops too.
+        done.cancel();
+    };
+    tokio::join!(directions, workload_end);
     drop(to_agent);
 }
 

@@ -16,7 +16,7 @@ use burrow_host_plugins::types::{Action, Credential};
 use burrow_proto::pb::{self, session_start::Command};
 use russh::keys::HashAlg;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodSet, Pty, Sig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -43,6 +43,8 @@ pub(crate) struct ConnParts {
     pub config: Arc<SshConfig>,
     pub peer: SocketAddr,
     pub conn_id: String,
+    /// The login methods the server offers (from its russh config).
+    pub methods: MethodSet,
     /// Cancelled at the first successful login (ends the handshake deadline).
     pub logged_in: CancellationToken,
     /// Cancelled by a channel whose workload ended: the connection closes.
@@ -88,18 +90,10 @@ impl ConnHandler {
         }
     }
 
-    fn methods(&self) -> MethodSet {
-        let mut methods = vec![MethodKind::PublicKey];
-        if self.parts.config.password_auth {
-            methods.push(MethodKind::Password);
-        }
-        MethodSet::from(&methods[..])
-    }
-
     /// A refusal that keeps every method on offer, so a failed key does not hide the
     /// password method (and the client learns nothing about why).
     fn reject(&self) -> Auth {
-        Auth::Reject { proceed_with_methods: Some(self.methods()), partial_success: false }
+        Auth::Reject { proceed_with_methods: Some(self.parts.methods.clone()), partial_success: false }
     }
 
     async fn admit_login(&mut self, user: &str, credential: Credential, method: &str, key_id: &str) -> Auth {

@@ -58,16 +58,21 @@ pub enum SshError {
 /// before its socket is closed under it.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
-/// The russh server configuration for `config` with `key`.
-fn russh_config(config: &SshConfig, key: PrivateKey) -> russh::server::Config {
+/// The login methods offered: keys, and tokens as passwords if allowed.
+fn auth_methods(config: &SshConfig) -> MethodSet {
     let mut methods = vec![MethodKind::PublicKey];
     if config.password_auth {
         methods.push(MethodKind::Password);
     }
+    MethodSet::from(&methods[..])
+}
+
+/// The russh server configuration for `config` with `key`.
+fn russh_config(config: &SshConfig, key: PrivateKey) -> russh::server::Config {
     let optional = |d: Duration| (!d.is_zero()).then_some(d);
     russh::server::Config {
         server_id: russh::SshId::Standard(format!("SSH-2.0-Burrow_{}", env!("CARGO_PKG_VERSION")).into()),
-        methods: MethodSet::from(&methods[..]),
+        methods: auth_methods(config),
         keys: vec![key],
         // The first "none" probe costs nothing; real failures are padded to one second
         // so their timing says nothing about which step refused.
@@ -170,6 +175,7 @@ impl Connection {
             config: self.config.clone(),
             peer: self.peer,
             conn_id: self.conn_id.clone(),
+            methods: self.russh.methods.clone(),
             logged_in: logged_in.clone(),
             workload_ended: workload_ended.clone(),
             closing,

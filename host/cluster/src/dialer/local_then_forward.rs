@@ -53,15 +53,7 @@ fn session(agent: &str, tag: &str) -> Session {
     }
 }
 
-fn candidate(replica: &str) -> Candidate {
-    Candidate {
-        replica_id: replica.into(),
-        address: format!("{replica}:1"),
-        local: false,
-        load: 0,
-        age: None,
-    }
-}
+use super::tests::candidate;
 
 /// The other replicas: what the registry answers, who really holds the agent, and a
 /// record of every question the dialer asked.
@@ -284,6 +276,11 @@ async fn an_agent_nowhere_is_dialed_where_it_is_announced() {
     let d = dialer.clone();
     let pending = tokio::spawn(async move { dial(&d).await });
     fake.watched(1).await;
+    // The watch is registered before the lookup: announcing in between would make the
+    // first lookup find the agent already. Announce once that lookup found nothing.
+    while fake.lookups() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     fake.agent_appears_on("r2");
     let stream = pending.await.unwrap().expect("dialed after the announcement");
     assert_eq!(served_by(&stream), ("r2", RoutePath::Forwarded));
