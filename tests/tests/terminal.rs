@@ -249,20 +249,12 @@ async fn terminal_page_and_socket_refuse_users_without_access() {
 }
 
 #[tokio::test]
-async fn terminal_kind_address_leads_to_its_terminal() {
+async fn terminal_kind_serves_its_terminal_below_its_address() {
     let fixture = Fixture::start().await;
     let addr = fixture.host.ingress_addr;
     let cookie = format!("{COOKIE}={ALICE_TOKEN}");
     let mut client = clients::connect(addr, &Mode::h1()).await;
-    let (status, headers, _) = clients::collect(
-        client
-            .request("GET", "term.localhost", "/terminal/t1/", &[("cookie", &cookie)], clients::empty())
-            .await,
-    )
-    .await;
-    assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(headers[header::LOCATION], "/terminal/t1/_burrow/terminal");
-    let (status, _, body) = clients::collect(
+    let (status, headers, body) = clients::collect(
         client
             .request(
                 "GET",
@@ -275,5 +267,14 @@ async fn terminal_kind_address_leads_to_its_terminal() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
     assert!(std::str::from_utf8(&body).unwrap().contains("xterm"));
+    // Other paths of the address are the workload's own, not the host's.
+    let (status, _, _) = clients::collect(
+        client
+            .request("GET", "term.localhost", "/terminal/t1/", &[("cookie", &cookie)], clients::empty())
+            .await,
+    )
+    .await;
+    assert_ne!(status, StatusCode::OK, "no page of the host's at the bare address");
 }

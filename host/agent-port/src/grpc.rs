@@ -246,6 +246,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 connected_at: now,
                 ended: tokio_util::sync::CancellationToken::new(),
             })),
+            retired: Default::default(),
         });
         // A second session of one agent process here is its duplicate connection (fewer
         // replicas than its `--connections`) or a probe for another replica, which it
@@ -334,6 +335,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     "connection reached its maximum age"
                 }
             };
+            session.retire();
             ctx.sessions.closed(&session);
             service.lifecycle(&session, false);
             if repeat {

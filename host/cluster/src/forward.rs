@@ -212,6 +212,7 @@ pub(crate) async fn open(
                 token_sha256: [0; 32],
                 protocol_minor: 0,
                 identity: None,
+                retired: Default::default(),
             });
             Ok(TunnelStream::forwarded(inbound, tx, state, session, Some(cluster.metrics.clone())))
         }

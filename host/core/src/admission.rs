@@ -279,7 +279,9 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{action:?} refused: {e}"));
             assert_eq!(admitted.target.agent_id, "demo", "{action:?}");
-            assert_eq!(admitted.target.service, "web", "{action:?}");
+            // A web terminal on any of the agent's names is a session, like SSH's.
+            let service = if action == Action::Terminal { "ssh" } else { "web" };
+            assert_eq!(admitted.target.service, service, "{action:?}");
             assert_eq!(admitted.target.workload_kind, "workspace", "{action:?}");
             assert_eq!(admitted.principal_id(), "alice");
             assert_eq!(admitted.session_key, "alice");

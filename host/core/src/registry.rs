@@ -39,6 +39,23 @@ pub struct Session {
     pub protocol_minor: u32,
     /// The authorizer's identity of the agent; `None` for a forwarded tunnel's stand-in.
     pub identity: Option<Arc<SessionIdentity>>,
+    /// Set once the agent was told to leave this connection (GoAway: age, expiry, drain)
+    /// or left: tunnels in flight may finish, but nothing new should start on it, such
+    /// as another request on a kept-alive workload connection (the connection may be cut
+    /// under it).
+    pub retired: std::sync::atomic::AtomicBool,
+}
+
+impl Session {
+    /// Marks the connection as leaving; see [`Session::retired`].
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the connection is leaving.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Who an agent session serves, and the switch that ends it when its workload ends.
@@ -62,9 +79,11 @@ pub struct IdleTunnel {
 }
 
 impl IdleTunnel {
-    /// The RPC has ended (agent cancelled it, or its connection went away).
+    /// Not to be claimed: the RPC has ended (agent cancelled it, or its connection went
+    /// away), or its agent connection is retired (told to go; the agent is withdrawing
+    /// its parked tunnels and the connection may be cut).
     pub fn is_closed(&self) -> bool {
-        self.outbound.is_closed()
+        self.outbound.is_closed() || self.session.is_retired()
     }
 }
 
@@ -313,6 +332,7 @@ mod tests {
             token_sha256: [0; 32],
             protocol_minor: burrow_proto::PROTOCOL_MINOR,
             identity: None,
+            retired: Default::default(),
         });
         (IdleTunnel { inbound, outbound: tx, session }, rx)
     }

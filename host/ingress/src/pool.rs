@@ -8,7 +8,9 @@
 //!
 //! A connection goes back to the pool once its response has been read to the end
 //! (hyper's `SendRequest::ready`), and leaves it after `idle_connection_timeout` unused,
-//! which closes it and frees its tunnel on the agent.
+//! which closes it and frees its tunnel on the agent, or as soon as the agent connection
+//! its tunnel rides is retired (the host sent GoAway: the connection may be cut before
+//! the next request would finish).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,6 +24,7 @@ use tokio::time::Instant;
 
 use burrow_host_core::context::HostContext;
 use burrow_host_core::dial::{DialRequest, OpenError};
+use burrow_host_core::registry::Session;
 use burrow_host_core::tunnel_io::TunnelStream;
 use burrow_host_plugins::types::Target;
 use burrow_proto::pb::DialKind;
@@ -50,6 +53,15 @@ impl PoolKey {
 struct Idle {
     sender: SendRequest<Incoming>,
     since: Instant,
+    /// The agent connection the tunnel rides: once it is retired (GoAway) the connection
+    /// takes no new request, since the agent connection may be cut under it.
+    session: Arc<Session>,
+}
+
+/// A workload connection and the agent connection its tunnel rides.
+struct Pooled {
+    sender: SendRequest<Incoming>,
+    session: Arc<Session>,
 }
 
 /// Idle keep-alive connections per (agent, service).
@@ -88,10 +100,10 @@ impl WorkloadPool {
         mut request: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
         let key = PoolKey::of(target);
-        if let Some(mut sender) = self.checkout(&key) {
-            match sender.try_send_request(request).await {
+        if let Some(mut pooled) = self.checkout(&key) {
+            match pooled.sender.try_send_request(request).await {
                 Ok(response) => {
-                    self.recycle(key, sender);
+                    self.recycle(key, pooled);
                     return Ok(response);
                 }
                 // The workload closed the kept-alive connection just as it was picked:
@@ -102,9 +114,9 @@ impl WorkloadPool {
                 },
             }
         }
-        let mut sender = self.connect(target, session_key, request_id).await?;
-        let response = sender.send_request(request).await.map_err(SendError::Workload)?;
-        self.recycle(key, sender);
+        let mut pooled = self.connect(target, session_key, request_id).await?;
+        let response = pooled.sender.send_request(request).await.map_err(SendError::Workload)?;
+        self.recycle(key, pooled);
         Ok(response)
     }
 
@@ -114,7 +126,7 @@ impl WorkloadPool {
         target: &Target,
         session_key: &str,
         request_id: &str,
-    ) -> Result<SendRequest<Incoming>, SendError> {
+    ) -> Result<Pooled, SendError> {
         let stream = self
             .ctx
             // A pooled connection serves whoever comes next, so its Dial names nobody.
@@ -128,6 +140,7 @@ impl WorkloadPool {
             })
             .await
             .map_err(SendError::Open)?;
+        let session = stream.session().clone();
         let (sender, connection) = handshake(stream).await.map_err(SendError::Workload)?;
         let id = request_id.to_owned();
         tokio::spawn(async move {
@@ -135,18 +148,21 @@ impl WorkloadPool {
                 tracing::debug!(request_id = %id, %error, "workload connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Pooled { sender, session })
     }
 
     /// The most recently used idle connection of `key` that can take a request now;
     /// closed and expired ones met on the way are dropped.
-    fn checkout(&self, key: &PoolKey) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self, key: &PoolKey) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         let mut found = None;
         while let Some(entry) = list.pop() {
-            if entry.sender.is_ready() && entry.since.elapsed() < self.idle_timeout {
-                found = Some(entry.sender);
+            if entry.sender.is_ready()
+                && entry.since.elapsed() < self.idle_timeout
+                && !entry.session.is_retired()
+            {
+                found = Some(Pooled { sender: entry.sender, session: entry.session });
                 break;
             }
         }
@@ -157,8 +173,9 @@ impl WorkloadPool {
     }
 
     /// Returns `sender` to the pool once its response has been read to the end.
-    fn recycle(self: &Arc<Self>, key: PoolKey, mut sender: SendRequest<Incoming>) {
-        if self.max_idle == 0 {
+    fn recycle(self: &Arc<Self>, key: PoolKey, pooled: Pooled) {
+        let Pooled { mut sender, session } = pooled;
+        if self.max_idle == 0 || session.is_retired() {
             // Dropped: the connection closes once its response is done.
             return;
         }
@@ -170,17 +187,20 @@ impl WorkloadPool {
                 return;
             }
             if let Some(pool) = pool.upgrade() {
-                pool.put(key, sender);
+                pool.put(key, Pooled { sender, session });
             }
         });
     }
 
-    fn put(&self, key: PoolKey, sender: SendRequest<Incoming>) {
+    fn put(&self, key: PoolKey, pooled: Pooled) {
+        if pooled.session.is_retired() {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(key).or_default();
         // Beyond the limit the connection is dropped, which closes it and its tunnel.
         if list.len() < self.max_idle {
-            list.push(Idle { sender, since: Instant::now() });
+            list.push(Idle { sender: pooled.sender, since: Instant::now(), session: pooled.session });
         }
     }
 
@@ -188,7 +208,11 @@ impl WorkloadPool {
     fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|entry| !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout);
+            list.retain(|entry| {
+                !entry.sender.is_closed()
+                    && entry.since.elapsed() < self.idle_timeout
+                    && !entry.session.is_retired()
+            });
             !list.is_empty()
         });
     }

@@ -188,13 +188,6 @@ impl Proxy {
             return reserved::serve(self, endpoint, request, &admitted, websocket, raw_host, request_id)
                 .await;
         }
-        if upgrade.is_none() {
-            if let Some(redirect) =
-                reserved::terminal_redirect(&admitted, request.method(), request.uri().path())
-            {
-                return Ok(redirect);
-            }
-        }
 
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();

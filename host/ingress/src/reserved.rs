@@ -17,7 +17,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -32,10 +31,6 @@ use burrow_proto::pb::DialKind;
 
 /// The path suffix naming a workload's port-forward endpoint.
 pub const FORWARD_SUFFIX: &str = "/_burrow/forward";
-
-/// The workload kind whose whole address is a terminal: a `GET` of it is sent to its
-/// `/_burrow/terminal`.
-const TERMINAL_KIND: &str = "terminal";
 
 /// How often the host pings a terminal page.
 const TERMINAL_PING: Duration = Duration::from_secs(30);
@@ -74,23 +69,6 @@ pub(super) fn asset(request: &Request<Incoming>) -> Option<Result<Response<Respo
         Some(response) => Ok(boxed(response)),
         None => Err(ProxyError::BadRequest(format!("no asset named {path:?}"))),
     })
-}
-
-/// For a workload of kind `terminal`, a `GET` of its address is sent to its terminal.
-pub(super) fn terminal_redirect(
-    admitted: &Admitted,
-    method: &Method,
-    path: &str,
-) -> Option<Response<ResponseBody>> {
-    if admitted.target.workload_kind != TERMINAL_KIND || method != Method::GET {
-        return None;
-    }
-    let location = format!("{}{}", path.trim_end_matches('/'), burrow_host_terminal::TERMINAL_SUFFIX);
-    let mut response = Response::new(super::proxy::empty_body());
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    response.headers_mut().insert(header::LOCATION, HeaderValue::from_str(&location).ok()?);
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Some(response)
 }
 
 /// Serves an admitted request to one of the endpoints.

@@ -2,8 +2,8 @@
 //! `vendor-xterm.sh`) whose WebSocket carries a PTY session to the workload's agent,
 //! through the same admission (action `terminal`) and dialer as SSH sessions.
 //!
-//! Every workload URL has a terminal at `<url>/_burrow/terminal` (for a workload of kind
-//! `terminal`, the workload's own address is its terminal). A plain `GET` returns the
+//! Every workload URL has a terminal at `<url>/_burrow/terminal` (for the path-routed
+//! `terminal` kind, `/terminal/<id>/_burrow/terminal`). A plain `GET` returns the
 //! page; the page opens a WebSocket on the same URL, which starts a new session in a PTY
 //! of the agent's configured shell. The HTTP ingress does the routing, admission, origin
 //! check and dial; this crate owns what the browser sees and the session's relay.

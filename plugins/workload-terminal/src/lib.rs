@@ -2,7 +2,8 @@
 //!
 //! - SSH user `term-<id>` reaches agent `term-<id>`.
 //! - On the configured `host_names`, the path `/terminal/<id>` (and everything below it)
-//!   reaches agent `term-<id>`: the web terminal page and its WebSocket.
+//!   reaches agent `term-<id>`; its web terminal is `/terminal/<id>/_burrow/terminal`
+//!   (the host's page and its WebSocket).
 //! - Both go to the agent's `service` (default `shell`); the workload id is the agent id.
 //! - A session ends `max_session` milliseconds after its agent connected (default 12 h).
 //!

@@ -50,6 +50,7 @@ fn session(agent: &str, tag: &str) -> Session {
         token_sha256: [0; 32],
         protocol_minor: burrow_proto::PROTOCOL_MINOR,
         identity: None,
+        retired: Default::default(),
     }
 }
 
