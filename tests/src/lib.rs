@@ -270,14 +270,7 @@ impl TestHost {
     /// Stops the host gracefully and starts it again with the same config on the same
     /// agent, ingress and SSH ports, as an operator's restart would.
     pub async fn restart(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("host stops within 30 s")
-            .expect("host task did not panic")
-            .expect("host stopped cleanly");
+        self.stop_in_place().await.expect("host stopped cleanly");
         // The listeners are closed now; tokio sets SO_REUSEADDR, so the ports rebind.
         let agents = TcpListener::bind(self.agent_addr).await.expect("agent port rebinds");
         let ingress = TcpListener::bind(self.ingress_addr).await.expect("ingress port rebinds");
@@ -300,6 +293,10 @@ impl TestHost {
 
     /// Graceful stop; returns the host's result.
     pub async fn stop(mut self) -> Result<(), HostError> {
+        self.stop_in_place().await
+    }
+
+    async fn stop_in_place(&mut self) -> Result<(), HostError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -349,6 +346,15 @@ pub fn shell_sessions(dir: Option<&std::path::Path>) -> burrow_agent::SessionCon
     sessions.shell = std::path::PathBuf::from("/bin/sh");
     sessions.dir = dir.map(std::path::Path::to_path_buf);
     sessions
+}
+
+/// A sample's value in Prometheus text (the line `name value`); 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Waits until `check` holds, failing the test after `limit`. For readiness only (never to

@@ -202,15 +202,6 @@ fn wait_with_deadline(child: std::process::Child, limit: Duration) -> Output {
     }
 }
 
-/// A sample's value in Prometheus text; 0 when absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
