@@ -64,6 +64,24 @@ impl Admitted {
     pub fn principal_id(&self) -> &str {
         self.principal.as_ref().map_or("anonymous", |p| p.id.as_str())
     }
+
+    /// The stream to open for this user's connection: to the admitted target, with its
+    /// session key and principal (empty when nobody signed in).
+    pub fn dial<'a>(
+        &'a self,
+        request_id: &'a str,
+        wait: std::time::Duration,
+        kind: burrow_proto::pb::DialKind,
+    ) -> crate::dial::DialRequest<'a> {
+        crate::dial::DialRequest {
+            target: &self.target,
+            request_id,
+            wait,
+            session_key: &self.session_key,
+            kind,
+            principal: self.principal.as_ref().map_or("", |p| p.id.as_str()),
+        }
+    }
 }
 
 /// Why a request was not admitted. Each ingress maps these to its protocol's answer.

@@ -26,7 +26,6 @@ use super::errors::ProxyError;
 use super::proxy::{Proxy, ResponseBody};
 use super::websocket;
 use burrow_host_core::admission::Admitted;
-use burrow_host_core::dial::DialRequest;
 use burrow_proto::pb::DialKind;
 
 /// The path suffix naming a workload's port-forward endpoint.
@@ -96,17 +95,11 @@ pub(super) async fn serve(
     }
     let response = websocket::accept(request.method(), request.headers(), raw_host)?;
     let target = &admitted.target;
-    let dial = DialRequest {
-        target,
-        request_id,
-        wait: proxy.stream_wait(),
-        session_key: &admitted.session_key,
-        kind: match endpoint {
-            Endpoint::Terminal => DialKind::Session,
-            Endpoint::Forward => DialKind::Tcp,
-        },
-        principal: admitted.principal.as_ref().map_or("", |p| p.id.as_str()),
+    let kind = match endpoint {
+        Endpoint::Terminal => DialKind::Session,
+        Endpoint::Forward => DialKind::Tcp,
     };
+    let dial = admitted.dial(request_id, proxy.stream_wait(), kind);
     let stream = proxy.ctx.dial(dial).await.map_err(|error| ProxyError::Open {
         agent_id: target.agent_id.clone(),
         service: target.service.clone(),

@@ -12,7 +12,6 @@ use super::headers;
 use super::pool::handshake;
 use super::proxy::{empty_body, error_chain, relay_response, Proxy, ResponseBody};
 use burrow_host_core::admission::Admitted;
-use burrow_host_core::dial::DialRequest;
 use burrow_proto::pb::DialKind;
 
 /// Sends an upgrade request (headers already prepared, origin-form URI) to the workload over
@@ -26,14 +25,7 @@ pub(super) async fn forward(
     request_id: &str,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let route = &admitted.target;
-    let dial = DialRequest {
-        target: route,
-        request_id,
-        wait: proxy.stream_wait(),
-        session_key: &admitted.session_key,
-        kind: DialKind::Tcp,
-        principal: admitted.principal.as_ref().map_or("", |p| p.id.as_str()),
-    };
+    let dial = admitted.dial(request_id, proxy.stream_wait(), DialKind::Tcp);
     let io = proxy.ctx.dial(dial).await.map_err(|error| ProxyError::Open {
         agent_id: route.agent_id.clone(),
         service: route.service.clone(),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_host_core::context::HostContext;
-use burrow_host_core::dial::DialRequest;
 use burrow_host_core::session_io::{SessionEvent, SessionReceiver, SessionSender};
 use burrow_proto::pb::{self, DialKind, ResetCode};
 use bytes::Bytes;
@@ -63,14 +62,7 @@ pub(crate) struct SessionTask {
 impl SessionTask {
     pub(crate) async fn run(mut self, channel: Channel<Msg>, reply: ChannelOpenHandle) {
         let admitted = &self.login.admitted;
-        let request = DialRequest {
-            target: &admitted.target,
-            request_id: &self.id,
-            wait: self.config.stream_wait,
-            session_key: &admitted.session_key,
-            kind: DialKind::Session,
-            principal: admitted.principal.as_ref().map_or("", |p| p.id.as_str()),
-        };
+        let request = admitted.dial(&self.id, self.config.stream_wait, DialKind::Session);
         let stream = match self.ctx.dial(request).await {
             Ok(stream) => stream,
             Err(e) => {

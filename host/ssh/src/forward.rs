@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use burrow_host_core::admission::AdmissionRequest;
 use burrow_host_core::context::HostContext;
-use burrow_host_core::dial::DialRequest;
 use burrow_host_plugins::types::Action;
 use burrow_proto::pb::DialKind;
 use russh::server::{ChannelOpenHandle, Msg};
@@ -58,14 +57,7 @@ impl ForwardTask {
                 return;
             }
         };
-        let dial = DialRequest {
-            target: &admitted.target,
-            request_id: &self.id,
-            wait: self.config.stream_wait,
-            session_key: &admitted.session_key,
-            kind: DialKind::Tcp,
-            principal: admitted.principal.as_ref().map_or("", |p| p.id.as_str()),
-        };
+        let dial = admitted.dial(&self.id, self.config.stream_wait, DialKind::Tcp);
         let mut tunnel = match self.ctx.dial(dial).await {
             Ok(t) => t,
             Err(e) => {
