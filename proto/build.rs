@@ -18,5 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".burrow.tunnel.v1", "crate::pb")
         .out_dir(&cluster_out)
         .compile_protos(&["proto/burrow/cluster/v1/cluster.proto"], &["proto"])?;
+    // The control API stands alone (no tunnel types); its own directory for the same reason.
+    let control_out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("control");
+    std::fs::create_dir_all(&control_out)?;
+    tonic_prost_build::configure()
+        .out_dir(&control_out)
+        .compile_protos(&["proto/burrow/control/v1/control.proto"], &["proto"])?;
     Ok(())
 }

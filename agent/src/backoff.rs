@@ -115,6 +115,17 @@ impl BackoffState {
     }
 }
 
+/// Retries of one failed call to the host (a token renewal, a work poll or report): from
+/// 1 s, doubling to 30 s, so a short host hiccup costs little and a struggling host is
+/// not hammered.
+pub(crate) const CALL_RETRY: Backoff = Backoff {
+    initial: std::time::Duration::from_secs(1),
+    max: std::time::Duration::from_secs(30),
+    multiplier: 2.0,
+    jitter: 0.2,
+    reset_after: std::time::Duration::ZERO,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -357,6 +357,9 @@ pub struct AgentConfig {
     pub auth_backoff: Backoff,
     /// How long active tunnels may finish on shutdown (default 10 s).
     pub shutdown_grace: Duration,
+    /// Runs the work items the host queues for this agent (`--work-hook`); `None`: the
+    /// agent does not ask for work.
+    pub work_hook: Option<crate::WorkHook>,
 }
 
 /// Default parked-tunnel floor.
@@ -406,6 +409,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             auth_backoff: Backoff::auth_default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            work_hook: None,
         })
     }
 
@@ -499,6 +503,9 @@ impl AgentConfig {
         }
         self.backoff.validate("backoff")?;
         self.auth_backoff.validate("auth-backoff")?;
+        if let Some(hook) = &self.work_hook {
+            hook.validate()?;
+        }
         Ok(())
     }
 }
@@ -661,6 +668,17 @@ mod tests {
         assert_eq!(msg(&|c| c.token = Secret::new(" ")), "the agent token is empty");
         assert!(msg(&|c| c.backoff.multiplier = 0.5).starts_with("invalid backoff"));
         assert_eq!(AgentConfig::new("grpc://h", "").unwrap_err(), ConfigError::EmptyToken);
+    }
+
+    #[test]
+    fn work_hook_is_optional_and_checked() {
+        let mut c = valid();
+        assert_eq!(c.work_hook, None);
+        c.work_hook = Some(crate::WorkHook::new("/bin/sh").arg("-c").arg("cat"));
+        c.validate().unwrap();
+        assert_eq!(c.work_hook.as_ref().unwrap().timeout, Duration::from_secs(600));
+        c.work_hook = Some(crate::WorkHook::new(""));
+        assert_eq!(c.validate().unwrap_err().to_string(), "invalid work-hook: the program path is empty");
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub(crate) async fn run(
                 let transport = &transports[host];
                 let Some(attempt) = dial(&slot, transport, config, stop, false).await else { return };
                 let outcome = match attempt {
+                    Err(AttemptError::Final { reason, message }) => {
+                        shared.finish(reason, message);
+                        return;
+                    }
                     Err(e) => Err(failure(&slot, e, transport.url(), &mut backoff, &mut auth_backoff)),
                     Ok(est) => {
                         // Welcomed, even if closed as a duplicate: the token is good.
@@ -132,6 +136,11 @@ pub(crate) async fn run(
                 // The replica table already names the new replica.
                 ready = Some((*new, probe_host));
                 continue;
+            }
+            SessionEnd::Final { reason, message } => {
+                shared.release_replica(index);
+                shared.finish(reason, message);
+                return;
             }
             SessionEnd::GoAway { reason, after } => {
                 shared.release_replica(index);
@@ -325,6 +334,11 @@ fn failure(
                 quiet: false,
             }
         }
+        AttemptError::Final { reason, message } => {
+            // Callers handle this before; should one not, stopping is still right.
+            slot.shared.finish(reason, message.clone());
+            backing_off(Duration::ZERO, format!("{reason}: {message}"), false, true)
+        }
         AttemptError::GoAway { reason, after } => {
             // GoAway instead of Welcome: this host is draining and may keep saying so;
             // back off as after a failure.
@@ -410,6 +424,11 @@ async fn diversify(
                     note_rate_limit(slot, retry_after);
                     last_error = Some(message);
                     break;
+                }
+                Err(AttemptError::Final { reason, message }) => {
+                    // The same token as the live session's: it is refused for good too.
+                    slot.shared.finish(reason, message);
+                    return pending().await;
                 }
                 Err(e) => last_error = Some(e.to_string()),
             }

@@ -46,6 +46,44 @@
 //! settles at a few dials per interval. A host that reports no replica id is never
 //! treated as a duplicate.
 //!
+//! # Workload agents (protocol minor 2)
+//!
+//! An agent started for one workload gets a workload token (`bwt1.<key id>.<claims>.<sig>`)
+//! from the control plane, and lives exactly as long as the workload:
+//!
+//! - **Final refusals.** A `GoAway` whose code is `WORKLOAD_TERMINATED`, `WORKLOAD_ENDED`
+//!   or `TOKEN_EXPIRED`, or any refused RPC carrying `burrow-final` metadata, on any
+//!   connection, stops the whole agent: no reconnect, tunnels get at most 2 s. [`run`]
+//!   returns [`AgentError::Final`], [`AgentStatus::final_reason`] says why, and the
+//!   `burrow-agent` binary exits with [`FinalReason::exit_code`]:
+//!
+//!   | exit code | meaning |
+//!   |---|---|
+//!   | 0 | stopped by a signal (normal shutdown) |
+//!   | 1 | any other error (configuration, TLS setup, ...) |
+//!   | 2 | command-line usage error |
+//!   | 3 | the workload was terminated ([`FinalReason::WorkloadTerminated`]) |
+//!   | 4 | the workload ended or expired ([`FinalReason::WorkloadEnded`]) |
+//!   | 5 | the token expired ([`FinalReason::TokenExpired`]) |
+//!   | 6 | the token was revoked or is not valid ([`FinalReason::TokenRevoked`]) |
+//!
+//!   A `burrow-final` value or `GoAway` code the agent does not know is not final (it is
+//!   logged, and the agent retries as before).
+//! - **Token renewal.** The agent reads `issued_at`/`expires_at` from the token's claims
+//!   (it cannot check the signature, and need not). Each connection calls `RenewToken`
+//!   on its own session once two thirds of its token's lifetime have passed (at the
+//!   latest 1 s before expiry), since the host extends only the session named in the
+//!   call. Every new RPC then presents the newest token. Failures retry from 1 s to 30 s
+//!   until the host decides; a final refusal stops the agent. Any other token is static
+//!   and never renewed.
+//! - **Work queue.** With [`AgentConfig::work_hook`], one loop per agent long-polls
+//!   `GetWork` (30 s) on any live connection and runs each item through the hook, one at
+//!   a time and in order: `RUNNING`, then the hook with the payload on stdin (no shell;
+//!   `BURROW_WORK_ITEM_ID`, `BURROW_WORK_DELIVERY` set; every other `BURROW_*` variable
+//!   removed), then `SUCCEEDED` or `FAILED` with the last 4 KiB of its output. A report
+//!   is retried until accepted, and only then is the next item asked for. A host without
+//!   a queue for the agent (UNIMPLEMENTED, FAILED_PRECONDITION) is asked once.
+//!
 //! # Pool defaults, and why they differ from GitLab KAS
 //!
 //! | | Burrow | KAS |
@@ -65,6 +103,21 @@
 //! limit. Idle tunnels cost the host one HTTP/2 stream each and nothing while unused.
 //! The host must allow at least `max_streams + 1` concurrent HTTP/2 streams per
 //! connection (the `+ 1` is the control stream).
+//!
+//! # Layout
+//!
+//! - this file: [`run`], [`spawn`] and [`AgentHandle`]: start, drain, stop.
+//! - `connection`: one slot's life (dial, keep on a distinct replica, reconnect).
+//! - `session`: one connection's handshake and supervision (control stream, `GoAway`).
+//! - `shared`: what slots and tunnels share (status, token in force, live sessions).
+//! - `pool` ([`Pool`]): how many tunnels to keep parked; pure.
+//! - `tunnel`, `forward`, `shell`: one tunnel; TCP dials; interactive sessions.
+//! - `transport`: grpc/grpcs/ws/wss channels. `backoff` ([`Backoff`]): retry delays.
+//! - `final_reason` ([`FinalReason`]): final refusals and their exit codes.
+//! - `token`: reading a workload token's lifetime and when to renew it; pure.
+//! - `renew`: each session's `RenewToken` loop.
+//! - `work` and `hook` ([`WorkHook`]): the work queue loop and the hook runner.
+//! - `config`, `status`: [`AgentConfig`] and [`AgentStatus`].
 //!
 //! # Library use
 //!
@@ -86,14 +139,19 @@
 mod backoff;
 mod config;
 mod connection;
+mod final_reason;
 pub mod forward;
+mod hook;
 mod pool;
+mod renew;
 mod session;
 mod shared;
 mod shell;
 mod status;
+mod token;
 mod transport;
 mod tunnel;
+mod work;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -114,6 +172,8 @@ pub use config::{
     DEFAULT_MAX_STREAMS, DEFAULT_MIN_IDLE, DEFAULT_SHUTDOWN_GRACE, MAX_CONNECTIONS, MAX_HOSTS,
     MAX_SERVICE_NAME,
 };
+pub use final_reason::FinalReason;
+pub use hook::{WorkHook, DEFAULT_WORK_HOOK_TIMEOUT, DELIVERY_ENV, ITEM_ID_ENV};
 pub use pool::Pool;
 pub use shell::config::{
     default_sftp_server, default_shell, DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_ENV, MAX_SESSIONS,
@@ -125,8 +185,8 @@ pub use status::{AgentStatus, ConnState, ConnectionStatus};
 use shared::{Shared, Slot};
 use transport::Transport;
 
-/// Why the agent could not run at all. Connection problems are never returned: the
-/// agent retries them forever (see [`AgentStatus`]).
+/// Why the agent could not run at all, or stopped by itself. Connection problems are
+/// never returned: the agent retries them forever (see [`AgentStatus`]).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The configuration broke a rule.
@@ -143,15 +203,52 @@ pub enum AgentError {
     /// The TLS client could not be set up.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The host refused the agent for good: the workload is over or the token is dead.
+    /// The agent stopped without reconnecting.
+    #[error("{reason}{}", host_said(.message))]
+    Final {
+        /// Why.
+        reason: FinalReason,
+        /// What the host said (its `GoAway` reason or status message); may be empty.
+        message: String,
+    },
+}
+
+fn host_said(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(" (reason: {message})")
+    }
+}
+
+impl AgentError {
+    /// The final reason, if the host refused the agent for good.
+    pub fn final_reason(&self) -> Option<FinalReason> {
+        match self {
+            AgentError::Final { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// The `burrow-agent` process exit code for this error: the final reason's, else 1.
+    pub fn exit_code(&self) -> u8 {
+        self.final_reason().map_or(1, FinalReason::exit_code)
+    }
 }
 
 /// After the grace period, how long aborted tunnels get to send their `Reset`.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
+/// The grace period after a final refusal (at most `shutdown_grace`): the host is closing
+/// the workload's sessions itself, so there is little to wait for.
+const FINAL_GRACE: Duration = Duration::from_secs(2);
+
 /// Run the agent until `shutdown` completes, then stop gracefully: no new tunnels,
 /// parked ones dropped, active ones given `shutdown_grace` to finish.
 ///
-/// Returns an error only for an unusable configuration.
+/// Returns an error for an unusable configuration, and [`AgentError::Final`] when the
+/// agent stopped by itself because the host refused it for good.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -171,7 +268,8 @@ pub async fn run(
 /// Start the agent on the current tokio runtime.
 ///
 /// Dropping the handle leaves the agent running; use [`AgentHandle::shutdown`] or
-/// [`AgentHandle::abort`] to stop it.
+/// [`AgentHandle::abort`] to stop it. It also stops by itself after a final refusal
+/// ([`AgentHandle::wait`] returns [`AgentError::Final`]).
 pub fn spawn(config: AgentConfig) -> AgentHandle {
     let (status_tx, status) = watch::channel(AgentStatus::default());
     let stop = CancellationToken::new();
@@ -200,9 +298,27 @@ impl AgentHandle {
         self.stop.cancel();
         match self.task.await {
             Ok(Ok(())) => {}
+            Ok(Err(e @ AgentError::Final { .. })) => info!("the agent had already stopped: {e}"),
             Ok(Err(e)) => error!(error = %e, "agent failed"),
             Err(e) if e.is_cancelled() => {}
             Err(e) => error!(error = %e, "agent task panicked"),
+        }
+    }
+
+    /// Why the host refused the agent for good, once it has (the agent then stops by
+    /// itself). Wait for it with `status().wait_for(|s| s.final_reason.is_some())`.
+    pub fn final_reason(&self) -> Option<FinalReason> {
+        self.status.borrow().final_reason
+    }
+
+    /// Wait until the agent stops by itself, without asking it to: after a final
+    /// refusal ([`AgentError::Final`]) or for an unusable configuration. `Ok` if it was
+    /// stopped some other way (the task was aborted).
+    pub async fn wait(self) -> Result<(), AgentError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(()),
         }
     }
 
@@ -220,9 +336,11 @@ async fn run_inner(
     kill: CancellationToken,
     status: watch::Sender<AgentStatus>,
 ) -> Result<(), AgentError> {
+    // Its own token: a final refusal stops the agent as the caller's stop would.
+    let stop = stop.child_token();
     let prepared = config.validate().map_err(AgentError::from).and_then(|()| {
         let transports = Transport::for_hosts(&config)?;
-        let shared = Shared::new(&config, status.clone(), kill)?;
+        let shared = Shared::new(&config, status.clone(), kill, stop.clone())?;
         Ok((transports, shared))
     });
     let (transports, shared) = match prepared {
@@ -250,23 +368,32 @@ async fn run_inner(
         "burrow-agent {} starting",
         env!("CARGO_PKG_VERSION"),
     );
+    log_token_kind(&config);
 
     let slots: Vec<Arc<Slot>> =
         (0..config.connections).map(|i| Slot::new(i, shared.clone(), &config)).collect();
-    join_all(slots.iter().map(|slot| {
+    let connections = join_all(slots.iter().map(|slot| {
         connection::run(slot.clone(), &config, &transports, &stop).instrument(slot.span().clone())
-    }))
-    .await;
+    }));
+    let work = async {
+        if let Some(hook) = &config.work_hook {
+            work::run(&shared, hook).instrument(tracing::info_span!("work")).await;
+        }
+    };
+    tokio::join!(connections, work);
 
     // Graceful stop: nothing new, parked tunnels are already cancelled with their
     // sessions; active ones get the grace period.
+    let refusal = shared.final_refusal();
+    let grace =
+        if refusal.is_some() { config.shutdown_grace.min(FINAL_GRACE) } else { config.shutdown_grace };
     shared.begin_stop();
     shared.tracker.close();
     let active = shared.tracker.len();
     if active > 0 {
-        info!(tunnels = active, grace = ?config.shutdown_grace, "waiting for active tunnels to finish");
+        info!(tunnels = active, ?grace, "waiting for active tunnels to finish");
     }
-    if timeout(config.shutdown_grace, shared.tracker.wait()).await.is_err() {
+    if timeout(grace, shared.tracker.wait()).await.is_err() {
         warn!(tunnels = shared.tracker.len(), "grace period over; resetting the remaining tunnels");
         shared.kill.cancel();
         let _ = timeout(KILL_WAIT, shared.tracker.wait()).await;
@@ -278,5 +405,24 @@ async fn run_inner(
         s.state = ConnState::Stopped;
     });
     info!("burrow-agent stopped");
-    Ok(())
+    match refusal {
+        Some((reason, message)) => Err(AgentError::Final { reason, message }),
+        None => Ok(()),
+    }
+}
+
+/// Say whether the token will be renewed, and warn when a workload token cannot be read
+/// (it then works until it expires, and the agent exits).
+fn log_token_kind(config: &AgentConfig) {
+    let token = config.token.expose();
+    if !token::is_workload_token(token) {
+        return;
+    }
+    match token::Lifetime::of(token) {
+        Some(lifetime) => {
+            let s = lifetime.schedule_at(token::unix_now_ms());
+            info!(expires_in = ?s.expires_in, renew_in = ?s.renew_in, "workload token: each connection renews it before it expires");
+        }
+        None => warn!("the agent token looks like a workload token (bwt1.) but its claims cannot be read; it will not be renewed"),
+    }
 }

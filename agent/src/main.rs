@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use burrow_agent::{AgentConfig, HostUrl, ServiceSpec};
+use burrow_agent::{AgentConfig, AgentError, HostUrl, ServiceSpec, WorkHook};
 use clap::{Parser, ValueEnum};
 use tracing::{info, warn};
 
@@ -29,6 +29,22 @@ enum LogFormat {
 /// more than 500 parallel watches hit KAS's limit. KAS also keeps one connection per
 /// agent; this agent keeps --connections (2) on distinct host replicas, so a replica that
 /// dies or drains shifts new requests to the other connection with no error.
+///
+/// Workload agents (a bwt1. token from the control plane) renew their token on every
+/// connection before it expires, and exit for good when the host says the workload is
+/// over or the token is dead. With --work-hook they also run the work items the host
+/// queues for them, one at a time: the hook gets the payload on stdin and
+/// BURROW_WORK_ITEM_ID, BURROW_WORK_DELIVERY in its environment (no other BURROW_*
+/// variable); exit status 0 is success, and the last 4 KiB of its output is reported.
+///
+/// Exit codes:
+///   0  stopped by SIGTERM or ctrl-c
+///   1  any other error (configuration, TLS setup, ...)
+///   2  command-line usage error
+///   3  the workload was terminated
+///   4  the workload ended (expired)
+///   5  the agent token expired
+///   6  the agent token was revoked or is not valid
 ///
 /// Logging: RUST_LOG sets the filter (default "info").
 #[derive(Debug, Parser)]
@@ -129,6 +145,27 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, verbatim_doc_comment)]
     shutdown_grace: Duration,
 
+    /// Program that runs each work item the host queues for this agent, run directly
+    /// (no shell) with the payload on stdin. Without it the agent asks for no work.
+    #[arg(long, value_name = "PATH", verbatim_doc_comment)]
+    work_hook: Option<PathBuf>,
+
+    /// An argument for --work-hook (repeat for more, in order), e.g.
+    /// --work-hook /bin/sh --work-hook-arg -c --work-hook-arg 'run-job "$BURROW_WORK_ITEM_ID"'
+    #[arg(
+        long = "work-hook-arg",
+        value_name = "ARG",
+        requires = "work_hook",
+        allow_hyphen_values = true,
+        verbatim_doc_comment
+    )]
+    work_hook_args: Vec<String>,
+
+    /// A work item's hook running longer is killed (with everything it started) and the
+    /// item reported as failed.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, verbatim_doc_comment)]
+    work_hook_timeout: Duration,
+
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -213,10 +250,16 @@ fn main() -> ExitCode {
     // Print the cause chain on one line; a backtrace is noise for a configuration error.
     match runtime.block_on(agent_main(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<AgentError>() {
+            Some(final_ @ AgentError::Final { .. }) => {
+                eprintln!("burrow-agent: {final_}; exiting");
+                ExitCode::from(final_.exit_code())
+            }
+            _ => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -256,6 +299,11 @@ async fn agent_main(cli: Cli) -> anyhow::Result<()> {
     config.dial_timeout = cli.dial_timeout;
     config.connect_timeout = cli.connect_timeout;
     config.shutdown_grace = cli.shutdown_grace;
+    config.work_hook = cli.work_hook.map(|program| WorkHook {
+        program,
+        args: cli.work_hook_args,
+        timeout: cli.work_hook_timeout,
+    });
     config.validate()?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -307,7 +355,13 @@ mod tests {
             "--log-format",
             "--connections",
             "--diversify-interval",
+            "--work-hook",
+            "--work-hook-arg",
+            "--work-hook-timeout",
             "BURROW_AGENT_TOKEN",
+            "BURROW_WORK_ITEM_ID",
+            "Exit codes",
+            "6  the agent token was revoked",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
@@ -350,6 +404,54 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["burrow-agent", "--host", "grpc://h"]).is_err());
+    }
+
+    #[test]
+    fn work_hook_flags() {
+        let base = ["burrow-agent", "--host", "grpc://h", "--service", "a=h:1"];
+        let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        let cli = parse(&[]).unwrap();
+        assert_eq!((cli.work_hook, cli.work_hook_timeout), (None, Duration::from_secs(600)));
+        assert!(cli.work_hook_args.is_empty());
+
+        let cli = parse(&[
+            "--work-hook",
+            "/bin/sh",
+            "--work-hook-arg",
+            "-c",
+            "--work-hook-arg",
+            "cat; exit 3",
+            "--work-hook-arg=--flag",
+            "--work-hook-timeout",
+            "90s",
+        ])
+        .unwrap();
+        assert_eq!(cli.work_hook.as_deref(), Some(std::path::Path::new("/bin/sh")));
+        assert_eq!(cli.work_hook_args, ["-c", "cat; exit 3", "--flag"]);
+        assert_eq!(cli.work_hook_timeout, Duration::from_secs(90));
+
+        assert!(parse(&["--work-hook-arg", "x"]).is_err(), "--work-hook-arg needs --work-hook");
+        assert!(parse(&["--work-hook", "/bin/true", "--work-hook-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn final_refusals_have_their_own_exit_codes() {
+        use burrow_agent::FinalReason;
+        let codes: Vec<u8> = FinalReason::ALL.iter().map(|r| r.exit_code()).collect();
+        assert_eq!(codes, [3, 4, 5, 6]);
+        let e = AgentError::Final { reason: FinalReason::WorkloadTerminated, message: "maintenance".into() };
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.to_string(), "the workload was terminated (reason: maintenance)");
+        let e = AgentError::Final { reason: FinalReason::TokenRevoked, message: String::new() };
+        assert_eq!(
+            (e.exit_code(), e.to_string()),
+            (6, "the agent token was revoked or is not valid".to_owned())
+        );
+        assert_eq!(AgentError::Tls("x".into()).exit_code(), 1);
+        // main finds it through anyhow.
+        let any: anyhow::Error =
+            AgentError::Final { reason: FinalReason::WorkloadEnded, message: "m".into() }.into();
+        assert_eq!(any.downcast_ref::<AgentError>().map(AgentError::exit_code), Some(4));
     }
 
     #[test]

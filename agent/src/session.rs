@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use burrow_proto::pb::agent_tunnel_client::AgentTunnelClient;
 use burrow_proto::pb::{self, agent_control, host_control};
-use burrow_proto::{MAX_MESSAGE_SIZE, PROTOCOL_MINOR, PROTOCOL_VERSION};
+use burrow_proto::{MAX_HOST_MESSAGE_SIZE, MAX_MESSAGE_SIZE, PROTOCOL_MINOR, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,9 @@ use tonic::{Code, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::config::AgentConfig;
+use crate::final_reason::{self, FinalReason};
 use crate::shared::{Session, Shared, Slot};
+use crate::token::CurrentToken;
 use crate::transport::Transport;
 
 /// Longest `GoAway` reconnect hint honoured; a larger one is most likely a mistake.
@@ -35,6 +37,8 @@ pub(crate) enum AttemptError {
     RateLimited { message: String, retry_after: Option<Duration> },
     /// The host is draining and sent `GoAway` instead of `Welcome`.
     GoAway { reason: String, after: Duration },
+    /// The host refused the agent for good (`burrow-final`, or a final `GoAway` code).
+    Final { reason: FinalReason, message: String },
     /// Anything else: network, TLS, WebSocket, HTTP/2, unexpected replies.
     Other(String),
 }
@@ -46,6 +50,7 @@ impl std::fmt::Display for AttemptError {
             AttemptError::Version(m) => write!(f, "protocol version rejected: {m}"),
             AttemptError::RateLimited { message, .. } => write!(f, "rate-limited: {message}"),
             AttemptError::GoAway { reason, .. } => write!(f, "host sent GoAway: {reason}"),
+            AttemptError::Final { reason, message } => write!(f, "{reason}: {message}"),
             AttemptError::Other(m) => f.write_str(m),
         }
     }
@@ -62,12 +67,17 @@ pub(crate) enum SessionEnd {
     Lost(String),
     /// The slot found a connection to a distinct replica; this one is draining.
     Replaced(Box<Established>),
+    /// The host refused the agent for good: a final `GoAway`, or a final refusal of the
+    /// control stream or of a token renewal.
+    Final { reason: FinalReason, message: String },
 }
 
 /// A handshaken connection, ready to be supervised.
 pub(crate) struct Established {
     pub session: Arc<Session>,
     pub welcome: pb::Welcome,
+    /// The token the session said `Hello` with: the host ties the session's expiry to it.
+    token: Arc<CurrentToken>,
     control: Streaming<pb::HostControl>,
     /// Keeps our half of the control stream open; dropping it tells the host we left.
     control_tx: mpsc::Sender<pb::AgentControl>,
@@ -90,6 +100,9 @@ pub(crate) fn describe_status(status: &Status) -> String {
 }
 
 fn classify(status: Status) -> AttemptError {
+    if let Some(reason) = final_reason::from_status(&status) {
+        return AttemptError::Final { reason, message: status.message().to_owned() };
+    }
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => AttemptError::Auth(describe_status(&status)),
         Code::FailedPrecondition => AttemptError::Version(describe_status(&status)),
@@ -135,7 +148,7 @@ pub(crate) async fn establish(
     let attempt = async {
         let channel = transport.connect().await.map_err(AttemptError::Other)?;
         let mut client = AgentTunnelClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(MAX_HOST_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
 
         let hello = pb::Hello {
@@ -155,13 +168,17 @@ pub(crate) async fn establish(
             .send(pb::AgentControl { msg: Some(agent_control::Msg::Hello(hello)) })
             .await
             .map_err(|_| AttemptError::Other("control stream closed before Hello".to_owned()))?;
+        let token = shared.token();
         let mut request = tonic::Request::new(ReceiverStream::new(control_rx));
-        request.metadata_mut().insert("authorization", shared.auth_header.clone());
+        request.metadata_mut().insert("authorization", token.header.clone());
         let mut control = client.control(request).await.map_err(classify)?.into_inner();
 
         let welcome = match control.message().await.map_err(classify)? {
             Some(pb::HostControl { msg: Some(host_control::Msg::Welcome(w)) }) => w,
             Some(pb::HostControl { msg: Some(host_control::Msg::GoAway(g)) }) => {
+                if let Some(reason) = final_reason::from_go_away(&g) {
+                    return Err(AttemptError::Final { reason, message: g.reason });
+                }
                 return Err(AttemptError::GoAway { after: go_away_wait(&g), reason: g.reason });
             }
             Some(pb::HostControl { msg: None }) => {
@@ -188,7 +205,7 @@ pub(crate) async fn establish(
         }
         session_header.set_sensitive(true);
         let (session, fatal_rx) = Session::new(client, session_header, shared.kill.child_token());
-        Ok(Established { session, welcome, control, control_tx, fatal_rx })
+        Ok(Established { session, welcome, token, control, control_tx, fatal_rx })
     };
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(result) => result,
@@ -208,17 +225,23 @@ pub(crate) async fn supervise(
     stop: &CancellationToken,
     replacement: impl Future<Output = Established>,
 ) -> SessionEnd {
-    let Established { session, welcome: _, mut control, control_tx, mut fatal_rx } = est;
+    let Established { session, welcome: _, token, mut control, control_tx, mut fatal_rx } = est;
     slot.attach(&session);
     tokio::pin!(replacement);
+    let renewal = crate::renew::run(&slot.shared, &session, token);
+    tokio::pin!(renewal);
     let end = loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break SessionEnd::Shutdown,
             Some(reason) = fatal_rx.recv() => break SessionEnd::Lost(reason),
+            (reason, message) = &mut renewal => break SessionEnd::Final { reason, message },
             new = &mut replacement => break SessionEnd::Replaced(Box::new(new)),
             msg = control.message() => match msg {
                 Ok(Some(pb::HostControl { msg: Some(host_control::Msg::GoAway(g)) })) => {
+                    if let Some(reason) = final_reason::from_go_away(&g) {
+                        break SessionEnd::Final { reason, message: g.reason };
+                    }
                     break SessionEnd::GoAway { after: go_away_wait(&g), reason: g.reason };
                 }
                 Ok(Some(pb::HostControl { msg: Some(host_control::Msg::Welcome(_)) })) => {
@@ -226,7 +249,10 @@ pub(crate) async fn supervise(
                 }
                 Ok(Some(pb::HostControl { msg: None })) => {}
                 Ok(None) => break SessionEnd::Lost("host closed the control stream".to_owned()),
-                Err(status) => break SessionEnd::Lost(format!("control stream failed: {}", describe_status(&status))),
+                Err(status) => match final_reason::from_status(&status) {
+                    Some(reason) => break SessionEnd::Final { reason, message: status.message().to_owned() },
+                    None => break SessionEnd::Lost(format!("control stream failed: {}", describe_status(&status))),
+                },
             },
         }
     };

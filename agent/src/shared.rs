@@ -1,6 +1,6 @@
 //! State shared by the connection supervisors and every tunnel task: the status channel,
-//! the task tracker, which replica each connection holds, and per connection slot its
-//! pool and current session.
+//! the task tracker, which replica each connection holds, the token in force, the final
+//! refusal if one came, and per connection slot its pool and current session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
-use tracing::Instrument;
+use tracing::{warn, Instrument};
 
 use crate::config::{AgentConfig, ServiceSpec};
+use crate::final_reason::FinalReason;
 use crate::pool::Pool;
 use crate::status::{AgentStatus, ConnectionStatus};
+use crate::token::CurrentToken;
 
 /// One established connection to the host.
 pub(crate) struct Session {
@@ -44,6 +46,15 @@ impl Session {
     /// Report that this session cannot serve tunnels; the first report wins.
     pub(crate) fn fail(&self, reason: String) {
         let _ = self.fatal.try_send(reason);
+    }
+
+    /// A unary RPC on this session, carrying what every RPC carries: the token in force
+    /// and this session's id.
+    pub(crate) fn request<T>(&self, shared: &Shared, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", shared.auth_header());
+        request.metadata_mut().insert(burrow_proto::SESSION_METADATA, self.session_header.clone());
+        request
     }
 }
 
@@ -149,12 +160,20 @@ pub(crate) struct Shared {
     pub session_slots: Arc<tokio::sync::Semaphore>,
     pub dial_timeout: Duration,
     pub idle_timeout: Duration,
-    /// `authorization: Bearer <token>`, marked sensitive so it is never logged or indexed.
-    pub auth_header: MetadataValue<Ascii>,
+    /// The token every new RPC presents; renewal replaces it.
+    token: Mutex<Arc<CurrentToken>>,
     status: watch::Sender<AgentStatus>,
     pub tracker: TaskTracker,
     /// Ends everything at once: grace period over, or `abort`.
     pub kill: CancellationToken,
+    /// Stops every slot and the work loop, gracefully: the caller's stop, or a final
+    /// refusal ([`finish`](Self::finish)).
+    pub stop: CancellationToken,
+    /// The first final refusal, if one came.
+    final_refusal: Mutex<Option<(FinalReason, String)>>,
+    /// Each slot's current session, for the RPCs that belong to the agent rather than to
+    /// one connection (`GetWork`, `UpdateStatus`).
+    live: watch::Sender<Vec<Option<Arc<Session>>>>,
     stopping: AtomicBool,
     replicas: Mutex<Replicas>,
     /// The host's connection rate limit is per token: once one slot is told to wait, no
@@ -172,13 +191,11 @@ impl Shared {
         config: &AgentConfig,
         status: watch::Sender<AgentStatus>,
         kill: CancellationToken,
+        stop: CancellationToken,
     ) -> Result<Arc<Self>, crate::AgentError> {
-        let mut auth_header: MetadataValue<Ascii> =
-            format!("Bearer {}", config.token.expose()).parse().map_err(|_| crate::ConfigError::Invalid {
-                field: "token",
-                reason: "must be printable ASCII".to_owned(),
-            })?;
-        auth_header.set_sensitive(true);
+        let token = CurrentToken::new(config.token.expose(), None).ok_or_else(|| {
+            crate::ConfigError::Invalid { field: "token", reason: "must be printable ASCII".to_owned() }
+        })?;
         Ok(Arc::new(Self {
             services: config.services.iter().map(|s| (s.name().to_owned(), s.clone())).collect(),
             sessions: config.sessions.clone(),
@@ -187,10 +204,13 @@ impl Shared {
             )),
             dial_timeout: config.dial_timeout,
             idle_timeout: config.idle_timeout,
-            auth_header,
+            token: Mutex::new(Arc::new(token)),
             status,
             tracker: TaskTracker::new(),
             kill,
+            stop,
+            final_refusal: Mutex::new(None),
+            live: watch::Sender::new(vec![None; config.connections]),
             stopping: AtomicBool::new(false),
             replicas: Mutex::new(Replicas::new(config.connections)),
             rate_gate: Mutex::new(None),
@@ -282,6 +302,88 @@ impl Shared {
                 Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
                 _ => return,
             }
+        }
+    }
+
+    /// The token in force.
+    pub(crate) fn token(&self) -> Arc<CurrentToken> {
+        lock(&self.token).clone()
+    }
+
+    /// `authorization` metadata for a new RPC.
+    pub(crate) fn auth_header(&self) -> MetadataValue<Ascii> {
+        lock(&self.token).header.clone()
+    }
+
+    /// Make `token` the one new RPCs present, unless the one in force outlives it (two
+    /// sessions renewing at once may get their answers in either order).
+    pub(crate) fn renewed(&self, token: CurrentToken) {
+        let mut current = lock(&self.token);
+        let outlives = |a: &CurrentToken, b: &CurrentToken| match (a.lifetime, b.lifetime) {
+            (Some(a), Some(b)) => a.expires_at_ms > b.expires_at_ms,
+            _ => false,
+        };
+        if !outlives(&current, &token) {
+            *current = Arc::new(token);
+        }
+    }
+
+    /// The host refused this agent for good: record why (the first reason wins) and stop
+    /// everything.
+    pub(crate) fn finish(&self, reason: FinalReason, message: String) {
+        {
+            let mut refusal = lock(&self.final_refusal);
+            if refusal.is_some() {
+                return;
+            }
+            warn!(reason = reason.as_str(), %message, "{reason}; the agent stops and will not reconnect");
+            *refusal = Some((reason, message.clone()));
+        }
+        self.set_status(|s| {
+            s.final_reason = Some(reason);
+            s.last_error = Some(format!("{reason}: {message}"));
+        });
+        self.stop.cancel();
+    }
+
+    /// The final refusal, if one came.
+    pub(crate) fn final_refusal(&self) -> Option<(FinalReason, String)> {
+        lock(&self.final_refusal).clone()
+    }
+
+    fn set_live(&self, slot: usize, session: Option<Arc<Session>>) {
+        self.live.send_modify(|live| {
+            if let Some(entry) = live.get_mut(slot) {
+                *entry = session;
+            }
+        });
+    }
+
+    /// A slot's current session, waiting for one if there is none. Prefers a slot other
+    /// than `avoid` (the one whose RPC just failed), but takes it if it is the only one.
+    pub(crate) async fn live_session(&self, avoid: Option<usize>) -> (usize, Arc<Session>) {
+        let mut live = self.live.subscribe();
+        loop {
+            let pick = {
+                let sessions = live.borrow_and_update();
+                let mut fallback = None;
+                let mut pick = None;
+                for (i, s) in sessions.iter().enumerate() {
+                    let Some(s) = s else { continue };
+                    if Some(i) == avoid {
+                        fallback = Some((i, s.clone()));
+                    } else {
+                        pick = Some((i, s.clone()));
+                        break;
+                    }
+                }
+                pick.or(fallback)
+            };
+            if let Some(pick) = pick {
+                return pick;
+            }
+            // The sender lives in `self`, so this only waits.
+            let _ = live.changed().await;
         }
     }
 
@@ -380,10 +482,12 @@ impl Slot {
             self.publish_counts(&slot.pool);
             n
         };
+        self.shared.set_live(self.index, Some(session.clone()));
         self.open(session, n, None);
     }
 
     pub(crate) fn detach(&self) {
+        self.shared.set_live(self.index, None);
         let mut slot = self.pool();
         slot.session = None;
         slot.pool.disconnected();

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::config::HostUrl;
+use crate::final_reason::FinalReason;
 
 /// State of one connection slot.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -113,6 +114,10 @@ pub struct AgentStatus {
     pub rate_limited: u64,
     /// The most recent failure of any slot, for display.
     pub last_error: Option<String>,
+    /// The host refused this agent for good (the workload is over, or the token is
+    /// dead): the agent stops without reconnecting. The host's message is in
+    /// [`last_error`](Self::last_error).
+    pub final_reason: Option<FinalReason>,
 }
 
 impl AgentStatus {

@@ -41,7 +41,7 @@ pub(crate) async fn run(slot: Arc<Slot>, session: Arc<Session>, delay: Option<Du
     let opened_at = Instant::now();
     let (tx, rx) = mpsc::channel(FRAME_QUEUE);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert("authorization", slot.shared.auth_header.clone());
+    request.metadata_mut().insert("authorization", slot.shared.auth_header());
     request.metadata_mut().insert(SESSION_METADATA, session.session_header.clone());
     let mut client = session.client.clone();
     let opened = tokio::select! {
@@ -53,6 +53,9 @@ pub(crate) async fn run(slot: Arc<Slot>, session: Arc<Session>, delay: Option<Du
         Ok(response) => response.into_inner(),
         Err(status) => {
             slot.idle_failed(false);
+            if let Some(reason) = crate::final_reason::from_status(&status) {
+                slot.shared.finish(reason, status.message().to_owned());
+            }
             session.fail(format!("host rejected a tunnel: {}", crate::session::describe_status(&status)));
             return;
         }

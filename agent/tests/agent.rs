@@ -199,6 +199,7 @@ async fn goaway_reconnects_without_penalty_and_active_tunnels_finish() {
             msg: Some(host_control::Msg::GoAway(pb::GoAway {
                 reason: "draining".into(),
                 reconnect_after_ms: 0,
+                code: pb::GoAwayCode::Reconnect as i32,
             })),
         }))
         .await

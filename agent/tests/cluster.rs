@@ -275,6 +275,7 @@ async fn goaway_from_one_replica_only_moves_that_connection() {
             msg: Some(burrow_proto::pb::host_control::Msg::GoAway(burrow_proto::pb::GoAway {
                 reason: "draining".into(),
                 reconnect_after_ms: 0,
+                code: burrow_proto::pb::GoAwayCode::Reconnect as i32,
             })),
         }))
         .await

@@ -30,6 +30,9 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[ssh]`: users' SSH clients (sessions, scp/sftp, `ssh -L`/`-W`). Absent: no SSH port.
     pub ssh: Option<crate::ssh::SshConfig>,
+    /// `[control]`: the workload lifecycle and its control API. Absent: agents are only
+    /// those the authorizer knows.
+    pub control: Option<burrow_host_control::ControlConfig>,
     /// `[admin]`: health, readiness and metrics.
     pub admin: AdminConfig,
     /// `[shutdown]`: how the host stops.
@@ -148,6 +151,9 @@ impl Config {
         if let Some(ssh) = &self.ssh {
             ssh.validate().map_err(ConfigError::Invalid)?;
         }
+        if let Some(control) = &self.control {
+            control.validate().map_err(ConfigError::Invalid)?;
+        }
         let mut ports = vec![("agents.listen", self.agents.listen), ("ingress.listen", self.ingress.listen)];
         if self.admin.enabled {
             ports.push(("admin.listen", self.admin.listen));
@@ -157,6 +163,9 @@ impl Config {
         }
         if let Some(ssh) = &self.ssh {
             ports.push(("ssh.listen", ssh.listen));
+        }
+        if let Some(control) = &self.control {
+            ports.push(("control.listen", control.listen));
         }
         for (i, (a, addr_a)) in ports.iter().enumerate() {
             for (b, addr_b) in &ports[i + 1..] {

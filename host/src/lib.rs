@@ -31,8 +31,10 @@ pub use burrow_host_admin as admin;
 pub use burrow_host_agent_port as agent_server;
 pub use burrow_host_agent_port::ratelimit;
 pub use burrow_host_cluster as cluster;
+pub use burrow_host_control as control_api;
 pub mod check;
 pub mod config;
+pub mod workload_cli;
 pub use burrow_host_core as core;
 pub use burrow_host_ingress as ingress;
 pub use burrow_host_metrics as metrics;
@@ -40,6 +42,7 @@ pub use burrow_host_plugins as plugins;
 pub use burrow_host_ssh as ssh;
 pub use burrow_host_time as time;
 pub use burrow_host_tls as tls;
+pub use burrow_host_workloads as workloads;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,6 +67,8 @@ pub struct Listeners {
     pub cluster: Option<TcpListener>,
     /// Users' SSH clients; required when the config has an `[ssh]` table.
     pub ssh: Option<TcpListener>,
+    /// The control API; required when the config has a `[control]` table.
+    pub control: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -85,6 +90,10 @@ impl Listeners {
             },
             ssh: match &config.ssh {
                 Some(s) => Some(bind(s.listen, "ssh.listen").await?),
+                None => None,
+            },
+            control: match &config.control {
+                Some(c) => Some(bind(c.listen, "control.listen").await?),
                 None => None,
             },
         })
@@ -120,6 +129,9 @@ pub enum HostError {
     /// The SSH ingress could not start (host key) or failed.
     #[error(transparent)]
     Ssh(#[from] ssh::SshError),
+    /// The control API failed.
+    #[error(transparent)]
+    Control(#[from] control_api::ControlError),
     /// A server task panicked.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -198,6 +210,40 @@ pub async fn run_with_control(
         config.agents.dial_answer_timeout,
         metrics,
     );
+    // The workload lifecycle: records in Redis when clustered, else in the state file.
+    let mut core = core;
+    let lifecycle = match &config.control {
+        None => None,
+        Some(cc) => {
+            let keys = control_api::config::load_keys(cc, cluster.is_none())
+                .map_err(|e| HostError::Config(config::ConfigError::Invalid(e)))?;
+            let store = match &cluster {
+                Some(c) => workloads::Store::Redis(c.store().clone()),
+                None => workloads::Store::File(Arc::new(
+                    workloads::FileStore::open(cc.state_file.as_deref()).map_err(|e| {
+                        HostError::Config(config::ConfigError::Invalid(format!("control.state_file: {e}")))
+                    })?,
+                )),
+            };
+            let settings = workloads::LifecycleSettings {
+                token_ttl: cc.token_ttl,
+                max_token_ttl: cc.max_token_ttl,
+                ended_retention: cc.ended_retention,
+                resync: cc.resync,
+            };
+            let lifecycle = workloads::Lifecycle::new(
+                settings,
+                keys,
+                store,
+                core.sessions.clone(),
+                core.ended.clone(),
+                replica_id.clone(),
+            );
+            core.sessions.observe(Arc::new(workloads::PresenceObserver(lifecycle.clone())));
+            Some(lifecycle)
+        }
+    };
+    core.directory = lifecycle.clone().map(|l| l as Arc<dyn core::admission::WorkloadDirectory>);
     let ctx = Arc::new(match &cluster {
         None => HostContext::local(core),
         // The cluster wraps the core rather than the core calling into it: it hears of
@@ -230,6 +276,7 @@ pub async fn run_with_control(
     let watcher_task = plugins.spawn_watcher(background.clone());
     let expiry_task =
         tokio::spawn(agent_server::expiry::run(ctx.clone(), config.plugins.expiry_check, background.clone()));
+    let lifecycle_task = lifecycle.clone().map(|l| tokio::spawn(l.run(background.clone())));
     let control_plugins = plugins.clone();
     let control_task = tokio::spawn(async move {
         while let Some(request) = control.recv().await {
@@ -253,6 +300,7 @@ pub async fn run_with_control(
         Arc::new(config.agents.clone()),
         ctx.clone(),
         cluster.as_ref().map(|c| c.store().clone()),
+        lifecycle.clone(),
         token.clone(),
         grace,
     ));
@@ -271,6 +319,19 @@ pub async fn run_with_control(
             return Err(HostError::Task("an [ssh] table needs a listener for the SSH port".into()));
         }
         _ => tokio::spawn(async { std::future::pending::<Result<(), ssh::SshError>>().await }),
+    };
+    let mut control_api_task = match (&config.control, listeners.control, &lifecycle) {
+        (Some(c), Some(l), Some(lifecycle)) => tokio::spawn(control_api::serve(
+            l,
+            Arc::new(c.clone()),
+            lifecycle.clone(),
+            plugins.clone(),
+            token.clone(),
+        )),
+        (Some(_), None, _) => {
+            return Err(HostError::Task("a [control] table needs a listener for the control API".into()));
+        }
+        _ => tokio::spawn(async { std::future::pending::<Result<(), control_api::ControlError>>().await }),
     };
     let mut replica_api = match (&cluster, listeners.cluster) {
         (Some(c), Some(l)) => {
@@ -292,6 +353,9 @@ pub async fn run_with_control(
         }
         expiry_task.abort();
         control_task.abort();
+        if let Some(t) = &lifecycle_task {
+            t.abort();
+        }
     };
 
     let early = tokio::select! {
@@ -300,6 +364,7 @@ pub async fn run_with_control(
         r = &mut ingress => Some(("ingress", r.map(|r| r.map_err(HostError::from)))),
         r = &mut replica_api => Some(("replica API", r.map(|r| r.map_err(HostError::from)))),
         r = &mut ssh_server => Some(("SSH ingress", r.map(|r| r.map_err(HostError::from)))),
+        r = &mut control_api_task => Some(("control API", r.map(|r| r.map_err(HostError::from)))),
     };
     if let Some((what, result)) = early {
         token.cancel();
@@ -308,6 +373,7 @@ pub async fn run_with_control(
         ingress.abort();
         replica_api.abort();
         ssh_server.abort();
+        control_api_task.abort();
         stop_background(cluster_task);
         if let Some(c) = &cluster {
             c.leave().await;
@@ -334,6 +400,7 @@ pub async fn run_with_control(
     }
     let (a, i, s) = tokio::join!(agents, ingress, ssh_server);
     replica_api.abort();
+    control_api_task.abort();
     // Background work first, then the records: a heartbeat or registration that ran after
     // `leave` would put this replica back in Redis as a phantom until its TTL (`leave`
     // also fences them out itself, for callers that keep the background running).

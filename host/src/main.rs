@@ -43,6 +43,22 @@ enum Command {
         #[arg(long, default_value = "localhost")]
         host: String,
     },
+    /// Drive the workload lifecycle through the control API of the host whose config is
+    /// given (its `[control]` table names the address and the shared secret). `create`
+    /// and `token` print the agent token alone (for BURROW_AGENT_TOKEN=$(...)) unless --json.
+    Workload {
+        /// The host's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The control API URL (default: the config's control.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: WorkloadCommand,
+    },
     /// Quickstart: a host, an agent and a demo workload (web page, WebSocket echo, SSE
     /// clock) in one process, with embedded defaults and no Redis.
     Demo {
@@ -56,6 +72,74 @@ enum Command {
         #[arg(long, default_value = "grpc")]
         transport: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkloadCommand {
+    /// Create a workload; prints its agent's first token.
+    Create {
+        /// Workload kind (a kind a workload plugin serves: workspace, ci-job, terminal, ...).
+        #[arg(long)]
+        kind: String,
+        /// Workload id, also its agent's id (a-z, 0-9, '-'; job-<n> for a CI job).
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "")]
+        owner: String,
+        /// A user allowed besides the owner (repeatable).
+        #[arg(long = "user")]
+        users: Vec<String>,
+        /// A group allowed (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A service the agent may offer (repeatable; none: any).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// The workload ends by itself this long from now (e.g. 8h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Agent token lifetime (default: control.token_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        token_ttl: Option<std::time::Duration>,
+    },
+    /// Print a fresh agent token for a live workload.
+    Token {
+        id: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// End a workload: revoke its tokens, stop its agent, close its users' sessions.
+    Terminate {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Show one workload and where its agent is connected.
+    Get { id: String },
+    /// List live workloads (--all: ended ones too).
+    List {
+        #[arg(long, default_value = "")]
+        kind: String,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Queue a work item (read from --file, or standard input) for the workload's agent.
+    Enqueue {
+        id: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Show a workload's work items and their status.
+    Work { id: String },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +379,54 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&LogConfig { filter: "warn".into(), ..LogConfig::default() });
             plugin_check(PluginCheck { file, kind, config, host_config, slot, json }).await
         }
+        Command::Workload { config: path, url, json, action } => {
+            let config = Config::from_file(&path)?;
+            use burrow_host::workload_cli::WorkloadAction as A;
+            let action = match action {
+                WorkloadCommand::Create {
+                    kind,
+                    id,
+                    owner,
+                    users,
+                    groups,
+                    services,
+                    expires_in,
+                    labels,
+                    token_ttl,
+                } => A::Create { kind, id, owner, users, groups, services, expires_in, labels, token_ttl },
+                WorkloadCommand::Token { id, ttl } => A::Token { id, ttl },
+                WorkloadCommand::Terminate { id, reason } => A::Terminate { id, reason },
+                WorkloadCommand::Get { id } => A::Get { id },
+                WorkloadCommand::List { kind, all } => A::List { kind, all },
+                WorkloadCommand::Enqueue { id, file } => {
+                    let payload = match file {
+                        Some(f) => {
+                            std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?
+                        }
+                        None => {
+                            let mut buf = Vec::new();
+                            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                                .context("reading standard input")?;
+                            buf
+                        }
+                    };
+                    A::Enqueue { id, payload }
+                }
+                WorkloadCommand::Work { id } => A::Work { id },
+            };
+            match burrow_host::workload_cli::run(&config, url, action, json).await {
+                Ok(out) => {
+                    if !out.is_empty() {
+                        println!("{out}");
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("burrow-host workload: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Demo { port, agent_port, transport } => {
             init_logging(&LogConfig::default());
             let options = burrow_demo::DemoOptions { port, agent_port, transport };
@@ -308,6 +440,7 @@ async fn main() -> anyhow::Result<()> {
                     admin: None,
                     cluster: None,
                     ssh: None,
+                    control: None,
                 };
                 burrow_host::run(config, listeners, demo.stop.cancelled_owned()).await
             })

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod clients;
+pub mod lifecycle;
 pub mod plugin_host;
 pub mod process;
 pub mod redis;
@@ -187,6 +188,8 @@ pub struct TestHost {
     pub cluster_addr: Option<SocketAddr>,
     /// The SSH port (with an `[ssh]` table only).
     pub ssh_addr: Option<SocketAddr>,
+    /// The control API (with a `[control]` table only).
+    pub control_addr: Option<SocketAddr>,
     /// What the binary sends on SIGHUP (plugin config reloads).
     pub control: burrow_host::ControlSender,
     /// What it runs with, for [`TestHost::restart`].
@@ -209,7 +212,11 @@ impl TestHost {
             Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
             None => None,
         };
-        Self::start_with_ssh(config, agents, ingress, ssh).await
+        let control = match config.control {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        Self::start_with_ssh(config, agents, ingress, ssh, control).await
     }
 
     async fn start_with_ssh(
@@ -217,6 +224,7 @@ impl TestHost {
         agents: TcpListener,
         ingress: TcpListener,
         ssh: Option<TcpListener>,
+        control: Option<TcpListener>,
     ) -> TestHost {
         init_tracing();
         let agent_addr = agents.local_addr().unwrap();
@@ -230,7 +238,8 @@ impl TestHost {
         let cluster_addr = cluster.as_ref().map(|l| l.local_addr().unwrap());
         let ssh_addr = ssh.as_ref().map(|l| l.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = Listeners { agents, ingress, admin: Some(admin), cluster, ssh };
+        let control_addr = control.as_ref().map(|l| l.local_addr().unwrap());
+        let listeners = Listeners { agents, ingress, admin: Some(admin), cluster, ssh, control };
         let (control, requests) = burrow_host::control_channel();
         let task = tokio::spawn(burrow_host::run_with_control(
             config.clone(),
@@ -246,6 +255,7 @@ impl TestHost {
             admin_addr,
             cluster_addr,
             ssh_addr,
+            control_addr,
             control,
             config,
             stop: Some(stop),
@@ -278,9 +288,13 @@ impl TestHost {
             Some(addr) => Some(TcpListener::bind(addr).await.expect("SSH port rebinds")),
             None => None,
         };
+        let control = match self.control_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.expect("control port rebinds")),
+            None => None,
+        };
         let config = self.config.clone();
         // The old value's Drop aborts a task that has already finished.
-        *self = Self::start_with_ssh(config, agents, ingress, ssh).await;
+        *self = Self::start_with_ssh(config, agents, ingress, ssh, control).await;
     }
 
     /// The agent URL for a scheme (`grpc`, `ws`, `grpcs`, `wss`).

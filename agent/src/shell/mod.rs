@@ -400,7 +400,7 @@ fn signal_by_name(name: &str) -> Option<rustix::process::Signal> {
 }
 
 /// The RFC 4254 name of signal number `n`.
-fn signal_name(n: i32) -> &'static str {
+pub(crate) fn signal_name(n: i32) -> &'static str {
     use rustix::process::Signal;
     let names = [
         (Signal::HUP, "HUP"),

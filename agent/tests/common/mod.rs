@@ -5,6 +5,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +22,8 @@ use burrow_proto::{MAX_MESSAGE_SIZE, SESSION_METADATA, WS_PATH, WS_SUBPROTOCOL};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::{timeout, Instant};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::handshake::server::{
     ErrorResponse, Request as WsRequest, Response as WsResponse,
@@ -57,6 +58,80 @@ pub struct Control {
     pub tx: mpsc::Sender<Result<pb::HostControl, Status>>,
 }
 
+/// The host's work queue for the agent: the head is handed out (again and again) until
+/// a final status acknowledges it.
+#[derive(Clone, Default)]
+pub struct WorkQueue {
+    items: Arc<Mutex<VecDeque<pb::WorkItem>>>,
+    changed: Arc<Notify>,
+}
+
+impl WorkQueue {
+    pub fn push(&self, item_id: &str, payload: &[u8]) {
+        let item =
+            pb::WorkItem { item_id: item_id.into(), payload: Bytes::copy_from_slice(payload), delivery: 0 };
+        self.items.lock().unwrap().push_back(item);
+        self.changed.notify_waiters();
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.lock().unwrap().len()
+    }
+
+    async fn next(&self, wait: Duration) -> Option<pb::WorkItem> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(head) = self.items.lock().unwrap().front_mut() {
+                head.delivery += 1;
+                return Some(head.clone());
+            }
+            if timeout_at(deadline, changed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn acknowledge(&self, item_id: &str) {
+        let mut items = self.items.lock().unwrap();
+        if items.front().is_some_and(|i| i.item_id == item_id) {
+            items.pop_front();
+        }
+    }
+}
+
+/// A `bwt1.` token shaped like the host's (made-up key id and signature), valid from
+/// `issued_at` to `expires_at` (Unix ms).
+pub fn workload_token(issued_at: u64, expires_at: u64, token_id: &str) -> String {
+    fn encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+    let claims = format!(
+        r#"{{"kind":"ci-job","workload_id":"w1","agent_id":"w1","services":[],"issued_at":{issued_at},"expires_at":{expires_at},"token_id":"{token_id}"}}"#
+    );
+    format!("bwt1.0123456789abcdef.{}.{}", encode(claims.as_bytes()), encode(&[7; 64]))
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn final_status(code: tonic::Code, message: &str, value: &'static str) -> Status {
+    let mut md = MetadataMap::new();
+    md.insert(burrow_proto::FINAL_METADATA, MetadataValue::from_static(value));
+    Status::with_metadata(code, message, md)
+}
+
 #[derive(Clone)]
 struct TestHost {
     options: Arc<HostOptions>,
@@ -68,6 +143,22 @@ struct TestHost {
     controls: mpsc::UnboundedSender<Control>,
     ended: mpsc::UnboundedSender<String>,
     tunnels: mpsc::UnboundedSender<ParkedTunnel>,
+    renewals: mpsc::UnboundedSender<MetadataMap>,
+    renewed: Arc<AtomicUsize>,
+    polls: mpsc::UnboundedSender<MetadataMap>,
+    statuses: mpsc::UnboundedSender<(pb::UpdateStatusRequest, MetadataMap)>,
+    queue: WorkQueue,
+}
+
+impl TestHost {
+    fn known_session(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let session = metadata.get(SESSION_METADATA).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if self.sessions.lock().unwrap().iter().any(|s| s == session) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated("unknown session"))
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -87,6 +178,9 @@ impl AgentTunnel for TestHost {
             _ => return Err(Status::invalid_argument("expected Hello")),
         };
         let _ = self.hellos.send((hello, metadata));
+        if let Some((code, value)) = self.options.final_control {
+            return Err(final_status(code, "the workload is over", value));
+        }
         if self.options.reject_auth {
             return Err(Status::unauthenticated("unknown agent token"));
         }
@@ -136,6 +230,52 @@ impl AgentTunnel for TestHost {
         let _ =
             self.tunnels.send(ParkedTunnel { metadata, session, to_agent, from_agent: request.into_inner() });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew_token(
+        &self,
+        request: Request<pb::RenewAgentTokenRequest>,
+    ) -> Result<Response<pb::RenewAgentTokenResponse>, Status> {
+        self.known_session(request.metadata())?;
+        let _ = self.renewals.send(request.metadata().clone());
+        if let Some(value) = self.options.final_renew {
+            return Err(final_status(tonic::Code::Unauthenticated, "the token was revoked", value));
+        }
+        let Some(ttl) = self.options.renew_ttl else {
+            return Err(Status::unimplemented("no renewals here"));
+        };
+        let n = self.renewed.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = unix_ms();
+        let expires_at_ms = now + ttl.as_millis() as u64;
+        let token = workload_token(now, expires_at_ms, &format!("renewed-{n}"));
+        Ok(Response::new(pb::RenewAgentTokenResponse { token, expires_at_ms }))
+    }
+
+    async fn get_work(
+        &self,
+        request: Request<pb::GetWorkRequest>,
+    ) -> Result<Response<pb::GetWorkResponse>, Status> {
+        self.known_session(request.metadata())?;
+        let _ = self.polls.send(request.metadata().clone());
+        if !self.options.work {
+            return Err(Status::failed_precondition("no work queue for this agent"));
+        }
+        let wait = Duration::from_millis(u64::from(request.get_ref().wait_ms.min(60_000)));
+        Ok(Response::new(pb::GetWorkResponse { item: self.queue.next(wait).await }))
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<pb::UpdateStatusRequest>,
+    ) -> Result<Response<pb::UpdateStatusResponse>, Status> {
+        self.known_session(request.metadata())?;
+        let metadata = request.metadata().clone();
+        let update = request.into_inner();
+        if matches!(update.state(), pb::WorkItemState::Succeeded | pb::WorkItemState::Failed) {
+            self.queue.acknowledge(&update.item_id);
+        }
+        let _ = self.statuses.send((update, metadata));
+        Ok(Response::new(pb::UpdateStatusResponse {}))
     }
 }
 
@@ -252,6 +392,15 @@ pub struct HostOptions {
     pub replica_id: String,
     /// Answer the first attempt with RESOURCE_EXHAUSTED and this retry-after.
     pub rate_limit_first_ms: Option<u64>,
+    /// Refuse every `Control` with this code and `burrow-final: <value>`.
+    pub final_control: Option<(tonic::Code, &'static str)>,
+    /// Answer `RenewToken` with a fresh workload token valid this long; `None`:
+    /// UNIMPLEMENTED.
+    pub renew_ttl: Option<Duration>,
+    /// Refuse `RenewToken` with UNAUTHENTICATED and `burrow-final: <value>`.
+    pub final_renew: Option<&'static str>,
+    /// Serve a work queue ([`Host::queue`]); without one `GetWork` is FAILED_PRECONDITION.
+    pub work: bool,
 }
 
 impl Default for HostOptions {
@@ -261,6 +410,10 @@ impl Default for HostOptions {
             reject_auth: false,
             replica_id: "host-1".into(),
             rate_limit_first_ms: None,
+            final_control: None,
+            renew_ttl: None,
+            final_renew: None,
+            work: false,
         }
     }
 }
@@ -282,6 +435,13 @@ pub struct Host {
     pub tunnels: mpsc::UnboundedReceiver<ParkedTunnel>,
     /// When each `Control` RPC arrived.
     pub attempts: Arc<Mutex<Vec<Instant>>>,
+    /// The metadata of each `RenewToken` call.
+    pub renewals: mpsc::UnboundedReceiver<MetadataMap>,
+    /// The metadata of each `GetWork` call.
+    pub polls: mpsc::UnboundedReceiver<MetadataMap>,
+    /// Each `UpdateStatus` call.
+    pub statuses: mpsc::UnboundedReceiver<(pb::UpdateStatusRequest, MetadataMap)>,
+    pub queue: WorkQueue,
     /// Raw handles on every accepted socket, so `kill` can cut them.
     sockets: Arc<Mutex<Vec<std::net::TcpStream>>>,
     _tls: Option<Tls>,
@@ -306,6 +466,10 @@ impl Host {
         let (controls_tx, controls) = mpsc::unbounded_channel();
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let (tunnels_tx, tunnels) = mpsc::unbounded_channel();
+        let (renewals_tx, renewals) = mpsc::unbounded_channel();
+        let (polls_tx, polls) = mpsc::unbounded_channel();
+        let (statuses_tx, statuses) = mpsc::unbounded_channel();
+        let queue = WorkQueue::default();
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let transport = options.transport;
         let service = TestHost {
@@ -318,6 +482,11 @@ impl Host {
             controls: controls_tx,
             ended: ended_tx,
             tunnels: tunnels_tx,
+            renewals: renewals_tx,
+            renewed: Arc::new(AtomicUsize::new(0)),
+            polls: polls_tx,
+            statuses: statuses_tx,
+            queue: queue.clone(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -357,7 +526,7 @@ impl Host {
         let server = tokio::spawn(async move {
             let svc = AgentTunnelServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE);
+                .max_encoding_message_size(burrow_proto::MAX_HOST_MESSAGE_SIZE);
             tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming(ReceiverStream::new(conn_rx))
@@ -379,6 +548,10 @@ impl Host {
             ended,
             tunnels,
             attempts,
+            renewals,
+            polls,
+            statuses,
+            queue,
             sockets,
             _tls: tls,
             accept,

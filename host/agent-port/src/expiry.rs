@@ -56,7 +56,7 @@ pub async fn check_once(ctx: &Arc<HostContext>) -> usize {
                 ctx.ended.mark(&kind, &workload_id);
                 for session in &sessions {
                     if let Some(id) = &session.identity {
-                        id.ended.cancel();
+                        id.end(burrow_proto::pb::GoAwayCode::WorkloadEnded, "the workload has ended");
                     }
                 }
                 ended += 1;

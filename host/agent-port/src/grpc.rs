@@ -4,8 +4,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use burrow_host_workloads::{AgentRefusal, Lifecycle, TOKEN_PREFIX};
 use burrow_proto::pb::{self, agent_control, host_control, AgentControl, HostControl};
-use burrow_proto::{PROTOCOL_MINOR, PROTOCOL_VERSION, RETRY_AFTER_METADATA, SESSION_METADATA};
+use burrow_proto::{
+    FINAL_METADATA, PROTOCOL_MINOR, PROTOCOL_VERSION, RETRY_AFTER_METADATA, SESSION_METADATA,
+};
 use futures_util::Stream;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -33,6 +36,39 @@ pub(crate) struct TunnelService {
     /// After the age GoAway, how long tunnels in flight may continue before the
     /// connection is cut.
     pub connection_age_grace: Duration,
+    /// The workload lifecycle (`[control]`): verifies workload tokens (`bwt1.`) and
+    /// serves renewals and work queues. `None`: only the authorizer's agents.
+    pub lifecycle: Option<Arc<Lifecycle>>,
+}
+
+/// After a workload ends, how long its agent gets to act on the GoAway before the host
+/// cuts the connection, and with it every stream still open through it (well inside the
+/// one second in which a terminated workload's users must be cut off).
+const ENDED_GRACE: Duration = Duration::from_millis(300);
+
+/// Longest long poll for work.
+const MAX_WORK_WAIT: Duration = Duration::from_secs(60);
+
+/// A refusal the agent must not retry: the status carries `burrow-final`.
+fn final_status(code: tonic::Code, final_code: &'static str, message: impl Into<String>) -> Status {
+    let mut status = Status::new(code, message.into());
+    status.metadata_mut().insert(FINAL_METADATA, tonic::metadata::MetadataValue::from_static(final_code));
+    status
+}
+
+fn refusal_status(refusal: AgentRefusal) -> Status {
+    match refusal {
+        AgentRefusal::Final { final_code, message } => {
+            let code = match final_code {
+                burrow_proto::FINAL_TOKEN_EXPIRED | burrow_proto::FINAL_TOKEN_REVOKED => {
+                    tonic::Code::Unauthenticated
+                }
+                _ => tonic::Code::FailedPrecondition,
+            };
+            final_status(code, final_code, message)
+        }
+        AgentRefusal::Unavailable(message) => Status::unavailable(message),
+    }
 }
 
 /// `age` ±10%, so agents that connected together (after a deploy) leave at different times.
@@ -56,8 +92,16 @@ fn bearer_token(metadata: &MetadataMap) -> Result<String, Status> {
 }
 
 fn go_away(reason: &str) -> HostControl {
+    go_away_with(pb::GoAwayCode::Reconnect, reason)
+}
+
+fn go_away_with(code: pb::GoAwayCode, reason: &str) -> HostControl {
     HostControl {
-        msg: Some(host_control::Msg::GoAway(pb::GoAway { reason: reason.into(), reconnect_after_ms: 0 })),
+        msg: Some(host_control::Msg::GoAway(pb::GoAway {
+            reason: reason.into(),
+            reconnect_after_ms: 0,
+            code: code as i32,
+        })),
     }
 }
 
@@ -85,6 +129,17 @@ fn handshake_metadata(metadata: &MetadataMap) -> Vec<(String, String)> {
         .filter(|(k, _)| !SKIP.contains(&k.as_str()) && !k.starts_with(':'))
         .take(32)
         .collect()
+}
+
+/// Cuts the agent's connection after `grace` (its parked and active tunnels with it).
+fn cut_after(info: Option<&AgentConnInfo>, grace: Duration) {
+    if let Some(info) = info {
+        let kill = info.kill.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            kill.cancel();
+        });
+    }
 }
 
 /// What a lifecycle hook needs, detached from `&self` so the session task can use it.
@@ -119,6 +174,109 @@ impl TunnelService {
 
     fn clone_for_task(&self) -> LifecycleNotifier {
         LifecycleNotifier { ctx: self.ctx.clone() }
+    }
+
+    /// The identity the authorizer plugin gives a (non-workload) token.
+    async fn plugin_identity(
+        &self,
+        token: &str,
+        hello: &pb::Hello,
+        remote: &str,
+        request_metadata: &MetadataMap,
+    ) -> Result<burrow_host_plugins::types::AgentIdentity, Status> {
+        let hello_request = AgentHello {
+            token: token.to_owned(),
+            agent_version: hello.agent_version.clone(),
+            replica_id: hello.replica_id.clone(),
+            remote_addr: remote.to_owned(),
+            services: hello.services.clone(),
+            metadata: handshake_metadata(request_metadata),
+        };
+        match self.ctx.plugins.authenticate_agent(&hello_request).await {
+            Ok(AgentAuthOutcome::Accepted(identity)) => Ok(identity),
+            Ok(AgentAuthOutcome::Rejected(reason)) => {
+                self.ctx.metrics.agent_connect("rejected");
+                tracing::info!(%remote, replica_id = %hello.replica_id, %reason, "agent rejected by the authorizer");
+                Err(Status::unauthenticated(format!("agent token rejected: {reason}")))
+            }
+            Err(e) => {
+                self.ctx.metrics.agent_connect("unavailable");
+                tracing::warn!(%remote, error = %e, "authorizer plugin failed; refusing the agent (fail closed)");
+                Err(Status::unavailable(format!("authorizer plugin failed: {e}")))
+            }
+        }
+    }
+
+    /// The session an RPC names (`burrow-session`), after checking its token: the one the
+    /// session connected with, the one its last renewal handed out, or any valid workload
+    /// token for the same agent (the agent renewed on another of its connections).
+    fn session_of(&self, metadata: &MetadataMap) -> Result<(Arc<Session>, String), Status> {
+        let token = bearer_token(metadata)?;
+        let session_id = metadata
+            .get(SESSION_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated(format!("missing {SESSION_METADATA} metadata")))?;
+        let session = self.ctx.sessions.get(session_id).ok_or_else(|| {
+            Status::unauthenticated("unknown or expired session; reconnect the control stream")
+        })?;
+        if let Some(identity) = &session.identity {
+            if identity.ended.is_cancelled() {
+                let (code, message) = identity.reason();
+                let final_code = match code {
+                    pb::GoAwayCode::WorkloadTerminated => burrow_proto::FINAL_WORKLOAD_TERMINATED,
+                    pb::GoAwayCode::TokenExpired => burrow_proto::FINAL_TOKEN_EXPIRED,
+                    _ => burrow_proto::FINAL_WORKLOAD_ENDED,
+                };
+                return Err(final_status(tonic::Code::FailedPrecondition, final_code, message));
+            }
+        }
+        let presented = sha256(&token);
+        let renewed = session
+            .identity
+            .as_ref()
+            .and_then(|i| *i.renewed_token_sha256.lock().unwrap_or_else(|p| p.into_inner()));
+        let known = bool::from(presented.ct_eq(&session.token_sha256))
+            || renewed.is_some_and(|r| bool::from(presented.ct_eq(&r)));
+        if !known {
+            let same_agent = token.starts_with(TOKEN_PREFIX)
+                && self.lifecycle.as_ref().is_some_and(|l| {
+                    l.verify(&token).is_ok_and(|claims| {
+                        session.identity.as_ref().is_some_and(|i| {
+                            claims.agent_id == session.agent_id
+                                && claims.workload_id == i.identity.workload_id
+                                && claims.kind == i.identity.workload_kind
+                        })
+                    })
+                });
+            if !same_agent {
+                return Err(Status::unauthenticated("token does not match the session"));
+            }
+        }
+        Ok((session, token))
+    }
+
+    /// The lifecycle and the workload of a session that connected with a workload token.
+    fn workload_session(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(Arc<Lifecycle>, Arc<Session>, String), Status> {
+        let lifecycle = self
+            .lifecycle
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("this host runs no workload lifecycle ([control])"))?;
+        let (session, token) = self.session_of(metadata)?;
+        let managed = session.identity.as_ref().is_some_and(|i| {
+            i.identity
+                .labels
+                .iter()
+                .any(|(k, v)| k == burrow_host_workloads::record::MANAGED_LABEL && v == "true")
+        });
+        if !managed {
+            return Err(Status::failed_precondition(
+                "only agents of control-plane workloads (workload tokens) renew tokens and take work",
+            ));
+        }
+        Ok((lifecycle, session, token))
     }
 
     fn remote(req_info: Option<&AgentConnInfo>) -> String {
@@ -172,26 +330,31 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             )));
         }
 
-        let hello_request = AgentHello {
-            token: token.clone(),
-            agent_version: hello.agent_version.clone(),
-            replica_id: hello.replica_id.clone(),
-            remote_addr: remote.clone(),
-            services: hello.services.clone(),
-            metadata: handshake_metadata(&request_metadata),
-        };
-        let identity = match self.ctx.plugins.authenticate_agent(&hello_request).await {
-            Ok(AgentAuthOutcome::Accepted(identity)) => identity,
-            Ok(AgentAuthOutcome::Rejected(reason)) => {
-                self.ctx.metrics.agent_connect("rejected");
-                tracing::info!(%remote, replica_id = %hello.replica_id, %reason, "agent rejected by the authorizer");
-                return Err(Status::unauthenticated(format!("agent token rejected: {reason}")));
+        let mut workload_ends_at = 0;
+        let identity = if let (true, Some(lifecycle)) = (token.starts_with(TOKEN_PREFIX), &self.lifecycle) {
+            match lifecycle.authenticate(&token).await {
+                Ok(accepted) => {
+                    let allowed = &accepted.claims.services;
+                    if let Some(extra) =
+                        hello.services.iter().find(|s| !allowed.is_empty() && !allowed.contains(s))
+                    {
+                        self.ctx.metrics.agent_connect("rejected");
+                        return Err(Status::permission_denied(format!(
+                            "service {extra:?} is not among the workload's services {allowed:?}"
+                        )));
+                    }
+                    workload_ends_at = accepted.workload_ends_at;
+                    accepted.identity
+                }
+                Err(refusal) => {
+                    let unavailable = matches!(refusal, AgentRefusal::Unavailable(_));
+                    self.ctx.metrics.agent_connect(if unavailable { "unavailable" } else { "rejected" });
+                    tracing::info!(%remote, replica_id = %hello.replica_id, %refusal, "workload agent refused");
+                    return Err(refusal_status(refusal));
+                }
             }
-            Err(e) => {
-                self.ctx.metrics.agent_connect("unavailable");
-                tracing::warn!(%remote, error = %e, "authorizer plugin failed; refusing the agent (fail closed)");
-                return Err(Status::unavailable(format!("authorizer plugin failed: {e}")));
-            }
+        } else {
+            self.plugin_identity(&token, &hello, &remote, &request_metadata).await?
         };
         let now = burrow_host_time::now_ms();
         if identity.expires_at.is_some_and(|at| at <= now) {
@@ -241,11 +404,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             remote_addr: remote.clone(),
             token_sha256,
             protocol_minor: hello.protocol_minor,
-            identity: Some(Arc::new(SessionIdentity {
-                identity,
-                connected_at: now,
-                ended: tokio_util::sync::CancellationToken::new(),
-            })),
+            identity: Some(Arc::new(SessionIdentity::new(identity, now, workload_ends_at))),
             retired: Default::default(),
         });
         // A second session of one agent process here is its duplicate connection (fewer
@@ -287,7 +446,8 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
 
         let ctx = self.ctx.clone();
         let ended = session.identity.as_ref().map(|i| i.ended.clone()).unwrap_or_default();
-        let identity_expiry = expires_at.map(|at| Duration::from_millis(at.saturating_sub(now)));
+        let _ = expires_at;
+        let identity = session.identity.clone();
         let service = self.clone_for_task();
         let max_age = self.max_connection_age.map(jittered);
         let age_grace = self.connection_age_grace;
@@ -300,19 +460,47 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     None => std::future::pending().await,
                 }
             };
+            // Re-read on waking: a renewal moves the end on.
             let identity_expired = async {
-                match identity_expiry {
-                    Some(left) => tokio::time::sleep(left).await,
-                    None => std::future::pending().await,
+                let Some(identity) = &identity else { return std::future::pending().await };
+                loop {
+                    let token_end = identity.valid_until();
+                    let workload_end = (identity.workload_ends_at != 0).then_some(identity.workload_ends_at);
+                    let end = match (token_end, workload_end) {
+                        (Some(a), Some(b)) => a.min(b),
+                        (Some(a), None) | (None, Some(a)) => a,
+                        (None, None) => return std::future::pending().await,
+                    };
+                    let now = burrow_host_time::now_ms();
+                    if now >= end {
+                        return if workload_end.is_some_and(|w| now >= w) {
+                            (pb::GoAwayCode::WorkloadEnded, "the workload has expired")
+                        } else {
+                            (pb::GoAwayCode::TokenExpired, "the agent's identity has expired")
+                        };
+                    }
+                    tokio::time::sleep(Duration::from_millis(end - now)).await;
                 }
             };
             let reason = tokio::select! {
                 _ = ended.cancelled() => {
-                    let _ = tx.send(Ok(go_away("the workload has ended"))).await;
+                    let (code, message) = session.identity.as_ref().map(|i| i.reason()).unwrap_or((pb::GoAwayCode::WorkloadEnded, String::new()));
+                    let _ = tx.send(Ok(go_away_with(code, &message))).await;
+                    // Traffic stops, not only new connections: whatever still runs
+                    // through this connection is cut after a short grace.
+                    cut_after(conn_info.as_ref(), ENDED_GRACE);
                     "workload ended"
                 }
-                _ = identity_expired => {
-                    let _ = tx.send(Ok(go_away("the agent's identity has expired"))).await;
+                (code, message) = identity_expired => {
+                    if let Some(i) = session.identity.as_ref() {
+                        if code == pb::GoAwayCode::WorkloadEnded {
+                            // Users of the workload get 410 from now on, not a wait.
+                            ctx.ended.mark(&i.identity.workload_kind, &i.identity.workload_id);
+                        }
+                        i.end(code, message);
+                    }
+                    let _ = tx.send(Ok(go_away_with(code, message))).await;
+                    cut_after(conn_info.as_ref(), ENDED_GRACE);
                     "identity expired"
                 }
                 _ = ctx.shutdown.cancelled() => {
@@ -326,12 +514,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     let _ = tx.send(Ok(go_away("connection reached its maximum age"))).await;
                     // The agent reconnects (maybe elsewhere) and lets tunnels in flight on
                     // this connection finish; past the grace period the host cuts it.
-                    if let Some(info) = conn_info {
-                        tokio::spawn(async move {
-                            tokio::time::sleep(age_grace).await;
-                            info.kill.cancel();
-                        });
-                    }
+                    cut_after(conn_info.as_ref(), age_grace);
                     "connection reached its maximum age"
                 }
             };
@@ -354,21 +537,79 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         if self.ctx.shutdown.is_cancelled() {
             return Err(Status::unavailable("host is shutting down; reconnect"));
         }
-        let token = bearer_token(request.metadata())?;
-        let session_id = request
-            .metadata()
-            .get(SESSION_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated(format!("missing {SESSION_METADATA} metadata")))?;
-        let session = self.ctx.sessions.get(session_id).ok_or_else(|| {
-            Status::unauthenticated("unknown or expired session; reconnect the control stream")
-        })?;
-        if !bool::from(sha256(&token).ct_eq(&session.token_sha256)) {
-            return Err(Status::unauthenticated("token does not match the session"));
-        }
+        let (session, _) = self.session_of(request.metadata())?;
         let (tx, rx) = mpsc::channel(TUNNEL_CHANNEL);
         self.ctx.registry.register(IdleTunnel { inbound: request.into_inner(), outbound: tx, session });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn renew_token(
+        &self,
+        request: Request<pb::RenewAgentTokenRequest>,
+    ) -> Result<Response<pb::RenewAgentTokenResponse>, Status> {
+        let (lifecycle, session, token) = self.workload_session(request.metadata())?;
+        let (accepted, issued) = lifecycle.renew_agent(&token).await.map_err(refusal_status)?;
+        if accepted.claims.agent_id != session.agent_id {
+            return Err(Status::permission_denied("the token names another agent than the session"));
+        }
+        if let Some(identity) = &session.identity {
+            *identity.renewed_token_sha256.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(sha256(&issued.token));
+            identity.valid_until.store(issued.expires_at, std::sync::atomic::Ordering::Release);
+        }
+        Ok(Response::new(pb::RenewAgentTokenResponse {
+            token: issued.token,
+            expires_at_ms: issued.expires_at,
+        }))
+    }
+
+    async fn get_work(
+        &self,
+        request: Request<pb::GetWorkRequest>,
+    ) -> Result<Response<pb::GetWorkResponse>, Status> {
+        let (lifecycle, session, _) = self.workload_session(request.metadata())?;
+        let identity = session.identity.clone().expect("workload sessions have an identity");
+        let wait = Duration::from_millis(request.get_ref().wait_ms.into()).min(MAX_WORK_WAIT);
+        let workload = identity.identity.workload_id.clone();
+        tokio::select! {
+            next = lifecycle.next_work(&workload, wait) => {
+                let item = next.map_err(|e| Status::unavailable(e.to_string()))?;
+                Ok(Response::new(pb::GetWorkResponse {
+                    item: item.map(|d| pb::WorkItem { item_id: d.id, payload: d.payload.into(), delivery: d.delivery }),
+                }))
+            }
+            _ = identity.ended.cancelled() => {
+                let (_, message) = identity.reason();
+                Err(Status::failed_precondition(message))
+            }
+            _ = self.ctx.shutdown.cancelled() => Err(Status::unavailable("host is shutting down")),
+        }
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<pb::UpdateStatusRequest>,
+    ) -> Result<Response<pb::UpdateStatusResponse>, Status> {
+        let (lifecycle, session, _) = self.workload_session(request.metadata())?;
+        let identity = session.identity.clone().expect("workload sessions have an identity");
+        let r = request.into_inner();
+        use burrow_host_workloads::queue::WorkState;
+        let state = match pb::WorkItemState::try_from(r.state) {
+            Ok(pb::WorkItemState::Running) => WorkState::Running,
+            Ok(pb::WorkItemState::Succeeded) => WorkState::Succeeded,
+            Ok(pb::WorkItemState::Failed) => WorkState::Failed,
+            _ => return Err(Status::invalid_argument("state: RUNNING, SUCCEEDED or FAILED")),
+        };
+        if r.item_id.is_empty() || r.item_id.len() > 64 {
+            return Err(Status::invalid_argument("item_id: 1-64 bytes"));
+        }
+        match lifecycle.update_work(&identity.identity.workload_id, &r.item_id, state, &r.detail).await {
+            Ok(_) => Ok(Response::new(pb::UpdateStatusResponse {})),
+            Err(burrow_host_workloads::LifecycleError::UnknownItem(item)) => {
+                Err(Status::not_found(format!("no work item {item:?} for this workload")))
+            }
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 }
 

@@ -75,6 +75,7 @@ pub async fn serve(
     config: Arc<AgentListenerConfig>,
     ctx: Arc<HostContext>,
     rate_store: Option<Arc<burrow_host_redis::Store>>,
+    lifecycle: Option<Arc<burrow_host_workloads::Lifecycle>>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> Result<(), AgentServerError> {
@@ -87,7 +88,7 @@ pub async fn serve(
     let (conns, incoming) = mpsc::channel(64);
     let acceptor = Arc::new(Acceptor { config: config.clone(), tls, conns });
 
-    let service = pb_server(ctx.clone(), rate_store, &config);
+    let service = pb_server(ctx.clone(), rate_store, lifecycle, &config);
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(config.max_streams_per_connection)
         .initial_stream_window_size(config.stream_window_bytes)
@@ -162,6 +163,7 @@ pub async fn serve(
 fn pb_server(
     ctx: Arc<HostContext>,
     rate_store: Option<Arc<burrow_host_redis::Store>>,
+    lifecycle: Option<Arc<burrow_host_workloads::Lifecycle>>,
     config: &AgentListenerConfig,
 ) -> burrow_proto::pb::agent_tunnel_server::AgentTunnelServer<grpc::TunnelService> {
     burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
@@ -170,9 +172,11 @@ fn pb_server(
         limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, rate_store)),
         max_connection_age: (!config.max_connection_age.is_zero()).then_some(config.max_connection_age),
         connection_age_grace: config.connection_age_grace,
+        lifecycle,
     })
     .max_decoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
-    .max_encoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
+    // Work items are the one thing larger than a data frame, and only the host sends them.
+    .max_encoding_message_size(burrow_proto::MAX_HOST_MESSAGE_SIZE)
 }
 
 impl Acceptor {

@@ -54,6 +54,9 @@ struct Claims {
 pub struct TokenKey {
     mac: Hmac<Sha256>,
     lifetime: Duration,
+    /// Signed before the claims, so a token minted for one use (replica calls, the
+    /// control API) never verifies for another even under the same secret.
+    domain: &'static [u8],
 }
 
 impl std::fmt::Debug for TokenKey {
@@ -65,9 +68,14 @@ impl std::fmt::Debug for TokenKey {
 impl TokenKey {
     /// A key from the shared secret; tokens it mints live `lifetime`.
     pub fn new(secret: &[u8], lifetime: Duration) -> Self {
+        Self::with_domain(DOMAIN, secret, lifetime)
+    }
+
+    /// A key for tokens of another use (`domain` names it, e.g. `b"burrow-control-token.v1."`).
+    pub fn with_domain(domain: &'static [u8], secret: &[u8], lifetime: Duration) -> Self {
         // HMAC accepts keys of any length; config validation already demands 32 bytes.
         let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-        Self { mac, lifetime }
+        Self { mac, lifetime, domain }
     }
 
     /// A token from `issuer` for `audience`, valid from now for the key's lifetime.
@@ -81,7 +89,7 @@ impl TokenKey {
         let claims = Claims { iss: issuer.to_owned(), aud: audience.to_owned(), exp };
         let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let mut mac = self.mac.clone();
-        mac.update(DOMAIN);
+        mac.update(self.domain);
         mac.update(claims.as_bytes());
         let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         format!("v1.{claims}.{sig}")
@@ -93,7 +101,7 @@ impl TokenKey {
         let (claims_b64, sig_b64) = rest.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
         let mut mac = self.mac.clone();
-        mac.update(DOMAIN);
+        mac.update(self.domain);
         mac.update(claims_b64.as_bytes());
         // Check the signature before parsing anything the caller controls.
         mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
@@ -122,6 +130,16 @@ mod tests {
 
     fn key(secret: &str) -> TokenKey {
         TokenKey::new(secret.as_bytes(), Duration::from_secs(30))
+    }
+
+    #[test]
+    fn a_token_of_one_domain_never_verifies_in_another() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let replica = TokenKey::new(secret, Duration::from_secs(30));
+        let control = TokenKey::with_domain(b"burrow-control-token.v1.", secret, Duration::from_secs(30));
+        let token = control.mint("cli", "burrow-control");
+        assert_eq!(control.verify(&token, "burrow-control").unwrap(), "cli");
+        assert_eq!(replica.verify(&token, "burrow-control").unwrap_err(), TokenError::BadSignature);
     }
 
     #[test]

@@ -107,17 +107,50 @@ pub enum Refusal {
     Plugin { stage: &'static str, message: String },
 }
 
+/// The label the host sets on the agent of every workload a control plane created (the
+/// workload lifecycle); agents cannot set `burrow.` labels themselves.
+pub const MANAGED_LABEL: &str = "burrow.managed";
+
+/// What a directory knows of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryAnswer {
+    /// Created by a control plane and live: its agent's labels.
+    Live(Vec<(String, String)>),
+    /// Created by a control plane and over (terminated or expired).
+    Ended,
+    /// Not a control-plane workload (or the directory could not tell).
+    Unknown,
+}
+
+/// A boxed future of a directory lookup.
+pub type LabelsFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = DirectoryAnswer> + Send + 'a>>;
+
+/// Where admission learns the labels of a control-plane workload whose agent has no
+/// session on this replica (held elsewhere in the cluster, or not connected yet), so
+/// every replica decides the same.
+pub trait WorkloadDirectory: Send + Sync {
+    /// What the directory knows of workload (kind, id).
+    fn labels<'a>(&'a self, kind: &'a str, workload_id: &'a str) -> LabelsFuture<'a>;
+}
+
 /// The admission steps, over the plugins and the host's view of workloads and agents.
 pub struct Admission {
     plugins: Arc<Plugins>,
     ended: Arc<EndedWorkloads>,
     sessions: Arc<AgentSessions>,
+    directory: Option<Arc<dyn WorkloadDirectory>>,
 }
 
 impl Admission {
     /// Admission over these parts.
     pub fn new(plugins: Arc<Plugins>, ended: Arc<EndedWorkloads>, sessions: Arc<AgentSessions>) -> Self {
-        Self { plugins, ended, sessions }
+        Self { plugins, ended, sessions, directory: None }
+    }
+
+    /// Admission that also asks `directory` about control-plane workloads.
+    pub fn with_directory(mut self, directory: Option<Arc<dyn WorkloadDirectory>>) -> Self {
+        self.directory = directory;
+        self
     }
 
     /// Runs the steps for one request.
@@ -164,7 +197,24 @@ impl Admission {
         let user =
             UserAuthRequest { credential, client_addr: client_addr.clone(), host: host.clone(), action };
         let host_name = host.clone();
-        let agent_labels = self.sessions.agent_labels(&target.agent_id);
+        let mut agent_labels = self.sessions.agent_labels(&target.agent_id);
+        let mut managed = agent_labels.iter().any(|(k, v)| k == MANAGED_LABEL && v == "true");
+        if let (false, Some(directory)) = (managed, &self.directory) {
+            match directory.labels(&target.workload_kind, &target.workload_id).await {
+                DirectoryAnswer::Live(labels) => {
+                    agent_labels = labels;
+                    managed = true;
+                }
+                DirectoryAnswer::Ended => {
+                    self.ended.mark(&target.workload_kind, &target.workload_id);
+                    return Err(Refusal::WorkloadEnded {
+                        kind: target.workload_kind,
+                        workload_id: target.workload_id,
+                    });
+                }
+                DirectoryAnswer::Unknown => {}
+            }
+        }
         let authz_target = target.clone();
         let make = move |principal: Option<&Principal>| AuthorizeRequest {
             principal: principal.cloned(),
@@ -190,7 +240,7 @@ impl Admission {
             // An agent the agent list does not name can never connect: say so now
             // rather than wait `stream_wait` for it. Only admitted requests learn this,
             // so it tells no one which agents exist.
-            Some(Decision::Allow { .. }) if self.plugins.agent_unlisted(&target.agent_id) => {
+            Some(Decision::Allow { .. }) if !managed && self.plugins.agent_unlisted(&target.agent_id) => {
                 Err(Refusal::NoRoute { name: if ssh_user.is_empty() { host_name } else { ssh_user } })
             }
             Some(Decision::Allow { strip_credentials }) => {

@@ -51,6 +51,8 @@ pub struct HostCore {
     pub metrics: Arc<Metrics>,
     /// This host replica's id.
     pub replica_id: String,
+    /// Control-plane workloads, for admission (with `[control]` only).
+    pub directory: Option<Arc<dyn crate::admission::WorkloadDirectory>>,
 }
 
 impl HostCore {
@@ -79,6 +81,7 @@ impl HostCore {
             local,
             metrics,
             replica_id,
+            directory: None,
         }
     }
 }
@@ -113,9 +116,11 @@ impl HostContext {
     /// A context dialing with `dialer` (the core's local dialer, or a cluster dialer
     /// wrapping it), unready whenever one of `readiness` says so.
     pub fn new(core: HostCore, dialer: Arc<dyn Dialer>, readiness: Vec<Arc<dyn ReadinessCheck>>) -> Self {
-        let HostCore { plugins, registry, sessions, ended, lifecycle, local, metrics, replica_id } = core;
+        let HostCore { plugins, registry, sessions, ended, lifecycle, local, metrics, replica_id, directory } =
+            core;
         Self {
-            admission: Admission::new(plugins.clone(), ended.clone(), sessions.clone()),
+            admission: Admission::new(plugins.clone(), ended.clone(), sessions.clone())
+                .with_directory(directory),
             shutdown: lifecycle.shutdown().clone(),
             plugins,
             registry,

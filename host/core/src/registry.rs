@@ -66,6 +66,60 @@ pub struct SessionIdentity {
     pub connected_at: u64,
     /// Cancelled when the workload has ended (the control loop then sends GoAway).
     pub ended: tokio_util::sync::CancellationToken,
+    /// Why it ended, set before `ended` is cancelled: the GoAway code and a message for
+    /// the agent and the workload's users.
+    pub end_reason: std::sync::OnceLock<(pb::GoAwayCode, String)>,
+    /// When the session's credential stops being valid (Unix ms, 0: never). Starts as the
+    /// identity's `expires_at`; a renewed workload token moves it on.
+    pub valid_until: std::sync::atomic::AtomicU64,
+    /// When the workload itself ends (Unix ms, 0: not known to the host): past it the
+    /// session ends as the workload's, not as an expired token.
+    pub workload_ends_at: u64,
+    /// SHA-256 of the token a renewal handed out, accepted on this session's tunnels
+    /// besides the token it connected with.
+    pub renewed_token_sha256: std::sync::Mutex<Option<[u8; 32]>>,
+}
+
+impl SessionIdentity {
+    /// An identity that connected at `connected_at`.
+    pub fn new(
+        identity: burrow_host_plugins::types::AgentIdentity,
+        connected_at: u64,
+        workload_ends_at: u64,
+    ) -> Self {
+        let valid_until = identity.expires_at.unwrap_or(0);
+        Self {
+            identity,
+            connected_at,
+            ended: Default::default(),
+            end_reason: Default::default(),
+            valid_until: valid_until.into(),
+            workload_ends_at,
+            renewed_token_sha256: Default::default(),
+        }
+    }
+
+    /// Ends the session because its workload ended: the first reason given is kept.
+    pub fn end(&self, code: pb::GoAwayCode, message: impl Into<String>) {
+        let _ = self.end_reason.set((code, message.into()));
+        self.ended.cancel();
+    }
+
+    /// The reason the session ended, or the default one for a workload that ended.
+    pub fn reason(&self) -> (pb::GoAwayCode, String) {
+        self.end_reason
+            .get()
+            .cloned()
+            .unwrap_or((pb::GoAwayCode::WorkloadEnded, "the workload has ended".into()))
+    }
+
+    /// When the credential stops being valid (Unix ms), if ever.
+    pub fn valid_until(&self) -> Option<u64> {
+        match self.valid_until.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            at => Some(at),
+        }
+    }
 }
 
 /// A parked tunnel RPC.

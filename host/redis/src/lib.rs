@@ -25,12 +25,15 @@
 //! - `membership`: replica records, agent registrations, agent-online announcements.
 //! - `kv`: plugin key-value entries.
 //! - `rate`: connection-rate counters.
+//! - `workloads`: control-plane workload records, work queues and the lifecycle channel
+//!   (its own key table).
 
 pub mod config;
 mod connection;
 mod kv;
 mod membership;
 mod rate;
+mod workloads;
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -40,6 +43,7 @@ use tokio::sync::Mutex;
 pub use config::{mask_url, RedisConfig, RedisMode};
 use connection::Conn;
 pub use membership::{Online, ReplicaRecord};
+pub use workloads::{WorkUpdate, DONE_KEPT};
 // Re-exported for membership, rate and the cluster, which read expiries on this clock.
 pub use burrow_host_time::now_ms;
 

@@ -38,6 +38,11 @@
 //! groups = ["ops"]
 //! ```
 //!
+//! Workloads a control plane created (`burrow-host workload create`) need no rule: their
+//! owner, users and groups travel in labels the host sets on the agent (`burrow.owner`,
+//! `burrow.users`, `burrow.groups`, which agents cannot set), and this plugin allows
+//! exactly those, with credentials stripped. A `workloads` rule naming the agent wins.
+//!
 //! A credential the plugin does not know is rejected (401); none at all is anonymous, which
 //! only open workloads admit. Requests allowed by a `token` rule have the credential
 //! stripped before they reach the workload.
@@ -78,7 +83,12 @@ impl Authorizer for StaticAuthorizer {
     }
 
     fn authorize(&self, _host: &impl Host, req: AuthorizeRequest) -> Decision {
-        match self.policy.authorize(&req.target.agent_id, &req.target.service, req.principal.as_ref()) {
+        let managed =
+            self.policy.authorize_managed(&req.target.agent_id, &req.agent_labels, req.principal.as_ref());
+        let verdict = managed.unwrap_or_else(|| {
+            self.policy.authorize(&req.target.agent_id, &req.target.service, req.principal.as_ref())
+        });
+        match verdict {
             Verdict::Allow { strip_credentials } => Decision::Allow { strip_credentials },
             Verdict::Deny { status, reason } => Decision::Deny { status, reason: reason.to_string() },
         }

@@ -497,6 +497,36 @@ impl Policy {
             }
         }
     }
+
+    /// Access to a workload a control plane created, from the labels the host set on its
+    /// agent (`burrow.owner`, `burrow.users`, `burrow.groups`; agents cannot set
+    /// `burrow.` labels). `None` when the agent is not such a workload's, or when a rule in
+    /// this config names the agent (an admin's explicit rule wins).
+    pub fn authorize_managed(
+        &self,
+        agent: &str,
+        labels: &[(String, String)],
+        principal: Option<&Principal>,
+    ) -> Option<Verdict> {
+        let label = |name: &str| labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        if label("burrow.managed") != Some("true") || self.rules.iter().any(|r| r.agent == agent) {
+            return None;
+        }
+        let Some(principal) = principal else {
+            return Some(Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS });
+        };
+        let list = |name: &str| {
+            label(name).map(|v| v.split(',').map(str::trim).collect::<Vec<_>>()).unwrap_or_default()
+        };
+        let allowed = label("burrow.owner") == Some(principal.id.as_str())
+            || list("burrow.users").contains(&principal.id.as_str())
+            || list("burrow.groups").iter().any(|g| principal.in_group(g));
+        Some(if allowed {
+            Verdict::Allow { strip_credentials: true }
+        } else {
+            Verdict::Deny { status: 403, reason: NOT_ALLOWED }
+        })
+    }
 }
 
 // A path, not the default lookup: bench/src/plugins includes this file by path too.

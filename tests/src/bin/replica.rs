@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         admin: Some(bind().await?),
         cluster: if config.cluster.is_some() { Some(bind().await?) } else { None },
         ssh: if config.ssh.is_some() { Some(bind().await?) } else { None },
+        control: if config.control.is_some() { Some(bind().await?) } else { None },
     };
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let line = serde_json::json!({

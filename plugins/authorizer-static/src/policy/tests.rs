@@ -209,3 +209,36 @@ fn bad_config_names_the_field() {
     assert!(config_error(dup).starts_with("workloads[1]"));
     assert!(config_error(json!({"session_cookie": " "})).starts_with("session_cookie"));
 }
+
+#[test]
+fn control_plane_workloads_admit_their_owner_users_and_groups_only() {
+    let p = Policy::from_json(&serde_json::json!({}).to_string()).unwrap();
+    let labels = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut l = vec![("burrow.managed".to_string(), "true".to_string())];
+        l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        l
+    };
+    let who = |id: &str, groups: &[&str]| Principal {
+        id: id.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        labels: Default::default(),
+    };
+    let l = labels(&[("burrow.owner", "alice"), ("burrow.users", "bob, carol"), ("burrow.groups", "ops")]);
+    let allow = Some(Verdict::Allow { strip_credentials: true });
+    assert_eq!(p.authorize_managed("ws-1", &l, Some(&who("alice", &[]))), allow);
+    assert_eq!(p.authorize_managed("ws-1", &l, Some(&who("carol", &[]))), allow);
+    assert_eq!(p.authorize_managed("ws-1", &l, Some(&who("dave", &["ops"]))), allow);
+    assert_eq!(
+        p.authorize_managed("ws-1", &l, Some(&who("mallory", &["dev"]))),
+        Some(Verdict::Deny { status: 403, reason: NOT_ALLOWED })
+    );
+    assert_eq!(
+        p.authorize_managed("ws-1", &l, None),
+        Some(Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS })
+    );
+    // Not a control-plane workload: the ordinary rules decide.
+    assert_eq!(
+        p.authorize_managed("ws-1", &[("burrow.owner".into(), "alice".into())], Some(&who("alice", &[]))),
+        None
+    );
+}
