@@ -238,6 +238,7 @@ pub async fn run_with_control(
                 core.sessions.clone(),
                 core.ended.clone(),
                 replica_id.clone(),
+                core.metrics.clone(),
             );
             core.sessions.observe(Arc::new(workloads::PresenceObserver(lifecycle.clone())));
             Some(lifecycle)

@@ -56,6 +56,7 @@ fn check_config_names_the_offending_key() {
             "cluster.redis.urls",
         ),
         ("admin.toml", "[admin]\nlisten = \"127.0.0.1:9\"\n[ingress]\nlisten = \"127.0.0.1:9\"\n", "must differ"),
+        ("control.toml", "[control]\n", "control.secret_file"),
     ];
     for (name, text, expected) in cases {
         let path = write(name, text);

@@ -97,13 +97,14 @@ async fn queue_item_is_delivered_again_after_the_agent_crashed_before_acknowledg
     let first = agent(&host, &token.token, &web, &format!("cat >> {}; exec sleep 600", seen.display())).await;
     let item = enqueue(&mut control, "ws-q3", b"job").await;
     wait_item(&mut control, "ws-q3", &item, pb::WorkState::Running).await;
+    // The hook has the item (RUNNING is reported as it starts, before it reads stdin).
+    burrow_tests::eventually(Duration::from_secs(20), "the first hook read the item", || read(&seen) == "job").await;
     first.shutdown().await;
 
     let second = agent(&host, &token.token, &web, "cat > /dev/null; echo second").await;
     let done = wait_item(&mut control, "ws-q3", &item, pb::WorkState::Succeeded).await;
     assert_eq!(done.deliveries, 2, "delivered once to each agent");
     assert!(done.detail.contains("second"), "{}", done.detail);
-    assert_eq!(read(&seen), "job");
     second.shutdown().await;
 }
 

@@ -766,3 +766,51 @@ async fn ssh_a_forwarded_session_ends_when_the_workload_ends() {
     assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("the workload has ended"), "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_a_terminated_workload_ends_a_live_session_with_the_control_planes_reason() {
+    use burrow_tests::lifecycle;
+    let dir = temp_dir("lifecycle");
+    let _cleanup = Cleanup(dir.clone());
+    let files = lifecycle::Dir::new("ssh-lifecycle");
+    let (key, fingerprint) = keygen(&dir, "alice");
+    // No rule names the workload: its owner, alice, is admitted by its labels.
+    let authorizer = format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ default_access = \"deny\", \
+         users = [{{ name = \"alice\", token_sha256 = \"{}\" }}], \
+         ssh_keys = [{{ user = \"alice\", fingerprint = \"{fingerprint}\" }}] }}",
+        sha256_hex(ALICE_TOKEN)
+    );
+    let extra = format!(
+        "[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{}\"\n{}",
+        dir.join("host_key").display(),
+        lifecycle::control_table(files.path(), "")
+    );
+    let host = TestHost::start(ConfigParts { authorizer, extra, ..Default::default() }.build()).await;
+    let mut control = lifecycle::client(&host).await;
+    let request = burrow_proto::control_pb::CreateWorkloadRequest {
+        services: vec!["ssh".into()],
+        ..lifecycle::workspace("ws-ssh")
+    };
+    let token = lifecycle::create(&mut control, request).await;
+    let mut config = agent_config(&host.agent_url("grpc"), &token.token, &[]);
+    config.sessions = Some(shell_sessions(Some(&dir)));
+    let agent = burrow_agent::spawn(config);
+    wait_connected(&agent).await;
+
+    let mut cmd = Command::new("ssh");
+    cmd.args(base_args("-p", host.ssh_addr.unwrap().port())).args(key_args(&key));
+    cmd.arg("ws-ssh@127.0.0.1").arg("echo started; sleep 600");
+    let child = spawn_started(cmd).await;
+    lifecycle::terminate(&mut control, "ws-ssh", "the workspace was deleted").await;
+    let out = tokio::task::spawn_blocking(move || wait_with_deadline(child, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the workload has ended: the workspace was deleted"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lifecycle::final_reason(&agent).await, burrow_agent::FinalReason::WorkloadTerminated);
+}

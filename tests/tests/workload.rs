@@ -117,6 +117,14 @@ async fn revoked_workload_token_is_refused_and_its_agent_and_websocket_are_stopp
     // Terminating again changes nothing.
     let again = terminate(&mut f.control, "ws-3", "another reason").await;
     assert_eq!(again.end_reason, "the workspace was deleted");
+    let (_, _, body) = burrow_tests::clients::get(f.host.admin_addr, "127.0.0.1", "/metrics").await;
+    let text = String::from_utf8_lossy(&body);
+    let events = |event: &str| {
+        burrow_tests::metric(&text, &format!("burrow_workload_events_total{{event=\"{event}\"}}"))
+    };
+    assert_eq!(events("created"), 1.0, "{text}");
+    assert_eq!(events("terminated"), 1.0, "a second terminate changes nothing");
+    assert!(events("sessions_ended") >= 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -317,7 +317,7 @@ impl ReplicaTunnel for ForwardService {
         metrics.tunnels_active.inc();
         // The calling replica cannot see the agent's session: it is told here when the
         // workload ends, so its users' sessions end too.
-        let ended = dialed.session.identity.as_ref().map(|i| i.ended.clone());
+        let ended = dialed.session.identity.clone();
         tokio::spawn(async move {
             relay(from_caller, dialed.outbound, dialed.inbound, to_caller, ended).await;
             metrics.tunnels_active.dec();
@@ -335,7 +335,7 @@ async fn relay(
     to_agent: burrow_host_core::registry::HostFrameSender,
     mut from_agent: Streaming<pb::AgentFrame>,
     to_caller: mpsc::Sender<Result<pb::AgentFrame, Status>>,
-    ended: Option<CancellationToken>,
+    ended: Option<Arc<burrow_host_core::registry::SessionIdentity>>,
 ) {
     let done = CancellationToken::new();
     // Runs beside the two directions (not as a task of its own) until the relay is done.
@@ -345,10 +345,10 @@ async fn relay(
             let Some(ended) = ended else { return };
             tokio::select! {
                 _ = done.cancelled() => {}
-                _ = ended.cancelled() => {
-                    let message = "the workload has ended";
-                    let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::WorkloadEnded, message)));
-                    let _ = to_agent.try_send(Ok(frames::host_reset(ResetCode::WorkloadEnded, message)));
+                _ = ended.ended.cancelled() => {
+                    let message = ended.notice();
+                    let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::WorkloadEnded, &message)));
+                    let _ = to_agent.try_send(Ok(frames::host_reset(ResetCode::WorkloadEnded, &message)));
                     done.cancel();
                 }
             }

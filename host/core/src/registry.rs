@@ -113,12 +113,33 @@ impl SessionIdentity {
             .unwrap_or((pb::GoAwayCode::WorkloadEnded, "the workload has ended".into()))
     }
 
+    /// What to tell the workload's users when it ends: "the workload has ended", with the
+    /// control plane's reason when it gave one.
+    pub fn notice(&self) -> String {
+        ended_notice(&self.reason().1)
+    }
+
     /// When the credential stops being valid (Unix ms), if ever.
     pub fn valid_until(&self) -> Option<u64> {
         match self.valid_until.load(std::sync::atomic::Ordering::Acquire) {
             0 => None,
             at => Some(at),
         }
+    }
+}
+
+/// "the workload has ended", with `reason` after it unless it says no more than that.
+pub fn ended_notice(reason: &str) -> String {
+    const PLAIN: &str = "the workload has ended";
+    let reason = reason.trim();
+    if reason.is_empty() || reason == PLAIN || reason.starts_with(PLAIN) {
+        if reason.is_empty() {
+            PLAIN.to_owned()
+        } else {
+            reason.to_owned()
+        }
+    } else {
+        format!("{PLAIN}: {reason}")
     }
 }
 

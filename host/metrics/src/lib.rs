@@ -74,6 +74,11 @@ struct ChannelLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -309,6 +314,7 @@ pub struct Metrics {
     forwards_served: Family<ResultLabel, Counter>,
     ssh_logins: Family<ResultLabel, Counter>,
     ssh_channels: Family<ChannelLabel, Counter>,
+    workload_events: Family<EventLabel, Counter>,
     /// Whether this replica is draining (1) or serving (0).
     pub draining: Gauge,
     /// Whether the cluster store (Redis) is reachable (1), unreachable (0); absent in single-process mode.
@@ -346,6 +352,7 @@ impl Metrics {
         let forwards_served = Family::<ResultLabel, Counter>::default();
         let ssh_logins = Family::<ResultLabel, Counter>::default();
         let ssh_channels = Family::<ChannelLabel, Counter>::default();
+        let workload_events = Family::<EventLabel, Counter>::default();
         let draining = Gauge::default();
         let redis_up = Gauge::default();
 
@@ -385,6 +392,12 @@ impl Metrics {
             "SSH channels by kind (session, forward) and result (opened, refused)",
             ssh_channels.clone(),
         );
+        registry.register(
+            "workload_events",
+            "Workload lifecycle events on this replica (created, terminated, sessions_ended, token_issued, \
+             token_renewed, work_enqueued, work_delivered, work_acknowledged)",
+            workload_events.clone(),
+        );
         registry.register("draining", "1 while this replica drains", draining.clone());
         registry.register("redis_up", "1 while Redis is reachable (cluster mode)", redis_up.clone());
         let plugins = PluginMetrics::register(&mut registry);
@@ -405,6 +418,7 @@ impl Metrics {
             forwards_served,
             ssh_logins,
             ssh_channels,
+            workload_events,
             draining,
             redis_up,
             plugins,
@@ -457,6 +471,11 @@ impl Metrics {
     /// `refused`.
     pub fn ssh_channel(&self, kind: &'static str, result: &'static str) {
         self.ssh_channels.get_or_create(&ChannelLabel { kind, result }).inc();
+    }
+
+    /// Counts a workload lifecycle event (see the metric's help for the names).
+    pub fn workload_event(&self, event: &'static str) {
+        self.workload_events.get_or_create(&EventLabel { event }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

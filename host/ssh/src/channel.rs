@@ -74,7 +74,7 @@ impl SessionTask {
         };
         self.ctx.metrics.ssh_channel("session", "opened");
         // The agent session's "workload ended" switch (local tunnels carry it).
-        let ended = stream.session().identity.as_ref().map(|i| i.ended.clone());
+        let identity = stream.session().identity.clone();
         let (sender, receiver) = stream.into_session();
         reply.accept().await;
         let id = channel.id();
@@ -127,8 +127,8 @@ impl SessionTask {
             let input = relay_input(&mut read, &mut self.commands, &sender);
             let output = relay_output(receiver, &mut stdout, &mut stderr, &self.workload_ended);
             let ended_signal = async {
-                match &ended {
-                    Some(token) => token.cancelled().await,
+                match &identity {
+                    Some(identity) => identity.ended.cancelled().await,
                     None => std::future::pending().await,
                 }
             };
@@ -142,7 +142,7 @@ impl SessionTask {
                 }
                 _ = ended_signal => {
                     self.workload_ended.cancel();
-                    Exit::Notice("the workload has ended".into())
+                    Exit::Notice(identity.as_ref().map(|i| i.notice()).unwrap_or_default())
                 }
                 reason = wait_closing(&mut closing) => Exit::Notice(reason),
             }
@@ -263,9 +263,9 @@ async fn relay_output(
             SessionEvent::Eof => break,
             // The replica holding the agent says the workload ended (forwarded
             // sessions): the whole connection was for it, so it closes too.
-            SessionEvent::Reset(ResetCode::WorkloadEnded, _) => {
+            SessionEvent::Reset(ResetCode::WorkloadEnded, reason) => {
                 workload_ended.cancel();
-                return Exit::Notice("the workload has ended".into());
+                return Exit::Notice(burrow_host_core::registry::ended_notice(&reason));
             }
             SessionEvent::Reset(_, reason) => return Exit::Broken(reason),
         }

@@ -46,7 +46,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let id = options.request_id.as_str();
-    let ended = stream.session().identity.as_ref().map(|identity| identity.ended.clone());
+    let identity = stream.session().identity.clone();
     let (sender, receiver) = stream.into_session();
     let (mut sink, source) = ws.split();
     let start = pb::SessionStart {
@@ -70,7 +70,7 @@ where
         let input = relay_input(source, &sender, id);
         let output = relay_output(receiver, &mut sink, options.ping_interval);
         let ended = async {
-            match &ended {
+            match identity.as_ref().map(|i| &i.ended) {
                 Some(token) => token.cancelled().await,
                 None => std::future::pending().await,
             }
@@ -82,7 +82,9 @@ where
                 sender.reset(ResetCode::Cancelled, "the user closed the terminal");
                 return;
             }
-            () = ended => ServerControl::Closed { reason: "the workload has ended".into() },
+            () = ended => ServerControl::Closed {
+                reason: identity.as_ref().map(|i| i.notice()).unwrap_or_default(),
+            },
             () = options.shutdown.cancelled() => ServerControl::Closed { reason: "the host is shutting down".into() },
         }
     };
@@ -165,8 +167,8 @@ async fn relay_output<S: AsyncRead + AsyncWrite + Unpin>(
                 exit = Some(e);
             }
             Some(SessionEvent::Eof) | None => break,
-            Some(SessionEvent::Reset(ResetCode::WorkloadEnded, _)) => {
-                return ServerControl::Closed { reason: "the workload has ended".into() };
+            Some(SessionEvent::Reset(ResetCode::WorkloadEnded, reason)) => {
+                return ServerControl::Closed { reason: burrow_host_core::registry::ended_notice(&reason) };
             }
             Some(SessionEvent::Reset(_, reason)) => {
                 return ServerControl::Closed { reason: format!("the session was lost: {reason}") };

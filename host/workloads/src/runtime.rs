@@ -153,6 +153,7 @@ pub struct Lifecycle {
     sessions: Arc<AgentSessions>,
     ended: Arc<EndedWorkloads>,
     replica_id: String,
+    metrics: Arc<burrow_host_metrics::Metrics>,
     /// Agent ids (= workload ids) of managed agents held here → since.
     presence: Presence,
     /// Wakes long polls when work is queued (here, or on another replica via pub/sub).
@@ -184,6 +185,7 @@ impl Lifecycle {
         sessions: Arc<AgentSessions>,
         ended: Arc<EndedWorkloads>,
         replica_id: String,
+        metrics: Arc<burrow_host_metrics::Metrics>,
     ) -> Arc<Self> {
         let (work, _) = broadcast::channel(1024);
         Arc::new(Self {
@@ -193,6 +195,7 @@ impl Lifecycle {
             sessions,
             ended,
             replica_id,
+            metrics,
             presence: Default::default(),
             work,
             directory: Default::default(),
@@ -226,6 +229,7 @@ impl Lifecycle {
             expires_at,
             token_id: hex::encode(rand::random::<[u8; 12]>()),
         };
+        self.metrics.workload_event("token_issued");
         IssuedToken { token: self.keys.sign(&claims), expires_at, token_id: claims.token_id }
     }
 
@@ -241,6 +245,7 @@ impl Lifecycle {
         record.validate(now).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         self.store.create(&record).await?;
         let token = self.issue(&record, self.ttl(token_ttl_s));
+        self.metrics.workload_event("created");
         tracing::info!(kind = %record.kind, id = %record.id, owner = %record.owner, token_id = %token.token_id, "workload created");
         Ok((record, token))
     }
@@ -264,9 +269,12 @@ impl Lifecycle {
         let reason = if reason.trim().is_empty() { "terminated by the control plane" } else { reason.trim() };
         let reason: String = reason.chars().take(256).collect();
         let ended = Ended { state: EndState::Terminated, at: now_ms(), reason: reason.clone() };
-        let record = self.store.end(id, ended).await?;
+        let record = self.store.end(id, ended.clone()).await?;
         let end = record.end(now_ms()).expect("just ended");
-        // Here at once; elsewhere through the channel.
+        if record.ended.as_ref() == Some(&ended) {
+            self.metrics.workload_event("terminated");
+        }
+        // Here at once (again, if it had ended before: harmless); elsewhere through the channel.
         let closed = self.end_locally(&record.kind, &record.id, &end);
         if let Store::Redis(redis) = &self.store {
             let event = Event::Ended {
@@ -293,9 +301,13 @@ impl Lifecycle {
         let mut closed = 0;
         for session in self.sessions.snapshot() {
             let Some(identity) = &session.identity else { continue };
-            if identity.identity.workload_kind == kind && identity.identity.workload_id == id {
+            if identity.identity.workload_kind == kind
+                && identity.identity.workload_id == id
+                && !identity.ended.is_cancelled()
+            {
                 session.retire();
                 identity.end(code, end.reason.clone());
+                self.metrics.workload_event("sessions_ended");
                 closed += 1;
             }
         }
@@ -351,6 +363,7 @@ impl Lifecycle {
         }
         self.live_record(id).await?;
         let item = self.store.enqueue(id, payload, now_ms()).await?;
+        self.metrics.workload_event("work_enqueued");
         let _ = self.work.send(id.to_owned());
         if let Store::Redis(redis) = &self.store {
             let event = Event::Work { id: id.to_owned() };
@@ -432,6 +445,7 @@ impl Lifecycle {
             Err(e) => return Err(AgentRefusal::Unavailable(e.to_string())),
         };
         let token = self.issue(&record, self.settings.token_ttl);
+        self.metrics.workload_event("token_renewed");
         tracing::info!(id = %record.id, token_id = %token.token_id, "agent token renewed");
         Ok((accepted, token))
     }
@@ -446,6 +460,7 @@ impl Lifecycle {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(delivery) = self.store.next(workload_id, now_ms()).await? {
+                self.metrics.workload_event("work_delivered");
                 return Ok(Some(delivery));
             }
             // Wait for news of this workload's queue; a periodic look covers a missed
@@ -475,7 +490,11 @@ impl Lifecycle {
         state: WorkState,
         detail: &str,
     ) -> Result<Updated, LifecycleError> {
-        Ok(self.store.update(workload_id, item, state, detail, now_ms()).await?)
+        let updated = self.store.update(workload_id, item, state, detail, now_ms()).await?;
+        if state.is_final() && updated == Updated::Yes {
+            self.metrics.workload_event("work_acknowledged");
+        }
+        Ok(updated)
     }
 
     /// Background work until `shutdown`: the cluster channel, resyncs and retention.
