@@ -98,7 +98,10 @@ async fn queue_item_is_delivered_again_after_the_agent_crashed_before_acknowledg
     let item = enqueue(&mut control, "ws-q3", b"job").await;
     wait_item(&mut control, "ws-q3", &item, pb::WorkState::Running).await;
     // The hook has the item (RUNNING is reported as it starts, before it reads stdin).
-    burrow_tests::eventually(Duration::from_secs(20), "the first hook read the item", || read(&seen) == "job").await;
+    burrow_tests::eventually(Duration::from_secs(20), "the first hook read the item", || {
+        read(&seen) == "job"
+    })
+    .await;
     first.shutdown().await;
 
     let second = agent(&host, &token.token, &web, "cat > /dev/null; echo second").await;

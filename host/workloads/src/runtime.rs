@@ -323,7 +323,19 @@ impl Lifecycle {
 
     async fn connections(&self, id: &str) -> Result<Vec<(String, u64)>, LifecycleError> {
         Ok(match &self.store {
-            Store::Redis(r) => r.workload_connections(id).await.map_err(StoreError::from)?,
+            Store::Redis(r) => {
+                // A replica that died without leaving keeps its entry: show only replicas
+                // whose liveness record is current.
+                let held = r.workload_connections(id).await.map_err(StoreError::from)?;
+                if held.is_empty() {
+                    return Ok(held);
+                }
+                let live = r.replicas().await.map_err(StoreError::from)?;
+                let now = now_ms();
+                held.into_iter()
+                    .filter(|(replica, _)| live.get(replica).is_some_and(|rec| rec.exp > now))
+                    .collect()
+            }
             Store::File(_) => self
                 .presence
                 .lock()
