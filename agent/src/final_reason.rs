@@ -72,6 +72,7 @@ impl FinalReason {
             GoAwayCode::WorkloadTerminated => Some(FinalReason::WorkloadTerminated),
             GoAwayCode::WorkloadEnded => Some(FinalReason::WorkloadEnded),
             GoAwayCode::TokenExpired => Some(FinalReason::TokenExpired),
+            GoAwayCode::TokenRevoked => Some(FinalReason::TokenRevoked),
         }
     }
 }
@@ -134,6 +135,7 @@ mod tests {
             (GoAwayCode::WorkloadTerminated, Some(FinalReason::WorkloadTerminated)),
             (GoAwayCode::WorkloadEnded, Some(FinalReason::WorkloadEnded)),
             (GoAwayCode::TokenExpired, Some(FinalReason::TokenExpired)),
+            (GoAwayCode::TokenRevoked, Some(FinalReason::TokenRevoked)),
         ];
         for (code, want) in cases {
             assert_eq!(FinalReason::from_go_away_code(code as i32), want, "{code:?}");

@@ -279,13 +279,19 @@ pub async fn run_with_control(
         tokio::spawn(agent_server::expiry::run(ctx.clone(), config.plugins.expiry_check, background.clone()));
     let lifecycle_task = lifecycle.clone().map(|l| tokio::spawn(l.run(background.clone())));
     let control_plugins = plugins.clone();
+    let control_ctx = ctx.clone();
     let control_task = tokio::spawn(async move {
         while let Some(request) = control.recv().await {
             match request {
                 ControlRequest::ReloadPlugins(cfg, reply) => {
                     let result = control_plugins.apply_config(*cfg).await;
                     match &result {
-                        Ok(outcomes) => tracing::info!(?outcomes, "plugin configuration reloaded"),
+                        Ok(outcomes) => {
+                            tracing::info!(?outcomes, "plugin configuration reloaded");
+                            // A swapped authorizer may no longer accept some agents: their
+                            // traffic stops now, not at their next connect.
+                            agent_server::expiry::recheck_agents(&control_ctx).await;
+                        }
                         Err(err) => tracing::error!("plugin configuration reload refused: {err}"),
                     }
                     if let Some(reply) = reply {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use burrow_host_core::context::HostContext;
 use burrow_host_core::registry::Session;
-use burrow_host_plugins::types::ExpiryRequest;
+use burrow_host_plugins::types::{AgentAuthOutcome, ExpiryRequest};
 
 /// Runs until `shutdown`, checking every `interval`.
 pub async fn run(ctx: Arc<HostContext>, interval: Duration, shutdown: CancellationToken) {
@@ -24,7 +24,50 @@ pub async fn run(ctx: Arc<HostContext>, interval: Duration, shutdown: Cancellati
             _ = tick.tick() => {}
         }
         check_once(&ctx).await;
+        recheck_agents(&ctx).await;
     }
+}
+
+/// Asks the agent authenticator again about every session it did not accept itself
+/// (the authorizer or its config was swapped since): a token it no longer accepts ends
+/// its sessions, and their traffic, as a revoked one. Returns how many were ended.
+pub async fn recheck_agents(ctx: &Arc<HostContext>) -> usize {
+    let current = ctx.plugins.agent_authenticator_version();
+    let mut revoked = 0;
+    for session in ctx.sessions.snapshot() {
+        let Some(identity) = &session.identity else { continue };
+        let hello = {
+            let recheck = identity.recheck.lock().unwrap_or_else(|p| p.into_inner());
+            match recheck.as_ref() {
+                Some(r) if r.accepted_by != current => r.hello.clone(),
+                _ => continue,
+            }
+        };
+        match ctx.plugins.authenticate_agent(&hello).await {
+            Ok(AgentAuthOutcome::Accepted(again)) if again.agent_id == session.agent_id => {
+                if let Some(r) = identity.recheck.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    r.accepted_by = current.clone();
+                }
+            }
+            Ok(outcome) => {
+                let reason = match outcome {
+                    AgentAuthOutcome::Rejected(reason) => {
+                        format!("the agent token is no longer accepted: {reason}")
+                    }
+                    AgentAuthOutcome::Accepted(_) => "the agent token now names another agent".to_owned(),
+                };
+                tracing::info!(agent_id = %session.agent_id, remote = %session.remote_addr, %reason, "agent revoked by the authorizer; ending its session");
+                session.retire();
+                identity.end(burrow_proto::pb::GoAwayCode::TokenRevoked, reason);
+                revoked += 1;
+            }
+            // A failing authorizer must not end every agent; new connections fail closed.
+            Err(e) => {
+                tracing::warn!(agent_id = %session.agent_id, "re-checking the agent after an authorizer change failed: {e}")
+            }
+        }
+    }
+    revoked
 }
 
 /// One pass: one `expired` call per (kind, workload), however many sessions it has.

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::io::AgentConnInfo;
 use crate::ratelimit::ConnectRateLimiter;
 use burrow_host_core::context::HostContext;
-use burrow_host_core::registry::{IdleTunnel, Session, SessionIdentity};
+use burrow_host_core::registry::{IdleTunnel, Recheck, Session, SessionIdentity};
 use burrow_host_plugins::types::{AgentAuthOutcome, AgentEvent, AgentHello, ExpiryRequest};
 
 /// Frames buffered per tunnel in the host → agent direction. Small on purpose: HTTP/2
@@ -131,15 +131,18 @@ fn handshake_metadata(metadata: &MetadataMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Cuts the agent's connection after `grace` (its parked and active tunnels with it).
-fn cut_after(info: Option<&AgentConnInfo>, grace: Duration) {
-    if let Some(info) = info {
-        let kill = info.kill.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
+/// After `grace`, cuts the session's tunnels wherever they run ([`Session::cut`]) and the
+/// TCP connection its control stream came on.
+fn cut_after(info: Option<&AgentConnInfo>, session: &Session, grace: Duration) {
+    let kill = info.map(|i| i.kill.clone());
+    let cut = session.cut.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        cut.cancel();
+        if let Some(kill) = kill {
             kill.cancel();
-        });
-    }
+        }
+    });
 }
 
 /// What a lifecycle hook needs, detached from `&self` so the session task can use it.
@@ -176,6 +179,24 @@ impl TunnelService {
         LifecycleNotifier { ctx: self.ctx.clone() }
     }
 
+    /// What the authorizer is asked about an agent.
+    fn hello_request(
+        &self,
+        token: &str,
+        hello: &pb::Hello,
+        remote: &str,
+        request_metadata: &MetadataMap,
+    ) -> AgentHello {
+        AgentHello {
+            token: token.to_owned(),
+            agent_version: hello.agent_version.clone(),
+            replica_id: hello.replica_id.clone(),
+            remote_addr: remote.to_owned(),
+            services: hello.services.clone(),
+            metadata: handshake_metadata(request_metadata),
+        }
+    }
+
     /// The identity the authorizer plugin gives a (non-workload) token.
     async fn plugin_identity(
         &self,
@@ -184,14 +205,7 @@ impl TunnelService {
         remote: &str,
         request_metadata: &MetadataMap,
     ) -> Result<burrow_host_plugins::types::AgentIdentity, Status> {
-        let hello_request = AgentHello {
-            token: token.to_owned(),
-            agent_version: hello.agent_version.clone(),
-            replica_id: hello.replica_id.clone(),
-            remote_addr: remote.to_owned(),
-            services: hello.services.clone(),
-            metadata: handshake_metadata(request_metadata),
-        };
+        let hello_request = self.hello_request(token, hello, remote, request_metadata);
         match self.ctx.plugins.authenticate_agent(&hello_request).await {
             Ok(AgentAuthOutcome::Accepted(identity)) => Ok(identity),
             Ok(AgentAuthOutcome::Rejected(reason)) => {
@@ -225,6 +239,7 @@ impl TunnelService {
                 let final_code = match code {
                     pb::GoAwayCode::WorkloadTerminated => burrow_proto::FINAL_WORKLOAD_TERMINATED,
                     pb::GoAwayCode::TokenExpired => burrow_proto::FINAL_TOKEN_EXPIRED,
+                    pb::GoAwayCode::TokenRevoked => burrow_proto::FINAL_TOKEN_REVOKED,
                     _ => burrow_proto::FINAL_WORKLOAD_ENDED,
                 };
                 return Err(final_status(tonic::Code::FailedPrecondition, final_code, message));
@@ -331,6 +346,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         }
 
         let mut workload_ends_at = 0;
+        let mut recheck = None;
         let identity = if let (true, Some(lifecycle)) = (token.starts_with(TOKEN_PREFIX), &self.lifecycle) {
             match lifecycle.authenticate(&token).await {
                 Ok(accepted) => {
@@ -354,7 +370,13 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 }
             }
         } else {
-            self.plugin_identity(&token, &hello, &remote, &request_metadata).await?
+            let version = self.ctx.plugins.agent_authenticator_version();
+            let identity = self.plugin_identity(&token, &hello, &remote, &request_metadata).await?;
+            recheck = Some(Recheck {
+                hello: self.hello_request(&token, &hello, &remote, &request_metadata),
+                accepted_by: version,
+            });
+            identity
         };
         let now = burrow_host_time::now_ms();
         if identity.expires_at.is_some_and(|at| at <= now) {
@@ -404,8 +426,13 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             remote_addr: remote.clone(),
             token_sha256,
             protocol_minor: hello.protocol_minor,
-            identity: Some(Arc::new(SessionIdentity::new(identity, now, workload_ends_at))),
+            identity: Some(Arc::new({
+                let identity = SessionIdentity::new(identity, now, workload_ends_at);
+                *identity.recheck.lock().unwrap_or_else(|p| p.into_inner()) = recheck;
+                identity
+            })),
             retired: Default::default(),
+            cut: Default::default(),
         });
         // A second session of one agent process here is its duplicate connection (fewer
         // replicas than its `--connections`) or a probe for another replica, which it
@@ -488,7 +515,7 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                     let _ = tx.send(Ok(go_away_with(code, &message))).await;
                     // Traffic stops, not only new connections: whatever still runs
                     // through this connection is cut after a short grace.
-                    cut_after(conn_info.as_ref(), ENDED_GRACE);
+                    cut_after(conn_info.as_ref(), &session, ENDED_GRACE);
                     "workload ended"
                 }
                 (code, message) = identity_expired => {
@@ -500,21 +527,29 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                         i.end(code, message);
                     }
                     let _ = tx.send(Ok(go_away_with(code, message))).await;
-                    cut_after(conn_info.as_ref(), ENDED_GRACE);
+                    cut_after(conn_info.as_ref(), &session, ENDED_GRACE);
                     "identity expired"
                 }
                 _ = ctx.shutdown.cancelled() => {
                     let _ = tx.send(Ok(go_away("host is shutting down"))).await;
                     "host shutdown"
                 }
-                _ = agent_left => "agent disconnected",
-                _ = tx.closed() => "control stream closed",
+                // Tunnels in flight (on this or another connection) may finish, as after
+                // the age GoAway; then they are cut.
+                _ = agent_left => {
+                    cut_after(None, &session, age_grace);
+                    "agent disconnected"
+                }
+                _ = tx.closed() => {
+                    cut_after(None, &session, age_grace);
+                    "control stream closed"
+                }
                 _ = aged => {
                     tracing::info!(agent_id = %session.agent_id, remote = %session.remote_addr, "connection reached its maximum age; asking the agent to reconnect");
                     let _ = tx.send(Ok(go_away("connection reached its maximum age"))).await;
                     // The agent reconnects (maybe elsewhere) and lets tunnels in flight on
                     // this connection finish; past the grace period the host cuts it.
-                    cut_after(conn_info.as_ref(), age_grace);
+                    cut_after(conn_info.as_ref(), &session, age_grace);
                     "connection reached its maximum age"
                 }
             };
@@ -539,8 +574,10 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         }
         let (session, _) = self.session_of(request.metadata())?;
         let (tx, rx) = mpsc::channel(TUNNEL_CHANNEL);
+        // The RPC ends when the session is cut, whichever TCP connection it came on.
+        let cut = session.cut.clone().cancelled_owned();
         self.ctx.registry.register(IdleTunnel { inbound: request.into_inner(), outbound: tx, session });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(futures_util::StreamExt::take_until(ReceiverStream::new(rx), cut))))
     }
 
     async fn renew_token(

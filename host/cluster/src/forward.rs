@@ -213,6 +213,7 @@ pub(crate) async fn open(
                 protocol_minor: 0,
                 identity: None,
                 retired: Default::default(),
+                cut: Default::default(),
             });
             Ok(TunnelStream::forwarded(inbound, tx, state, session, Some(cluster.metrics.clone())))
         }
@@ -318,8 +319,9 @@ impl ReplicaTunnel for ForwardService {
         // The calling replica cannot see the agent's session: it is told here when the
         // workload ends, so its users' sessions end too.
         let ended = dialed.session.identity.clone();
+        let cut = dialed.session.cut.clone();
         tokio::spawn(async move {
-            relay(from_caller, dialed.outbound, dialed.inbound, to_caller, ended).await;
+            relay(from_caller, dialed.outbound, dialed.inbound, to_caller, ended, cut).await;
             metrics.tunnels_active.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -336,6 +338,7 @@ async fn relay(
     mut from_agent: Streaming<pb::AgentFrame>,
     to_caller: mpsc::Sender<Result<pb::AgentFrame, Status>>,
     ended: Option<Arc<burrow_host_core::registry::SessionIdentity>>,
+    cut: CancellationToken,
 ) {
     let done = CancellationToken::new();
     // Runs beside the two directions (not as a task of its own) until the relay is done.
@@ -345,6 +348,13 @@ async fn relay(
             let Some(ended) = ended else { return };
             tokio::select! {
                 _ = done.cancelled() => {}
+                // The agent's session was cut (it ignored a GoAway, or left): so is this relay.
+                _ = cut.cancelled() => {
+                    let message = "the agent's session was ended";
+                    let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::Cancelled, message)));
+                    let _ = to_agent.try_send(Ok(frames::host_reset(ResetCode::Cancelled, message)));
+                    done.cancel();
+                }
                 _ = ended.ended.cancelled() => {
                     let message = ended.notice();
                     let _ = to_caller.try_send(Ok(frames::agent_reset(ResetCode::WorkloadEnded, &message)));

@@ -44,6 +44,11 @@ pub struct Session {
     /// as another request on a kept-alive workload connection (the connection may be cut
     /// under it).
     pub retired: std::sync::atomic::AtomicBool,
+    /// Cancelled when every tunnel of the session must stop, wherever it runs: parked
+    /// ones end, and active ones (local byte streams, session streams, forwarded relays)
+    /// are reset. Set a grace after the session's end, so an agent that ignores GoAway,
+    /// or opened its tunnels on another TCP connection, serves nothing past it.
+    pub cut: tokio_util::sync::CancellationToken,
 }
 
 impl Session {
@@ -78,6 +83,23 @@ pub struct SessionIdentity {
     /// SHA-256 of the token a renewal handed out, accepted on this session's tunnels
     /// besides the token it connected with.
     pub renewed_token_sha256: std::sync::Mutex<Option<[u8; 32]>>,
+    /// For identities the authorizer gave: what the agent presented and which version of
+    /// the agent authenticator accepted it, so a swapped authorizer is asked again.
+    pub recheck: std::sync::Mutex<Option<Recheck>>,
+}
+
+/// An agent's handshake kept for asking a new authorizer about it. Holds the token:
+/// never printed.
+pub struct Recheck {
+    pub hello: burrow_host_plugins::types::AgentHello,
+    /// `sha256/config_sha256` of the authenticator version that accepted it.
+    pub accepted_by: String,
+}
+
+impl std::fmt::Debug for Recheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recheck").field("accepted_by", &self.accepted_by).finish_non_exhaustive()
+    }
 }
 
 impl SessionIdentity {
@@ -96,6 +118,7 @@ impl SessionIdentity {
             valid_until: valid_until.into(),
             workload_ends_at,
             renewed_token_sha256: Default::default(),
+            recheck: Default::default(),
         }
     }
 
@@ -408,6 +431,7 @@ mod tests {
             protocol_minor: burrow_proto::PROTOCOL_MINOR,
             identity: None,
             retired: Default::default(),
+            cut: Default::default(),
         });
         (IdleTunnel { inbound, outbound: tx, session }, rx)
     }

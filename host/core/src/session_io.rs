@@ -188,7 +188,23 @@ impl SessionReceiver {
     /// The next thing the agent sent; `None` after `Eof` or a reset.
     pub async fn next(&mut self) -> Option<SessionEvent> {
         while !self.done {
-            let message = self.inbound.message().await;
+            let cut = async {
+                match self.shared.session.identity.is_some() {
+                    true => self.shared.session.cut.cancelled().await,
+                    false => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                m = self.inbound.message() => m,
+                () = cut => {
+                    self.done = true;
+                    if let Some(tx) = &self.shared.outbound {
+                        let _ = tx.try_send(Ok(frames::host_reset(ResetCode::Cancelled, "the agent's session was ended")));
+                    }
+                    self.shared.lock().send_reset();
+                    return Some(SessionEvent::Reset(ResetCode::Cancelled, "the agent's session was ended".into()));
+                }
+            };
             let frame = match message {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {

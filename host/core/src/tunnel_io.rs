@@ -1,6 +1,7 @@
 //! A claimed tunnel as a plain byte stream (`AsyncRead + AsyncWrite`), so any protocol
 //! client (hyper for HTTP, later SSH or raw TCP) can run over it unchanged.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -106,6 +107,15 @@ pub struct TunnelStream {
     metrics: Option<Arc<Metrics>>,
     to_agent: u64,
     from_agent: u64,
+    /// Resolves when the agent session is cut (see [`Session::cut`]); polled by reads
+    /// so a stalled read wakes up too. `None` for a forwarded tunnel's stand-in session,
+    /// which the replica holding the agent cuts.
+    cut: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+}
+
+/// The error a cut tunnel gives its user.
+fn cut_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the agent's session was ended")
 }
 
 impl TunnelStream {
@@ -142,11 +152,12 @@ impl TunnelStream {
             outbound: PollSender::new(outbound),
             state,
             read_buf: Bytes::new(),
-            session,
             path,
             metrics,
             to_agent: 0,
             from_agent: 0,
+            cut: session.identity.is_some().then(|| Box::pin(session.cut.clone().cancelled_owned())),
+            session,
         }
     }
 
@@ -206,6 +217,13 @@ impl AsyncRead for TunnelStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(cut) = this.cut.as_mut() {
+            if cut.as_mut().poll(cx).is_ready() {
+                this.cut = None;
+                this.send_reset(ResetCode::Cancelled, "the agent's session was ended".into());
+                return Poll::Ready(Err(cut_error()));
+            }
+        }
         loop {
             if !this.read_buf.is_empty() {
                 let n = this.read_buf.len().min(buf.remaining());
@@ -263,6 +281,10 @@ impl AsyncRead for TunnelStream {
 impl AsyncWrite for TunnelStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if this.session.cut.is_cancelled() && this.session.identity.is_some() {
+            this.send_reset(ResetCode::Cancelled, "the agent's session was ended".into());
+            return Poll::Ready(Err(cut_error()));
+        }
         if this.state.send_data().is_err() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,

@@ -27,6 +27,13 @@ impl Plugins {
         version.authenticate_agent(hello, self.clock()).await
     }
 
+    /// Which agent authenticator version answers now (`sha256/config_sha256`): sessions
+    /// it did not accept are asked again after a swap.
+    pub fn agent_authenticator_version(&self) -> String {
+        let version = self.active.load().agent_authenticator().current();
+        format!("{}/{}", version.info.sha256, version.info.config_sha256)
+    }
+
     /// Whether `agent_id` can never connect: true only when the agent authenticator
     /// lists its agents in config (the built-in static list) and this id is not among
     /// them. Any other authenticator decides in code, so an agent not seen yet may

@@ -51,6 +51,7 @@ fn session(agent: &str, tag: &str) -> Session {
         protocol_minor: burrow_proto::PROTOCOL_MINOR,
         identity: None,
         retired: Default::default(),
+        cut: Default::default(),
     }
 }
 
