@@ -57,9 +57,14 @@ impl Session {
         self.retired.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Whether the connection is leaving.
+    /// Whether nothing new may start on the session: the connection is leaving, or its
+    /// identity is over (its workload ended, or its credential expired and was not
+    /// renewed) even if the control loop has not acted on it yet. Every claim asks.
     pub fn is_retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::Acquire)
+            || self.identity.as_ref().is_some_and(|i| {
+                i.ended.is_cancelled() || i.valid_until().is_some_and(|until| until <= now_ms())
+            })
     }
 }
 
@@ -164,6 +169,10 @@ pub fn ended_notice(reason: &str) -> String {
     } else {
         format!("{PLAIN}: {reason}")
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A parked tunnel RPC.
@@ -438,6 +447,48 @@ mod tests {
 
     fn tag(t: &IdleTunnel) -> &str {
         &t.session.agent_replica_id
+    }
+
+    /// [`tunnel`] of a session with an identity valid until `valid_until` (Unix ms, 0: ever).
+    fn tunnel_of_identity(
+        agent: &str,
+        tag: &str,
+        valid_until: Option<u64>,
+    ) -> (IdleTunnel, mpsc::Receiver<Result<pb::HostFrame, Status>>) {
+        let (idle, rx) = tunnel(agent, tag);
+        let identity = burrow_host_plugins::types::AgentIdentity {
+            agent_id: agent.into(),
+            workload_kind: "workspace".into(),
+            workload_id: agent.into(),
+            expires_at: valid_until,
+            labels: vec![],
+        };
+        let session = Session {
+            agent_id: idle.session.agent_id.clone(),
+            agent_replica_id: idle.session.agent_replica_id.clone(),
+            session_id: idle.session.session_id.clone(),
+            remote_addr: String::new(),
+            token_sha256: [0; 32],
+            protocol_minor: burrow_proto::PROTOCOL_MINOR,
+            identity: Some(Arc::new(SessionIdentity::new(identity, 0, 0))),
+            retired: Default::default(),
+            cut: Default::default(),
+        };
+        (IdleTunnel { inbound: idle.inbound, outbound: idle.outbound, session: Arc::new(session) }, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoked_or_expired_identities_tunnels_are_never_claimed() {
+        let reg = LocalRegistry::new();
+        let (expired, _r1) = tunnel_of_identity("a", "expired", Some(1));
+        let (ended, _r2) = tunnel_of_identity("a", "ended", None);
+        ended.session.identity.as_ref().unwrap().end(pb::GoAwayCode::WorkloadTerminated, "gone");
+        let (live, _r3) = tunnel_of_identity("a", "live", Some(u64::MAX));
+        reg.register(expired);
+        reg.register(ended);
+        reg.register(live);
+        assert_eq!(tag(&reg.claim("a", Duration::ZERO).await.unwrap()), "live");
+        assert!(reg.claim("a", Duration::ZERO).await.is_err(), "nothing else is claimable");
     }
 
     #[tokio::test(start_paused = true)]

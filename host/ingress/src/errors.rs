@@ -141,11 +141,51 @@ impl ProxyError {
         }
     }
 
+    /// What users are told: the cause in their terms (the names they asked for, a stable
+    /// code), never the detail behind it (plugin names, digests and trap messages, the
+    /// agent's own error text with its addresses, Redis errors, HTTP error chains), which
+    /// the log keeps under the same request id.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Plugin { stage, .. } => {
+                format!("a plugin failed at the {stage} step, so the request was refused; try again later")
+            }
+            Self::Open { agent_id, service, error } => match error {
+                OpenError::NoTunnel { waited, .. } => {
+                    format!("agent {agent_id:?} has no tunnel available after waiting {waited:?}: is it running and connected?")
+                }
+                OpenError::Refused { code, .. } => {
+                    let why = match code {
+                        burrow_proto::pb::RefusalCode::UnknownService => "is not offered by the agent",
+                        burrow_proto::pb::RefusalCode::DialFailed => "could not be reached by the agent",
+                        burrow_proto::pb::RefusalCode::NotAllowed => "is not allowed by the agent's policy",
+                        burrow_proto::pb::RefusalCode::ShuttingDown => {
+                            "is unavailable: the agent is shutting down"
+                        }
+                        burrow_proto::pb::RefusalCode::Limit => "is busy: the agent is at its limit",
+                        _ => "was refused by the agent",
+                    };
+                    format!("service {service:?} of agent {agent_id:?} {why} ({})", refusal_code_name(*code))
+                }
+                OpenError::Broken(_) => format!("the tunnel to agent {agent_id:?} failed while connecting"),
+                OpenError::ShuttingDown => "this host is shutting down".into(),
+                OpenError::ClusterUnavailable { .. } => {
+                    format!("agent {agent_id:?} is not connected to this replica and the others cannot be reached right now")
+                }
+            },
+            Self::Workload { agent_id, service, .. } => {
+                format!("service {service:?} of agent {agent_id:?} did not answer")
+            }
+            Self::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// Renders the error page: JSON when the client accepts it, else `text/plain`. Always
     /// carries the request id, in the body and in `X-Request-Id`.
     pub fn to_response(&self, request_id: &str, json: bool) -> Response<Full<Bytes>> {
         let status = self.status();
-        let message = self.to_string();
+        let message = self.public_message();
         let (content_type, body) = if json {
             let mut value = serde_json::json!({
                 "error": self.code(),
@@ -159,7 +199,11 @@ impl ProxyError {
             ("application/json", format!("{value}\n"))
         } else {
             let reason = status.canonical_reason().unwrap_or("Error");
-            let text = format!("{} {reason}\n\n{message}\n\nrequest id: {request_id}\n", status.as_u16());
+            let text = format!(
+                "{} {reason}\n\n{message}\n\nerror: {}\nrequest id: {request_id}\n",
+                status.as_u16(),
+                self.code()
+            );
             ("text/plain; charset=utf-8", text)
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -285,7 +329,10 @@ mod tests {
         assert_eq!(value["request_id"], "abc123");
         assert_eq!(value["refusal_code"], "unknown_service");
         let message = value["message"].as_str().unwrap();
-        assert!(message.contains("\"demo\"") && message.contains("\"web\"") && message.contains("no db"));
+        assert!(
+            message.contains("\"demo\"") && message.contains("\"web\"") && message.contains("not offered")
+        );
+        assert!(!message.contains("no db"), "the agent's own words stay in the log: {message}");
     }
 
     #[tokio::test]
@@ -299,6 +346,50 @@ mod tests {
         assert!(text.starts_with("504 Gateway Timeout\n"), "{text}");
         assert!(text.contains("\"demo\"") && text.contains("20s"), "{text}");
         assert!(text.contains("request id: abc123"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn bad_input_error_pages_keep_internal_detail_out() {
+        let cases = [
+            ProxyError::Plugin {
+                stage: "authorizer",
+                message: "plugin authorizer-x (sha256 ab12) trapped: wasm `unreachable`".into(),
+            },
+            open(OpenError::Broken("h2 protocol error: connection reset by 10.0.0.7".into())),
+            open(OpenError::ClusterUnavailable {
+                agent_id: "demo".into(),
+                reason: "Redis: Connection refused (os error 111)".into(),
+            }),
+            open(OpenError::Refused {
+                code: RefusalCode::DialFailed,
+                message: "connect 10.1.2.3:5432: refused".into(),
+            }),
+            ProxyError::Workload {
+                agent_id: "demo".into(),
+                service: "web".into(),
+                message: "hyper::Error(IncompleteMessage)".into(),
+            },
+            ProxyError::Internal("http::Error(InvalidUri)".into()),
+        ];
+        for error in cases {
+            for json in [false, true] {
+                let text = body(error.to_response("rid-1", json)).await;
+                for secret in [
+                    "sha256",
+                    "trapped",
+                    "10.0.0.7",
+                    "Redis",
+                    "10.1.2.3",
+                    "hyper",
+                    "InvalidUri",
+                    "unreachable",
+                ] {
+                    assert!(!text.contains(secret), "{secret:?} leaked in {text}");
+                }
+                assert!(text.contains("rid-1"), "{text}");
+                assert!(text.contains(error.code()), "the stable code is shown: {text}");
+            }
+        }
     }
 
     #[test]
