@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -39,6 +40,17 @@ pub enum ConfigError {
     /// The token is empty.
     #[error("the agent token is empty")]
     EmptyToken,
+    /// A cleartext host URL (`grpc://`, `ws://`) names a host that is not loopback, and
+    /// [`AgentConfig::insecure`] is not set: the token would cross the network unencrypted.
+    #[error(
+        "refusing cleartext host URL {url}: the agent token would cross the network unencrypted; \
+         use grpcs:// or wss://, or pass --insecure to allow it (cleartext is allowed without \
+         --insecure only to a loopback address or a localhost name)"
+    )]
+    Cleartext {
+        /// The URL as parsed.
+        url: String,
+    },
     /// A numeric or duration field is out of range.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -163,6 +175,41 @@ impl HostUrl {
         } else {
             format!("{}:{}", self.host, self.port)
         }
+    }
+
+    /// No TLS (`grpc://`, `ws://`): the token and every tunnel travel unencrypted.
+    pub fn is_cleartext(&self) -> bool {
+        !self.scheme.is_tls()
+    }
+
+    /// The host is known to be this machine from the URL alone: see [`is_loopback_host`].
+    pub fn is_loopback(&self) -> bool {
+        is_loopback_host(&self.host)
+    }
+}
+
+/// `host` (an IP address, IPv6 with or without brackets, or a DNS name) is a literal
+/// loopback address (`127.0.0.0/8`, `::1`, `::ffff:127.x.y.z`) or a `localhost` name
+/// (`localhost`, `*.localhost`, any case, an optional final dot). Nothing is resolved: a
+/// name that merely resolves to a loopback address is not known at configuration time,
+/// so it does not count.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return is_loopback_ip(ip);
+    }
+    let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    name == "localhost"
+        || name
+            .strip_suffix(".localhost")
+            .is_some_and(|label| !label.is_empty() && !label.starts_with('.') && !label.ends_with('.'))
+}
+
+/// A loopback address, IPv4-mapped IPv6 (`::ffff:127.0.0.1`) included.
+pub fn is_loopback_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
 
@@ -334,6 +381,12 @@ pub struct AgentConfig {
     pub sessions: Option<crate::SessionConfig>,
     /// Extra trusted CA certificates (PEM), added to the built-in web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Allow cleartext host URLs (`grpc://`, `ws://`) to hosts that are not loopback
+    /// (`--insecure`; default false). Without it [`validate`](AgentConfig::validate)
+    /// refuses them, since the token would cross the network unencrypted; cleartext to a
+    /// literal loopback address or a `localhost` name ([`is_loopback_host`]) is always
+    /// allowed. Either way [`run`](crate::run) logs a warning for cleartext URLs.
+    pub insecure: bool,
     /// Distinguishes agent processes sharing one token. Default: `$HOSTNAME`, else random.
     pub replica_id: String,
     /// Parked tunnels kept ready for the host, per connection (default 4).
@@ -398,6 +451,7 @@ impl AgentConfig {
             services: Vec::new(),
             sessions: None,
             ca_file: None,
+            insecure: false,
             replica_id: default_replica_id(),
             min_idle: DEFAULT_MIN_IDLE,
             max_streams: DEFAULT_MAX_STREAMS,
@@ -442,6 +496,9 @@ impl AgentConfig {
         for (i, url) in self.hosts.iter().enumerate() {
             if self.hosts[..i].contains(url) {
                 return Err(invalid("host", format!("{url} is listed twice")));
+            }
+            if url.is_cleartext() && !url.is_loopback() && !self.insecure {
+                return Err(ConfigError::Cleartext { url: url.to_string() });
             }
         }
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
@@ -620,7 +677,7 @@ mod tests {
             c.validate().err().map(|e| e.to_string())
         };
         assert_eq!(msg(&|c| c.hosts.clear()).unwrap(), "invalid host: at least one host URL is required");
-        let many = |n: usize| (0..n).map(|i| HostUrl::parse(&format!("grpc://h{i}")).unwrap()).collect();
+        let many = |n: usize| (0..n).map(|i| HostUrl::parse(&format!("grpcs://h{i}")).unwrap()).collect();
         assert_eq!(msg(&|c| c.hosts = many(16)), None);
         assert_eq!(msg(&|c| c.hosts = many(17)).unwrap(), "invalid host: 17 URLs given; at most 16");
         assert_eq!(
@@ -668,6 +725,94 @@ mod tests {
         assert_eq!(msg(&|c| c.token = Secret::new(" ")), "the agent token is empty");
         assert!(msg(&|c| c.backoff.multiplier = 0.5).starts_with("invalid backoff"));
         assert_eq!(AgentConfig::new("grpc://h", "").unwrap_err(), ConfigError::EmptyToken);
+    }
+
+    #[test]
+    fn cleartext_loopback_rule_takes_only_literal_loopback_and_localhost_names() {
+        for host in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "::1",
+            "[::1]",
+            "0:0:0:0:0:0:0:1",
+            "::ffff:127.0.0.1",
+            "localhost",
+            "LocalHost",
+            "localhost.",
+            "web-demo.localhost",
+            "a.b.localhost",
+            "WEB.LOCALHOST.",
+        ] {
+            assert!(is_loopback_host(host), "{host} is loopback");
+        }
+        for host in [
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "::ffff:10.0.0.1",
+            "192.168.1.1",
+            "128.0.0.1",
+            "example.com",
+            "burrow.internal",
+            // What a name resolves to is not known at configuration time.
+            "localhost.example.com",
+            "mylocalhost",
+            "localhost-1",
+            ".localhost",
+            "a..localhost",
+            "127.0.0.1.nip.io",
+            // Shorthand IPv4 some resolvers accept: not parsed as an address, so refused.
+            "127.1",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host} is not loopback");
+        }
+        let url = |u: &str| HostUrl::parse(u).unwrap();
+        assert!(url("grpc://127.0.0.1:1").is_cleartext() && url("ws://[::1]:9").is_cleartext());
+        assert!(!url("grpcs://127.0.0.1").is_cleartext() && !url("wss://x").is_cleartext());
+        assert!(url("ws://[::1]:9").is_loopback() && !url("grpc://[::2]:9").is_loopback());
+    }
+
+    #[test]
+    fn cleartext_to_a_non_loopback_host_is_refused_unless_insecure() {
+        let with_host = |u: &str, insecure: bool| {
+            let mut c = valid();
+            c.hosts = vec![HostUrl::parse(u).unwrap()];
+            c.insecure = insecure;
+            c.validate()
+        };
+        // Loopback cleartext, and TLS to anything, never needs --insecure.
+        for u in [
+            "grpc://127.0.0.1:8081",
+            "ws://127.0.0.1:8081",
+            "grpc://[::1]:8081",
+            "ws://localhost",
+            "grpc://web-demo.localhost:8080",
+            "grpcs://example.com",
+            "wss://example.com:8443",
+            "grpcs://10.0.0.1",
+            "wss://[2001:db8::1]",
+        ] {
+            assert_eq!(with_host(u, false), Ok(()), "{u}");
+            assert_eq!(with_host(u, true), Ok(()), "{u} with insecure");
+        }
+        for u in
+            ["grpc://example.com:8081", "ws://example.com", "grpc://10.0.0.1:80", "ws://[2001:db8::1]:81"]
+        {
+            let error = with_host(u, false).unwrap_err();
+            let canonical = HostUrl::parse(u).unwrap().to_string();
+            assert_eq!(error, ConfigError::Cleartext { url: canonical.clone() }, "{u}");
+            let text = error.to_string();
+            assert!(text.contains(&canonical) && text.contains("--insecure"), "{text}");
+            assert_eq!(with_host(u, true), Ok(()), "{u} with insecure");
+        }
+        // One remote cleartext URL among several is enough to refuse.
+        let mut c =
+            valid().with_host("wss://b.example.com").unwrap().with_host("ws://c.example.com").unwrap();
+        assert_eq!(c.validate(), Err(ConfigError::Cleartext { url: "ws://c.example.com:80".into() }));
+        c.insecure = true;
+        c.validate().unwrap();
+        assert!(!valid().insecure, "off by default");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::http::{self, HeaderValue, Uri};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::config::{is_loopback_host, is_loopback_ip};
 use crate::transport::{load_roots, tls_connector, Io};
 
 /// The endpoint's path, appended to the workload URL's path.
@@ -55,6 +56,11 @@ pub struct ForwardConfig {
     /// `Host` and TLS SNI), as curl's `--connect-to`: for split DNS, or a host reached
     /// through a tunnel of its own.
     pub connect_to: Option<SocketAddr>,
+    /// Allow `http://` to a host that is not loopback (`--insecure`; default false):
+    /// the token and the forwarded bytes then cross the network unencrypted. Loopback is
+    /// where the bytes go: `connect_to` if set, else the URL's host as written (a literal
+    /// loopback address or a `localhost`/`*.localhost` name; nothing is resolved).
+    pub insecure: bool,
 }
 
 impl ForwardConfig {
@@ -67,6 +73,7 @@ impl ForwardConfig {
             max_connections: 256,
             connect_timeout: Duration::from_secs(30),
             connect_to: None,
+            insecure: false,
         }
     }
 }
@@ -77,6 +84,13 @@ pub enum ForwardError {
     /// The workload URL is not usable.
     #[error("invalid workload URL {url:?}: {reason}")]
     Url { url: String, reason: String },
+    /// An `http://` URL to a host that is not loopback, without `insecure`.
+    #[error(
+        "refusing cleartext URL {url:?}: your token and the forwarded traffic would cross the network \
+         unencrypted to {to}; use https://, or pass --insecure to allow it (http:// is allowed without \
+         --insecure only to a loopback address or a localhost name)"
+    )]
+    Cleartext { url: String, to: String },
     /// The TLS client could not be set up (a bad `--ca-file`).
     #[error(transparent)]
     Setup(#[from] crate::AgentError),
@@ -129,6 +143,22 @@ impl Forwarder {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri.path().trim_end_matches('/').to_owned();
+        if !tls {
+            let (to, loopback) = match config.connect_to {
+                Some(addr) => (addr.to_string(), is_loopback_ip(addr.ip())),
+                None => (authority.as_str().to_owned(), is_loopback_host(&host)),
+            };
+            if !loopback && !config.insecure {
+                return Err(ForwardError::Cleartext { url: redacted(&config.url), to });
+            }
+            let what =
+                if loopback { "(loopback only)" } else { "across the network (allowed by --insecure)" };
+            warn!(
+                url = %redacted(&config.url),
+                %to,
+                "cleartext http://: your token and the forwarded traffic travel unencrypted {what}"
+            );
+        }
         let connector = if tls {
             Some(tls_connector(&load_roots(config.ca_file.as_deref())?, b"http/1.1")?)
         } else {
@@ -366,6 +396,41 @@ mod tests {
             let error = parse(url).unwrap_err().to_string();
             assert!(error.contains(reason), "{url}: {error}");
         }
+    }
+
+    #[test]
+    fn cleartext_http_off_loopback_needs_insecure() {
+        let with = |url: &str, connect_to: Option<&str>, insecure: bool| {
+            let mut config = ForwardConfig::new(url, Some(Secret::new("t")));
+            config.connect_to = connect_to.map(|a| a.parse().unwrap());
+            config.insecure = insecure;
+            Forwarder::new(config)
+        };
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://localhost",
+            "http://db-ws1.localhost:8080/x",
+            "https://db-ws1.example.com",
+            "https://10.0.0.1",
+        ] {
+            assert!(with(url, None, false).is_ok(), "{url}");
+        }
+        for url in ["http://db-ws1.example.com", "http://10.0.0.1:8080", "http://[2001:db8::1]"] {
+            let error = with(url, None, false).unwrap_err();
+            assert!(matches!(error, ForwardError::Cleartext { .. }), "{url}: {error}");
+            let text = error.to_string();
+            assert!(text.contains(url) && text.contains("--insecure"), "{text}");
+            assert!(with(url, None, true).is_ok(), "{url} with insecure");
+        }
+        // Where the bytes go decides: --connect-to overrides the URL's host.
+        assert!(with("http://db-ws1.example.com", Some("127.0.0.1:8080"), false).is_ok());
+        assert!(with("http://db-ws1.example.com", Some("[::1]:8080"), false).is_ok());
+        let error = with("http://db-ws1.localhost", Some("10.0.0.1:80"), false).unwrap_err().to_string();
+        assert!(error.contains("to 10.0.0.1:80") && error.contains("--insecure"), "{error}");
+        assert!(with("http://db-ws1.localhost", Some("10.0.0.1:80"), true).is_ok());
+        assert!(with("https://db-ws1.localhost", Some("10.0.0.1:80"), false).is_ok());
+        assert!(!ForwardConfig::new("http://x", None).insecure, "off by default");
     }
 
     #[test]

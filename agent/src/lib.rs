@@ -5,7 +5,9 @@
 //!
 //! 1. Connects to the host over `grpc://` (h2c), `grpcs://` (TLS, ALPN `h2`), `ws://`
 //!    or `wss://` (the same HTTP/2 bytes inside one WebSocket, for proxies that only pass
-//!    HTTP/1.1).
+//!    HTTP/1.1). The cleartext schemes send the token unencrypted: they are refused for a
+//!    host that is not a literal loopback address or `localhost` name unless
+//!    [`AgentConfig::insecure`] (`--insecure`) is set, and always logged as a warning.
 //! 2. Opens the `Control` RPC with `authorization: Bearer <token>` and sends `Hello`
 //!    (protocol version, agent version, replica id, service names); the host answers
 //!    `Welcome`.
@@ -123,8 +125,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = burrow_agent::AgentConfig::new("grpc://10.0.0.1:7000", "secret-token")?
-//!     .with_host("grpc://10.0.0.2:7000")?
+//! let config = burrow_agent::AgentConfig::new("grpcs://burrow-0.example.com", "secret-token")?
+//!     .with_host("grpcs://burrow-1.example.com")?
 //!     .with_service("web=127.0.0.1:3000")?;
 //! let agent = burrow_agent::spawn(config);
 //! let mut status = agent.status();
@@ -167,10 +169,10 @@ use tracing::{error, info, warn, Instrument};
 
 pub use backoff::{Backoff, BackoffState};
 pub use config::{
-    default_replica_id, AgentConfig, ConfigError, HostUrl, Scheme, Secret, ServiceSpec, DEFAULT_CONNECTIONS,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DIAL_TIMEOUT, DEFAULT_DIVERSIFY_INTERVAL, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_STREAMS, DEFAULT_MIN_IDLE, DEFAULT_SHUTDOWN_GRACE, MAX_CONNECTIONS, MAX_HOSTS,
-    MAX_SERVICE_NAME,
+    default_replica_id, is_loopback_host, is_loopback_ip, AgentConfig, ConfigError, HostUrl, Scheme, Secret,
+    ServiceSpec, DEFAULT_CONNECTIONS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DIAL_TIMEOUT,
+    DEFAULT_DIVERSIFY_INTERVAL, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS, DEFAULT_MIN_IDLE,
+    DEFAULT_SHUTDOWN_GRACE, MAX_CONNECTIONS, MAX_HOSTS, MAX_SERVICE_NAME,
 };
 pub use final_reason::FinalReason;
 pub use hook::{WorkHook, DEFAULT_WORK_HOOK_TIMEOUT, DELIVERY_ENV, ITEM_ID_ENV};
@@ -330,6 +332,26 @@ impl AgentHandle {
     }
 }
 
+/// One warning at start when any host URL is cleartext (`grpc://`, `ws://`), loopback
+/// included: the token goes out in the clear on every connection.
+fn warn_cleartext(config: &AgentConfig) {
+    let cleartext: Vec<String> =
+        config.hosts.iter().filter(|h| h.is_cleartext()).map(ToString::to_string).collect();
+    if cleartext.is_empty() {
+        return;
+    }
+    let hosts = cleartext.join(",");
+    if config.hosts.iter().any(|h| h.is_cleartext() && !h.is_loopback()) {
+        warn!(
+            %hosts,
+            "cleartext host URL allowed by --insecure: the agent token and the tunnels cross the \
+             network unencrypted; use grpcs:// or wss://"
+        );
+    } else {
+        warn!(%hosts, "cleartext host URL: the agent token and the tunnels travel unencrypted (loopback only)");
+    }
+}
+
 async fn run_inner(
     config: AgentConfig,
     stop: CancellationToken,
@@ -353,6 +375,7 @@ async fn run_inner(
             return Err(e);
         }
     };
+    warn_cleartext(&config);
     shared.set_status(|s| {
         s.connections = (0..config.connections)
             .map(|i| ConnectionStatus::new(i, config.hosts[i % config.hosts.len()].clone()))

@@ -115,6 +115,13 @@ struct Cli {
     #[arg(long, value_name = "PATH", verbatim_doc_comment)]
     ca_file: Option<PathBuf>,
 
+    /// Allow grpc:// and ws:// to a host that is not loopback: the agent token and the
+    /// tunnels then cross the network unencrypted. Without it such a URL is refused;
+    /// cleartext to a literal loopback address (127.0.0.0/8, ::1) or a localhost /
+    /// *.localhost name is always allowed. Any cleartext URL logs a warning at start.
+    #[arg(long, verbatim_doc_comment)]
+    insecure: bool,
+
     /// Identifies this process among agents sharing one token.
     /// [default: $HOSTNAME, else a random id]
     #[arg(long, value_name = "ID", verbatim_doc_comment)]
@@ -290,6 +297,7 @@ async fn agent_main(cli: Cli) -> anyhow::Result<()> {
         config.sessions = Some(sessions);
     }
     config.ca_file = cli.ca_file;
+    config.insecure = cli.insecure;
     if let Some(id) = cli.replica_id {
         config.replica_id = id;
     }
@@ -342,12 +350,14 @@ mod tests {
         assert_eq!(cli.idle_timeout, Duration::from_secs(60));
         assert_eq!(cli.services.len(), 1);
         assert_eq!((cli.connections, cli.diversify_interval), (2, Duration::from_secs(60)));
+        assert!(!cli.insecure);
         let help = Cli::command().render_long_help().to_string();
         for flag in [
             "--host",
             "--service",
             "--token-file",
             "--ca-file",
+            "--insecure",
             "--replica-id",
             "--min-idle",
             "--max-streams",
@@ -404,6 +414,14 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["burrow-agent", "--host", "grpc://h"]).is_err());
+    }
+
+    #[test]
+    fn insecure_flag_is_off_unless_given() {
+        let base = ["burrow-agent", "--host", "grpc://example.com", "--service", "a=h:1"];
+        assert!(!Cli::try_parse_from(base).unwrap().insecure);
+        assert!(Cli::try_parse_from(base.iter().chain(&["--insecure"])).unwrap().insecure);
+        assert!(Cli::try_parse_from(base.iter().chain(&["--insecure=yes"])).is_err(), "a plain switch");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `burrow` binary's own behaviour: usage errors and an unreachable host give a
 //! clear message and a failing exit code before anything listens. Forwarding through a
-//! real host and agent is tested in tests/tests/forward.rs. `cargo test forward` runs both.
+//! real host and agent is tested in tests/tests/forward.rs. `cargo test forward` runs both;
+//! `cargo test cleartext` runs the cleartext (`http://`, `--insecure`) checks here and in the agent.
 
 use std::process::{Command, Output};
 
@@ -55,4 +56,30 @@ fn forward_cli_refuses_an_empty_token_file() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is empty"), "{}", stderr(&out));
+}
+
+#[test]
+fn forward_cli_refuses_cleartext_to_a_remote_host_without_insecure() {
+    let out = burrow(&["forward", "http://db-ws1.example.com"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(
+        text.contains("refusing cleartext URL \"http://db-ws1.example.com\"") && text.contains("--insecure"),
+        "{text}"
+    );
+    assert!(out.stdout.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn forward_cli_allows_cleartext_to_loopback_with_a_warning() {
+    // The URL names a remote host, but --connect-to sends the bytes to loopback: allowed,
+    // so the forward gets as far as the (silent) host.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = silent.local_addr().unwrap().to_string();
+    let out =
+        burrow(&["forward", "--connect-timeout", "500ms", "--connect-to", &to, "http://db-ws1.example.com"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out);
+    assert!(text.contains("no answer within 500ms") && !text.contains("refusing"), "{text}");
+    assert!(text.contains("WARN") && text.contains("unencrypted (loopback only)"), "{text}");
 }

@@ -166,6 +166,27 @@ pub async fn run(
     run_with_control(config, listeners, shutdown, control).await
 }
 
+/// On SIGHUP, re-reads the config file and applies its `[plugins]` table (what
+/// `burrow-host run` does; an invalid file is logged and changes nothing).
+#[cfg(unix)]
+pub fn reload_on_sighup(path: std::path::PathBuf, control: ControlSender) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; plugin reloads only through the admin API");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the plugin configuration");
+            match Config::from_file(&path) {
+                Ok(config) => {
+                    let _ = control.send(ControlRequest::ReloadPlugins(Box::new(config.plugins), None)).await;
+                }
+                Err(e) => tracing::error!("SIGHUP: the config file is invalid, nothing reloaded: {e}"),
+            }
+        }
+    });
+}
+
 /// [`run`], taking [`ControlRequest`]s (plugin reloads) while it runs.
 pub async fn run_with_control(
     config: Config,

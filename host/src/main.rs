@@ -269,28 +269,6 @@ async fn plugin_check(args: PluginCheck) -> anyhow::Result<()> {
     }
 }
 
-/// On SIGHUP, re-reads the config file and applies its `[plugins]` table.
-#[cfg(unix)]
-fn reload_on_sighup(path: PathBuf, control: burrow_host::ControlSender) {
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; plugin reloads only through the admin API");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!(config = %path.display(), "SIGHUP: reloading the plugin configuration");
-            match Config::from_file(&path) {
-                Ok(config) => {
-                    let _ = control
-                        .send(burrow_host::ControlRequest::ReloadPlugins(Box::new(config.plugins), None))
-                        .await;
-                }
-                Err(e) => tracing::error!("SIGHUP: the config file is invalid, nothing reloaded: {e}"),
-            }
-        }
-    });
-}
-
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
@@ -359,7 +337,7 @@ async fn main() -> anyhow::Result<()> {
             let listeners = burrow_host::Listeners::bind(&config).await?;
             let (control, requests) = burrow_host::control_channel();
             #[cfg(unix)]
-            reload_on_sighup(path, control.clone());
+            burrow_host::reload_on_sighup(path, control.clone());
             let result = burrow_host::run_with_control(config, listeners, shutdown_signal(), requests).await;
             drop(control);
             result.context("host failed")

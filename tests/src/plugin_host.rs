@@ -64,9 +64,25 @@ pub fn swap_host_config(
     plugins_extra: &str,
     authorizer_extra: &str,
 ) -> burrow_host::Config {
+    swap_host_parts(scratch, plugins_extra, authorizer_extra).build()
+}
+
+/// The parts behind [`swap_host_config`] (for a host process with its own config file),
+/// with the authorizer at `authz_file` in `scratch`.
+pub fn swap_host_parts(scratch: &Scratch, plugins_extra: &str, authorizer_extra: &str) -> ConfigParts {
+    swap_host_parts_with(scratch, "authz.wasm", plugins_extra, authorizer_extra)
+}
+
+/// [`swap_host_parts`] with the authorizer in file `authz_file` of `scratch`.
+pub fn swap_host_parts_with(
+    scratch: &Scratch,
+    authz_file: &str,
+    plugins_extra: &str,
+    authorizer_extra: &str,
+) -> ConfigParts {
     let authorizer = format!(
         "source = {:?}\ncall_timeout = \"500ms\"\n{authorizer_extra}\nconfig = {{ agent_id = \"{AGENT}\", agent_token_sha256 = \"{}\" }}",
-        scratch.path("authz.wasm").display().to_string(),
+        scratch.path(authz_file).display().to_string(),
         sha256_hex(TOKEN)
     );
     ConfigParts {
@@ -77,7 +93,6 @@ pub fn swap_host_config(
         ),
         ..Default::default()
     }
-    .build()
 }
 
 /// One admin API call, with `token` as the bearer token; the status and the JSON body.
@@ -126,7 +141,12 @@ pub async fn connected_agent(host: &TestHost, workload: &Workload) -> burrow_age
 
 /// The v1 swap plugin allows everyone; v2 denies with a reason naming v2.
 pub async fn expect_version(host: &TestHost, version: u8) {
-    let (status, _, body) = clients::get(host.ingress_addr, HOST, "/hello").await;
+    expect_version_at(host.ingress_addr, version).await
+}
+
+/// [`expect_version`] for the host whose ingress is `ingress`.
+pub async fn expect_version_at(ingress: std::net::SocketAddr, version: u8) {
+    let (status, _, body) = clients::get(ingress, HOST, "/hello").await;
     let body = String::from_utf8_lossy(&body);
     match version {
         1 => assert_eq!((status, body.as_ref()), (StatusCode::OK, "hello from swap")),

@@ -63,6 +63,17 @@ impl ReplicaProcess {
         format!("grpc://{}", self.agent_addr)
     }
 
+    /// Replaces the config file (for a SIGHUP reload); the listen addresses stay bound.
+    pub fn rewrite_config(&self, parts: &ConfigParts) {
+        std::fs::write(&self._config.0, parts.to_toml()).unwrap();
+    }
+
+    /// Sends SIGHUP, as an operator reloading the config would.
+    pub fn hangup(&self) {
+        let status = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -HUP");
+    }
+
     /// SIGKILL: a crash, with no drain and nothing removed from Redis.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

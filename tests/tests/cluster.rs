@@ -2,6 +2,7 @@
 //! spread across them, requests landing anywhere. Crash tests (SIGKILL) are in
 //! `cluster_process.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_host::cluster::token::TokenKey;
@@ -68,6 +69,19 @@ async fn agent_on(host: &TestHost, agent: &str, workload: &Workload) -> burrow_a
 async fn admin(host: &TestHost, path: &str) -> (StatusCode, String) {
     let (status, _, body) = clients::get(host.admin_addr, "localhost", path).await;
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until `host` has counted `n` requests waiting for an agent (they are parked).
+async fn wait_for_waits(host: &TestHost, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = admin(host, "/metrics").await;
+        if metric(&text, "burrow_agent_waits_total") >= n as f64 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no request waited for an agent:\n{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A loopback address nothing listens on (bound, then released).
@@ -208,8 +222,7 @@ async fn a_waiting_request_wakes_when_the_agent_connects_to_another_replica() {
     let via = hosts[1].ingress_addr;
     let waiting = tokio::spawn(async move { clients::get(via, HOST, "/hello").await });
     // The request is parked on r1, waiting: the agent does not exist anywhere yet.
-    eventually(Duration::from_secs(10), "the request waits on r1", || !waiting.is_finished()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_waits(&hosts[1], 1).await;
     assert!(!waiting.is_finished(), "answered before the agent existed");
     let _agent = agent_on(&hosts[0], "a1", &workload).await;
     let (status, _, body) = tokio::time::timeout(Duration::from_secs(15), waiting).await.unwrap().unwrap();
@@ -240,9 +253,10 @@ async fn graceful_drain_under_load_fails_no_request() {
     let _b = agent_on(&hosts[2], "a1", &workload).await;
     let via = hosts[0].ingress_addr;
     let stop = tokio_util_stop();
+    let served = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut loops = Vec::new();
     for _ in 0..4 {
-        let stop = stop.clone();
+        let (stop, served) = (stop.clone(), served.clone());
         loops.push(tokio::spawn(async move {
             let mut client = clients::connect(via, &Mode::h2()).await;
             let (mut ok, mut failed) = (0u32, Vec::new());
@@ -250,6 +264,7 @@ async fn graceful_drain_under_load_fails_no_request() {
                 let (status, _, body) = client.get(HOST, "/hello").await;
                 if status == StatusCode::OK {
                     ok += 1;
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     failed.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
                 }
@@ -257,10 +272,14 @@ async fn graceful_drain_under_load_fails_no_request() {
             (ok, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let count = || served.load(std::sync::atomic::Ordering::Relaxed);
+    // Load is flowing through both agent replicas before the drain...
+    eventually(Duration::from_secs(20), "requests flow before the drain", || count() >= 100).await;
     let draining = hosts.remove(2);
     draining.stop().await.expect("r2 drains cleanly");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and keeps flowing through the one left after it.
+    let after = count();
+    eventually(Duration::from_secs(20), "requests flow after the drain", || count() >= after + 100).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for l in loops {
@@ -487,6 +506,11 @@ async fn a_live_looking_entry_pointing_nowhere_falls_back_to_the_next_candidate(
         let (status, _, body) = clients::get(hosts[0].ingress_addr, HOST, "/hello").await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     }
+    // The dead entry was tried (first: load 0) and failed; the live one served (later
+    // requests reuse the pooled connection it opened).
+    let (_, text) = admin(&hosts[0], "/metrics").await;
+    assert!(metric(&text, "burrow_forward_attempts_total{result=\"failed\"}") >= 1.0, "{text}");
+    assert!(metric(&text, "burrow_forward_attempts_total{result=\"ok\"}") >= 1.0, "{text}");
 }
 
 async fn control_attempt(url: &str, token: &str) -> Result<(), tonic::Status> {
@@ -602,7 +626,7 @@ async fn reach_across(hosts: &[TestHost], workload: &Workload) {
     // A waiting request on r1 is woken through pub/sub when a1 connects to r0.
     let via = hosts[1].ingress_addr;
     let waiting = tokio::spawn(async move { clients::get(via, HOST, "/hello").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_waits(&hosts[1], 1).await;
     let _agent = agent_on(&hosts[0], "a1", workload).await;
     let (status, _, body) = waiting.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));

@@ -183,8 +183,16 @@ async fn request_waiting_for_an_agent_succeeds_when_it_connects() {
     let workload = Workload::start("late").await;
     let addr = host.ingress_addr;
     let request = tokio::spawn(async move { clients::get(addr, HOST, "/hello").await });
-    // The request is parked before the agent exists.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is parked before the agent exists (the host counts it as waiting).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = clients::get(host.admin_addr, "localhost", "/metrics").await;
+        if metric(&String::from_utf8_lossy(&body), "burrow_agent_waits_total") >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the request never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(!request.is_finished());
     let _agent =
         burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));

@@ -172,7 +172,7 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
 }
 
 #[tokio::test]
-async fn a_sighup_config_reload_swaps_the_authorizer_atomically() {
+async fn a_config_reload_swaps_the_authorizer_atomically() {
     let scratch = Scratch::new("sighup");
     scratch.install("authz.wasm", &artifact("test_swap_v1.wasm"));
     scratch.install("other.wasm", &artifact("test_swap_v2.wasm"));
@@ -212,6 +212,36 @@ async fn a_sighup_config_reload_swaps_the_authorizer_atomically() {
     // The previous version stays available for rollback.
     assert_eq!(admin(&host, "POST", "/plugins/authz/rollback", Some(ADMIN_TOKEN)).await.0, StatusCode::OK);
     expect_version(&host, 1).await;
+}
+
+#[tokio::test]
+async fn a_sighup_rereads_the_config_file_and_swaps_the_authorizer() {
+    let scratch = Scratch::new("sighup");
+    scratch.install("v1.wasm", &artifact("test_swap_v1.wasm"));
+    scratch.install("v2.wasm", &artifact("test_swap_v2.wasm"));
+    let parts = swap_host_parts_with(&scratch, "v1.wasm", "watch = false", "name = \"authz\"");
+    let host = burrow_tests::process::ReplicaProcess::start(env!("CARGO_BIN_EXE_burrow-replica"), &parts);
+    let workload = Workload::start("swap").await;
+    let mut config = agent_config(&host.agent_url(), TOKEN, &[workload.service("web")]);
+    config.connections = 1;
+    let agent = burrow_agent::spawn(config);
+    wait_connected(&agent).await;
+    expect_version_at(host.ingress_addr, 1).await;
+
+    // An operator edits the file and sends SIGHUP to the process.
+    host.rewrite_config(&swap_host_parts_with(&scratch, "v2.wasm", "watch = false", "name = \"authz\""));
+    host.hangup();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, _) = clients::get(host.ingress_addr, HOST, "/hello").await;
+        if status == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "only v1's or v2's answers, never an error in between");
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP never swapped the authorizer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    expect_version_at(host.ingress_addr, 2).await;
 }
 
 #[tokio::test]
@@ -298,6 +328,18 @@ async fn an_ended_workload_is_disconnected_and_answers_410() {
         }
         assert!(tokio::time::Instant::now() < deadline, "the workload never ended (last {status})");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And its agent was disconnected for good: told the workload ended, it stopped, and
+    // the host holds no session of it.
+    assert_eq!(burrow_tests::lifecycle::final_reason(&agent).await, burrow_agent::FinalReason::WorkloadEnded);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = clients::get(host.admin_addr, "localhost", "/metrics").await;
+        if metric(&String::from_utf8_lossy(&body), "burrow_agent_sessions") == 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the host still holds the agent's session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -67,6 +67,12 @@ struct ForwardArgs {
     /// How long reaching the host and its answer may take, per connection.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// Allow an http:// URL to a host that is not loopback: your token and the forwarded
+    /// traffic then cross the network unencrypted. Without it such a URL is refused;
+    /// http:// to a loopback address or a localhost / *.localhost name (or --connect-to a
+    /// loopback address) is always allowed, with a warning.
+    #[arg(long, verbatim_doc_comment)]
+    insecure: bool,
 }
 
 fn listen_addr(text: &str) -> anyhow::Result<SocketAddr> {
@@ -96,6 +102,7 @@ async fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.connect_timeout = args.connect_timeout;
     config.connect_to = args.connect_to;
+    config.insecure = args.insecure;
     let forwarder = Arc::new(Forwarder::new(config)?);
     forwarder.check().await.with_context(|| format!("cannot forward to {}", args.url))?;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;

@@ -276,7 +276,14 @@ impl ClusterDialer {
                     let wait = remaining.min(Duration::from_secs(2));
                     let forward =
                         Forward { agent_id, dial, wait, answer_timeout: self.local.dial_answer_timeout() };
-                    cluster.forward(&c, forward).await
+                    let result = cluster.forward(&c, forward).await;
+                    self.metrics.forward_attempt(match &result {
+                        Ok(_) => "ok",
+                        Err(ForwardError::Refused { .. }) => "refused",
+                        Err(ForwardError::NotThere(_)) => "not_there",
+                        Err(ForwardError::Failed { .. }) => "failed",
+                    });
+                    result
                 }
             }
         };

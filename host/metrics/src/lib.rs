@@ -315,6 +315,7 @@ pub struct Metrics {
     ssh_logins: Family<ResultLabel, Counter>,
     ssh_channels: Family<ChannelLabel, Counter>,
     workload_events: Family<EventLabel, Counter>,
+    forward_attempts: Family<ResultLabel, Counter>,
     /// Whether this replica is draining (1) or serving (0).
     pub draining: Gauge,
     /// Whether the cluster store (Redis) is reachable (1), unreachable (0); absent in single-process mode.
@@ -353,6 +354,7 @@ impl Metrics {
         let ssh_logins = Family::<ResultLabel, Counter>::default();
         let ssh_channels = Family::<ChannelLabel, Counter>::default();
         let workload_events = Family::<EventLabel, Counter>::default();
+        let forward_attempts = Family::<ResultLabel, Counter>::default();
         let draining = Gauge::default();
         let redis_up = Gauge::default();
 
@@ -398,6 +400,11 @@ impl Metrics {
              token_renewed, work_enqueued, work_delivered, work_acknowledged)",
             workload_events.clone(),
         );
+        registry.register(
+            "forward_attempts",
+            "Attempts to reach an agent through another replica, by result (ok, refused, not_there, failed)",
+            forward_attempts.clone(),
+        );
         registry.register("draining", "1 while this replica drains", draining.clone());
         registry.register("redis_up", "1 while Redis is reachable (cluster mode)", redis_up.clone());
         let plugins = PluginMetrics::register(&mut registry);
@@ -419,6 +426,7 @@ impl Metrics {
             ssh_logins,
             ssh_channels,
             workload_events,
+            forward_attempts,
             draining,
             redis_up,
             plugins,
@@ -471,6 +479,13 @@ impl Metrics {
     /// `refused`.
     pub fn ssh_channel(&self, kind: &'static str, result: &'static str) {
         self.ssh_channels.get_or_create(&ChannelLabel { kind, result }).inc();
+    }
+
+    /// Counts one attempt to reach an agent through another replica: `ok`, `refused` (the
+    /// agent said no), `not_there` (the replica holds no stream of it), `failed`
+    /// (unreachable, or it failed).
+    pub fn forward_attempt(&self, result: &'static str) {
+        self.forward_attempts.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a workload lifecycle event (see the metric's help for the names).

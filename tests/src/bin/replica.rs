@@ -2,7 +2,8 @@
 //!
 //! `burrow-replica CONFIG.toml`: runs `burrow_host::run` exactly as `burrow-host run`
 //! does, but binds every listener on `127.0.0.1:0` and prints the bound addresses as
-//! one JSON line on stdout first. SIGTERM drains gracefully.
+//! one JSON line on stdout first. SIGTERM drains gracefully; SIGHUP reloads the plugins
+//! from the (re-read) file.
 
 use std::path::PathBuf;
 
@@ -43,5 +44,10 @@ async fn main() -> anyhow::Result<()> {
             .expect("SIGTERM handler");
         s.recv().await;
     };
-    burrow_host::run(config, listeners, term).await.context("host failed")
+    // SIGHUP re-reads the file and reloads the plugins, as `burrow-host run` does.
+    let (control, requests) = burrow_host::control_channel();
+    burrow_host::reload_on_sighup(path, control.clone());
+    let result = burrow_host::run_with_control(config, listeners, term, requests).await;
+    drop(control);
+    result.context("host failed")
 }
