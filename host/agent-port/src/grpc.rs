@@ -470,6 +470,9 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         };
         // Cannot fail: the channel is fresh and has room.
         let _ = tx.try_send(Ok(welcome));
+        if let Some(info) = &conn_info {
+            info.mark_authenticated();
+        }
 
         let ctx = self.ctx.clone();
         let ended = session.identity.as_ref().map(|i| i.ended.clone()).unwrap_or_default();
@@ -573,6 +576,9 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             return Err(Status::unavailable("host is shutting down; reconnect"));
         }
         let (session, _) = self.session_of(request.metadata())?;
+        if let Some(info) = request.extensions().get::<AgentConnInfo>() {
+            info.mark_authenticated();
+        }
         let (tx, rx) = mpsc::channel(TUNNEL_CHANNEL);
         // The RPC ends when the session is cut, whichever TCP connection it came on.
         let cut = session.cut.clone().cancelled_owned();

@@ -46,6 +46,16 @@ pub struct AgentConnInfo {
     /// Cancelling it cuts the connection (and every tunnel on it) at once: the end of a
     /// maximum-age grace period.
     pub kill: CancellationToken,
+    /// Set once an RPC on the connection authenticated (a `Control` welcomed, or a tunnel
+    /// of a live session); a connection without one is cut at its deadline.
+    pub authenticated: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AgentConnInfo {
+    /// Records that the connection carries an authenticated RPC.
+    pub fn mark_authenticated(&self) {
+        self.authenticated.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Any byte stream the gRPC server can run on.
@@ -60,12 +70,35 @@ pub struct AgentConn {
 }
 
 impl AgentConn {
-    pub(crate) fn new(io: Box<dyn Io>, remote_addr: SocketAddr, transport: Transport) -> Self {
+    /// A connection that must carry an authenticated RPC within `deadline` (from now,
+    /// after its preface), or be cut: a peer that opens HTTP/2 and then idles or sends
+    /// only unauthenticated calls holds nothing for long.
+    pub(crate) fn new(
+        io: Box<dyn Io>,
+        remote_addr: SocketAddr,
+        transport: Transport,
+        deadline: std::time::Duration,
+    ) -> Self {
         let kill = CancellationToken::new();
+        let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (kill, authenticated) = (kill.clone(), authenticated.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = kill.cancelled() => {}
+                    _ = tokio::time::sleep(deadline) => {
+                        if !authenticated.load(std::sync::atomic::Ordering::Acquire) {
+                            tracing::info!(%remote_addr, ?deadline, "agent connection sent no authenticated call in time; closing it");
+                            kill.cancel();
+                        }
+                    }
+                }
+            });
+        }
         Self {
             killed: Box::pin(kill.clone().cancelled_owned()),
             io,
-            info: AgentConnInfo { remote_addr, transport, kill },
+            info: AgentConnInfo { remote_addr, transport, kill, authenticated },
         }
     }
 

@@ -239,7 +239,7 @@ impl Acceptor {
         remote: SocketAddr,
         transport: Transport,
     ) -> Result<(), String> {
-        let conn = AgentConn::new(Box::new(io), remote, transport);
+        let conn = AgentConn::new(Box::new(io), remote, transport, self.config.handshake_timeout);
         self.conns.send(Ok(conn)).await.map_err(|_| "host is shutting down".to_owned())
     }
 
@@ -252,9 +252,12 @@ impl Acceptor {
         transport: Transport,
     ) -> Result<(), String> {
         let conns = self.conns.clone();
+        let deadline = self.config.handshake_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let conns = conns.clone();
-            async move { Ok::<_, std::convert::Infallible>(websocket_upgrade(req, conns, remote, transport)) }
+            async move {
+                Ok::<_, std::convert::Infallible>(websocket_upgrade(req, conns, remote, transport, deadline))
+            }
         });
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -290,6 +293,7 @@ fn websocket_upgrade(
     conns: ConnSender,
     remote: SocketAddr,
     transport: Transport,
+    deadline: Duration,
 ) -> Response<Full<bytes::Bytes>> {
     let path = req.uri().path();
     if path.trim_end_matches('/') != burrow_proto::WS_PATH {
@@ -330,7 +334,7 @@ fn websocket_upgrade(
                 )
                 .await;
                 let io = burrow_proto::ws::WsIo::new(ws);
-                let conn = AgentConn::new(Box::new(io), remote, transport);
+                let conn = AgentConn::new(Box::new(io), remote, transport, deadline);
                 let _ = conns.send(Ok(conn)).await;
             }
             Err(e) => tracing::info!(%remote, error = %e, "agent WebSocket upgrade failed"),
