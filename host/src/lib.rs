@@ -428,7 +428,10 @@ pub async fn run_with_control(
     }
     let (a, i, s) = tokio::join!(agents, ingress, ssh_server);
     replica_api.abort();
+    // Aborted, then awaited: the listener is closed when the task is dropped, so a host
+    // started right after on the same port (a restart) can bind it.
     control_api_task.abort();
+    let _ = (&mut control_api_task).await;
     // Background work first, then the records: a heartbeat or registration that ran after
     // `leave` would put this replica back in Redis as a phantom until its TTL (`leave`
     // also fences them out itself, for callers that keep the background running).

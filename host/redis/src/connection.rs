@@ -1,11 +1,15 @@
 //! The one Redis connection behind [`Store`], whatever the deployment mode: connecting
-//! (lazily, once at a time), sentinel failover, and the deadline around every operation.
+//! (lazily, once at a time), TLS, sentinel failover, and the deadline around every operation.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::{
+    Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult,
+    TlsCertificates, TlsMode, Value,
+};
 
 use super::{Store, StoreError};
 use crate::config::RedisMode;
@@ -61,6 +65,11 @@ impl Store {
             .collect()
     }
 
+    /// The configured CA and client certificate (read from their files), if any.
+    fn tls_certificates(&self) -> Result<Option<TlsCertificates>, StoreError> {
+        self.config.tls_certificates().map_err(StoreError::Redis)
+    }
+
     fn manager_config(&self) -> ConnectionManagerConfig {
         // Few, quick retries: a request must fail fast while Redis is away; the heartbeat
         // keeps probing and the manager reconnects on the next use.
@@ -76,13 +85,14 @@ impl Store {
     /// current master; cluster: the first seed that answers, since PUBLISH reaches every node).
     pub async fn pubsub_client(&self) -> Result<redis::Client, StoreError> {
         let infos = self.connection_infos()?;
+        let tls = self.tls_certificates()?;
         match self.config.mode {
-            RedisMode::Single => Ok(redis::Client::open(infos[0].clone())?),
+            RedisMode::Single => Ok(client(infos[0].clone(), &tls)?),
             RedisMode::Sentinel => self.sentinel_master().await,
             RedisMode::Cluster => {
                 let mut last = None;
                 for info in infos {
-                    let client = redis::Client::open(info)?;
+                    let client = client(info, &tls)?;
                     match tokio::time::timeout(self.config.timeout, client.get_multiplexed_async_connection())
                         .await
                     {
@@ -98,18 +108,35 @@ impl Store {
 
     async fn sentinel_master(&self) -> Result<redis::Client, StoreError> {
         let infos = self.connection_infos()?;
+        let tls = self.tls_certificates()?;
         let master = self.config.master_name.clone().unwrap_or_default();
-        let mut node = redis::sentinel::SentinelNodeConnectionInfo::default();
-        if let Some(pw) = &self.config.password {
-            node = node
-                .set_redis_connection_info(redis::RedisConnectionInfo::default().set_password(pw.expose()));
+        // The builder, not `SentinelClient::build`: only it hands the CA and client
+        // certificate to the master's connection (which the sentinel client opens itself,
+        // to check the master's role). It takes one set of sentinel credentials, so
+        // `validate` makes every sentinel URL carry the same.
+        let first = infos[0].redis_settings().clone();
+        let sentinels = infos.iter().map(|info| info.addr().clone());
+        let mut builder = SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+            .set_client_to_sentinel_protocol(first.protocol());
+        if let Some(user) = first.username() {
+            builder = builder.set_client_to_sentinel_username(user);
         }
-        let mut sentinel = redis::sentinel::SentinelClient::build(
-            infos,
-            master,
-            Some(node),
-            redis::sentinel::SentinelServerType::Master,
-        )?;
+        if let Some(pw) = first.password() {
+            builder = builder.set_client_to_sentinel_password(pw);
+        }
+        if let Some(pw) = &self.config.password {
+            builder = builder.set_client_to_redis_password(pw.expose());
+        }
+        if self.config.uses_tls() {
+            // The master is reached the way the sentinels are.
+            builder = builder.set_client_to_redis_tls_mode(TlsMode::Secure);
+            if let Some(certs) = tls {
+                builder = builder
+                    .set_client_to_redis_certificates(certs.clone())
+                    .set_client_to_sentinel_certificates(certs);
+            }
+        }
+        let mut sentinel = builder.build()?;
         let client = tokio::time::timeout(self.config.timeout * 3, sentinel.async_get_client())
             .await
             .map_err(|_| StoreError::Timeout(self.config.timeout * 3))??;
@@ -118,9 +145,10 @@ impl Store {
 
     async fn connect(&self) -> Result<Conn, StoreError> {
         let infos = self.connection_infos()?;
+        let tls = self.tls_certificates()?;
         let conn = match self.config.mode {
             RedisMode::Single => {
-                let client = redis::Client::open(infos[0].clone())?;
+                let client = client(infos[0].clone(), &tls)?;
                 Conn::Manager(ConnectionManager::new_lazy_with_config(client, self.manager_config())?)
             }
             RedisMode::Sentinel => {
@@ -128,11 +156,16 @@ impl Store {
                 Conn::Manager(ConnectionManager::new_lazy_with_config(client, self.manager_config())?)
             }
             RedisMode::Cluster => {
-                let client = redis::cluster::ClusterClientBuilder::new(infos)
+                let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
                     .connection_timeout(self.config.timeout)
                     .response_timeout(self.config.timeout)
-                    .retries(1)
-                    .build()?;
+                    .retries(1);
+                // The nodes the seeds announce are reached with the seeds' scheme; the
+                // certificates apply to every one of them.
+                if let Some(certs) = tls {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
                 let conn = tokio::time::timeout(self.config.timeout * 3, client.get_async_connection())
                     .await
                     .map_err(|_| StoreError::Timeout(self.config.timeout * 3))??;
@@ -199,5 +232,14 @@ impl Store {
         tokio::time::timeout(self.config.timeout, self.conn())
             .await
             .map_err(|_| StoreError::Timeout(self.config.timeout))?
+    }
+}
+
+/// A client for `info`: with the configured CA and client certificate when it is a TLS
+/// address, else as the URL says.
+fn client(info: ConnectionInfo, tls: &Option<TlsCertificates>) -> RedisResult<Client> {
+    match (tls, info.addr()) {
+        (Some(certs), ConnectionAddr::TcpTls { .. }) => Client::build_with_tls(info, certs.clone()),
+        _ => Client::open(info),
     }
 }

@@ -20,8 +20,8 @@
 //! # Layout
 //!
 //! - [`config`]: the `[cluster.redis]` table ([`RedisConfig`]) and its checks.
-//! - `connection`: owns the connection (single, sentinel or cluster; reconnects; the
-//!   per-operation deadline). Every concern below reaches Redis through it.
+//! - `connection`: owns the connection (single, sentinel or cluster; TLS with a private CA
+//!   and client certificates; reconnects; the per-operation deadline). Every concern below reaches Redis through it.
 //! - `membership`: replica records, agent registrations, agent-online announcements.
 //! - `kv`: plugin key-value entries.
 //! - `rate`: connection-rate counters.
@@ -99,6 +99,13 @@ impl Store {
     /// A store for `config`; connects lazily, so a replica starts (and serves local
     /// traffic) while Redis is down.
     pub fn new(config: RedisConfig) -> Self {
+        if config.uses_tls() {
+            // redis-rs builds its rustls configs on the process-wide provider and cannot be
+            // handed one. Ring is the only provider compiled in, so rustls would pick it
+            // anyway; installing it explicitly keeps TLS working should another provider
+            // (aws-lc-rs) ever join the build. An error means one is already installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         Self {
             prefix: config.key_prefix.clone(),
             config,
