@@ -50,3 +50,91 @@ async fn slowloris_on_the_agent_port_is_closed_while_agents_are_served() {
     assert_eq!((status.as_u16(), &body[..]), (200, &b"hello from w1"[..]));
     assert!(matches!(agent.status().borrow().state, burrow_agent::ConnState::Connected { .. }));
 }
+
+/// An open agent session: dropping it ends the control stream (the agent left).
+struct OpenSession {
+    _stream: tonic::Streaming<burrow_proto::pb::HostControl>,
+    _hello: tokio::sync::mpsc::Sender<burrow_proto::pb::AgentControl>,
+}
+
+/// Opens `Control` with the test token: the session, or the host's refusal.
+async fn control(agent_addr: std::net::SocketAddr) -> Result<OpenSession, tonic::Status> {
+    use burrow_proto::pb;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{agent_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (hello, requests) = tokio::sync::mpsc::channel(1);
+    hello
+        .send(pb::AgentControl {
+            msg: Some(pb::agent_control::Msg::Hello(pb::Hello {
+                protocol_version: burrow_proto::PROTOCOL_VERSION,
+                protocol_minor: burrow_proto::PROTOCOL_MINOR,
+                agent_version: "test".into(),
+                replica_id: "raw".into(),
+                services: vec![],
+            })),
+        })
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let mut stream =
+        pb::agent_tunnel_client::AgentTunnelClient::new(channel).control(request).await?.into_inner();
+    stream.message().await?.expect("Welcome");
+    Ok(OpenSession { _stream: stream, _hello: hello })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_sessions_per_agent_are_refused_with_a_retry_after() {
+    let parts = ConfigParts { agents: "max_sessions_per_agent = 2".into(), ..Default::default() };
+    let host = TestHost::start(parts.build()).await;
+    let _one = control(host.agent_addr).await.expect("first session");
+    let _two = control(host.agent_addr).await.expect("second session");
+    let refused = control(host.agent_addr).await.err().expect("a third session is refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("max_sessions_per_agent"), "{}", refused.message());
+    assert!(refused.metadata().get(burrow_proto::RETRY_AFTER_METADATA).is_some());
+    drop(_one);
+    // Once one ends, a new one is welcomed again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while control(host.agent_addr).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the freed session never made room");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_connections_per_address_close_the_excess_at_once_and_serve_the_rest() {
+    let parts = ConfigParts { agents: "max_connections_per_address = 3".into(), ..Default::default() };
+    let host = TestHost::start(parts.build()).await;
+    let workload = Workload::start("w1").await;
+    let mut config = agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]);
+    config.connections = 1;
+    let agent = burrow_agent::spawn(config);
+    wait_connected(&agent).await;
+    // The agent holds one connection from 127.0.0.1; two silent peers fill the cap.
+    let first = tokio::net::TcpStream::connect(host.agent_addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(host.agent_addr).await.unwrap();
+    let mut excess = tokio::net::TcpStream::connect(host.agent_addr).await.unwrap();
+    let took = closed_within(&mut excess, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the excess connection waited {took:?} (the preface timeout is 2 s)"
+    );
+    // The cap counts open connections: one closing makes room for the next.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut next = tokio::net::TcpStream::connect(host.agent_addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(300), next.read(&mut buf)).await.is_err() {
+            break; // held open, waiting for its preface
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the freed slot was never reused");
+    }
+    let (status, _, _) = clients::get(host.ingress_addr, "web-a1.localhost", "/hello").await;
+    assert_eq!(status.as_u16(), 200, "the agent kept serving");
+    let _ = second.write_all(b"").await;
+}

@@ -53,6 +53,14 @@ pub struct AgentListenerConfig {
     /// before the host cuts it. Default 1h (long downloads and watches finish).
     #[serde(with = "humantime_serde")]
     pub connection_age_grace: Duration,
+    /// Agent sessions (`Control` connections) one agent identity may hold on this
+    /// replica; more are refused with RESOURCE_EXHAUSTED and a retry-after. Default 16
+    /// (an agent keeps 2, a few processes may share an identity). 0: no cap.
+    pub max_sessions_per_agent: usize,
+    /// TCP connections one source address may hold open on the agent port, counted from
+    /// accept (before any authentication); more are closed at once. Default 256. 0: no
+    /// cap. Raise it when many agents share one NAT address.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for AgentListenerConfig {
@@ -71,6 +79,8 @@ impl Default for AgentListenerConfig {
             connect_rate_limit: 600,
             max_connection_age: Duration::from_secs(30 * 60),
             connection_age_grace: Duration::from_secs(3600),
+            max_sessions_per_agent: 16,
+            max_connections_per_address: 256,
         }
     }
 }

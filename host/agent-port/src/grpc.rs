@@ -39,6 +39,8 @@ pub(crate) struct TunnelService {
     /// The workload lifecycle (`[control]`): verifies workload tokens (`bwt1.`) and
     /// serves renewals and work queues. `None`: only the authorizer's agents.
     pub lifecycle: Option<Arc<Lifecycle>>,
+    /// Sessions one agent identity may hold here (0: no cap).
+    pub max_sessions_per_agent: usize,
 }
 
 /// After a workload ends, how long its agent gets to act on the GoAway before the host
@@ -393,6 +395,20 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
                 "no workload plugin on this host serves workload kind {:?}",
                 identity.workload_kind
             )));
+        }
+        if self.max_sessions_per_agent > 0
+            && self.ctx.sessions.sessions_of(&identity.agent_id) >= self.max_sessions_per_agent
+        {
+            self.ctx.metrics.agent_connect("rate_limited");
+            tracing::warn!(%remote, agent_id = %identity.agent_id, cap = self.max_sessions_per_agent, "agent refused: it holds as many sessions here as allowed");
+            let mut status = Status::resource_exhausted(format!(
+                "agent {:?} already holds {} sessions on this replica (agents.max_sessions_per_agent)",
+                identity.agent_id, self.max_sessions_per_agent
+            ));
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_METADATA, tonic::metadata::MetadataValue::from(10_000u64));
+            return Err(status);
         }
         let expiry = ExpiryRequest {
             workload_id: identity.workload_id.clone(),

@@ -62,11 +62,65 @@ impl AgentConnInfo {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// Open connections per source address on the agent port, capped.
+pub struct PerAddress {
+    cap: usize,
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One counted connection; dropping it gives the slot back.
+#[derive(Default)]
+pub struct AddressSlot(
+    Option<(
+        std::net::IpAddr,
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    )>,
+);
+
+impl PerAddress {
+    /// At most `cap` connections per address (0: no cap, nothing counted).
+    pub fn new(cap: usize) -> Self {
+        Self { cap, open: Default::default() }
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when it holds `cap` already.
+    pub fn acquire(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        if self.cap == 0 {
+            return Some(AddressSlot::default());
+        }
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(Some((ip, self.open.clone()))))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((ip, open)) = self.0.take() {
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    // The map holds only addresses with open connections: bounded by them.
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// One agent connection, transport-erased.
 pub struct AgentConn {
     io: Box<dyn Io>,
     info: AgentConnInfo,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Its place in the per-address count, given back when the connection is dropped.
+    _slot: AddressSlot,
 }
 
 impl AgentConn {
@@ -78,6 +132,7 @@ impl AgentConn {
         remote_addr: SocketAddr,
         transport: Transport,
         deadline: std::time::Duration,
+        slot: AddressSlot,
     ) -> Self {
         let kill = CancellationToken::new();
         let authenticated = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -99,6 +154,7 @@ impl AgentConn {
             killed: Box::pin(kill.clone().cancelled_owned()),
             io,
             info: AgentConnInfo { remote_addr, transport, kill, authenticated },
+            _slot: slot,
         }
     }
 
@@ -201,5 +257,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod per_address_tests {
+    use super::*;
+
+    #[test]
+    fn bounded_connections_per_address_are_given_back_on_drop() {
+        let limit = PerAddress::new(2);
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let first = limit.acquire(a).unwrap();
+        let _second = limit.acquire(a).unwrap();
+        assert!(limit.acquire(a).is_none(), "a third from the same address is refused");
+        assert!(limit.acquire(b).is_some(), "other addresses are not affected");
+        drop(first);
+        assert!(limit.acquire(a).is_some(), "a closed connection frees its slot");
+        // IPv4 seen through an IPv6 socket is the same address.
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert!(limit.acquire(mapped).is_none());
+        assert!(PerAddress::new(0).acquire(a).is_some(), "0: no cap");
     }
 }

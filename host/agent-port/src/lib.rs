@@ -87,6 +87,7 @@ pub async fn serve(
     };
     let (conns, incoming) = mpsc::channel(64);
     let acceptor = Arc::new(Acceptor { config: config.clone(), tls, conns });
+    let per_address = Arc::new(io::PerAddress::new(config.max_connections_per_address));
 
     let service = pb_server(ctx.clone(), rate_store, lifecycle, &config);
     let grpc = tonic::transport::Server::builder()
@@ -121,8 +122,16 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    // Counted from accept, before anything is read: a source that opens
+                    // connections and says nothing cannot hold more than its share.
+                    let Some(slot) = per_address.acquire(remote.ip()) else {
+                        tracing::debug!(%remote, "agent port: too many connections from this address; closed");
+                        ctx.metrics.agent_connect("address_limited");
+                        drop(stream);
+                        continue;
+                    };
                     let acceptor = acceptor.clone();
-                    tokio::spawn(async move { acceptor.handle(stream, remote).await });
+                    tokio::spawn(async move { acceptor.handle(stream, remote, slot).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: keep serving the connections we have.
@@ -173,6 +182,7 @@ fn pb_server(
         max_connection_age: (!config.max_connection_age.is_zero()).then_some(config.max_connection_age),
         connection_age_grace: config.connection_age_grace,
         lifecycle,
+        max_sessions_per_agent: config.max_sessions_per_agent,
     })
     .max_decoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
     // Work items are the one thing larger than a data frame, and only the host sends them.
@@ -180,18 +190,23 @@ fn pb_server(
 }
 
 impl Acceptor {
-    async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr) {
+    async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, slot: io::AddressSlot) {
         let _ = stream.set_nodelay(true);
         let result = match &self.tls {
-            Some(tls) => self.handle_tls(tls.clone(), stream, remote).await,
-            None => self.handle_cleartext(stream, remote).await,
+            Some(tls) => self.handle_tls(tls.clone(), stream, remote, slot).await,
+            None => self.handle_cleartext(stream, remote, slot).await,
         };
         if let Err(reason) = result {
             tracing::info!(%remote, %reason, "agent port: closed connection");
         }
     }
 
-    async fn handle_cleartext(&self, mut stream: TcpStream, remote: SocketAddr) -> Result<(), String> {
+    async fn handle_cleartext(
+        &self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+        slot: io::AddressSlot,
+    ) -> Result<(), String> {
         let mut buf = BytesMut::with_capacity(64);
         let sniffed = tokio::time::timeout(self.config.preface_timeout, async {
             loop {
@@ -208,8 +223,8 @@ impl Acceptor {
         .map_err(|_| format!("no protocol preface within {:?}", self.config.preface_timeout))??;
         let io = Prefixed::new(buf.freeze(), stream);
         match sniffed {
-            Sniff::Http2 => self.hand_to_grpc(io, remote, Transport::Grpc).await,
-            Sniff::Http1 => self.serve_websocket(io, remote, Transport::Ws).await,
+            Sniff::Http2 => self.hand_to_grpc(io, remote, Transport::Grpc, slot).await,
+            Sniff::Http1 => self.serve_websocket(io, remote, Transport::Ws, slot).await,
             Sniff::Garbage(why) => Err(format!("rejected: {why}")),
             Sniff::NeedMore => unreachable!("the loop only returns a decision"),
         }
@@ -220,6 +235,7 @@ impl Acceptor {
         tls: tokio_rustls::TlsAcceptor,
         stream: TcpStream,
         remote: SocketAddr,
+        slot: io::AddressSlot,
     ) -> Result<(), String> {
         let stream = tokio::time::timeout(self.config.preface_timeout, tls.accept(stream))
             .await
@@ -227,9 +243,9 @@ impl Acceptor {
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         if h2 {
-            self.hand_to_grpc(stream, remote, Transport::Grpcs).await
+            self.hand_to_grpc(stream, remote, Transport::Grpcs, slot).await
         } else {
-            self.serve_websocket(stream, remote, Transport::Wss).await
+            self.serve_websocket(stream, remote, Transport::Wss, slot).await
         }
     }
 
@@ -238,8 +254,9 @@ impl Acceptor {
         io: impl Io,
         remote: SocketAddr,
         transport: Transport,
+        slot: io::AddressSlot,
     ) -> Result<(), String> {
-        let conn = AgentConn::new(Box::new(io), remote, transport, self.config.handshake_timeout);
+        let conn = AgentConn::new(Box::new(io), remote, transport, self.config.handshake_timeout, slot);
         self.conns.send(Ok(conn)).await.map_err(|_| "host is shutting down".to_owned())
     }
 
@@ -250,13 +267,20 @@ impl Acceptor {
         io: impl Io,
         remote: SocketAddr,
         transport: Transport,
+        slot: io::AddressSlot,
     ) -> Result<(), String> {
+        // The HTTP/1.1 connection holds the slot until it upgrades; the upgraded agent
+        // connection then holds it (one slot per TCP connection either way).
+        let slot = Arc::new(std::sync::Mutex::new(Some(slot)));
         let conns = self.conns.clone();
         let deadline = self.config.handshake_timeout;
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let conns = conns.clone();
+            let slot = slot.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(websocket_upgrade(req, conns, remote, transport, deadline))
+                Ok::<_, std::convert::Infallible>(websocket_upgrade(
+                    req, conns, remote, transport, deadline, slot,
+                ))
             }
         });
         hyper::server::conn::http1::Builder::new()
@@ -294,6 +318,7 @@ fn websocket_upgrade(
     remote: SocketAddr,
     transport: Transport,
     deadline: Duration,
+    slot: Arc<std::sync::Mutex<Option<io::AddressSlot>>>,
 ) -> Response<Full<bytes::Bytes>> {
     let path = req.uri().path();
     if path.trim_end_matches('/') != burrow_proto::WS_PATH {
@@ -334,7 +359,8 @@ fn websocket_upgrade(
                 )
                 .await;
                 let io = burrow_proto::ws::WsIo::new(ws);
-                let conn = AgentConn::new(Box::new(io), remote, transport, deadline);
+                let slot = slot.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+                let conn = AgentConn::new(Box::new(io), remote, transport, deadline, slot);
                 let _ = conns.send(Ok(conn)).await;
             }
             Err(e) => tracing::info!(%remote, error = %e, "agent WebSocket upgrade failed"),

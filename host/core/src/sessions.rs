@@ -113,6 +113,11 @@ impl AgentSessions {
         self.agents.lock().unwrap_or_else(|p| p.into_inner()).contains_key(agent_id)
     }
 
+    /// Sessions of `agent_id` open on this replica.
+    pub fn sessions_of(&self, agent_id: &str) -> usize {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).get(agent_id).copied().unwrap_or(0)
+    }
+
     /// Agent identities with a session here, and the number of sessions.
     pub fn counts(&self) -> (usize, usize) {
         let agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
