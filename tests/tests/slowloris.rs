@@ -59,6 +59,11 @@ struct OpenSession {
 
 /// Opens `Control` with the test token: the session, or the host's refusal.
 async fn control(agent_addr: std::net::SocketAddr) -> Result<OpenSession, tonic::Status> {
+    control_with(agent_addr, TOKEN).await
+}
+
+/// [`control`] with `token`.
+async fn control_with(agent_addr: std::net::SocketAddr, token: &str) -> Result<OpenSession, tonic::Status> {
     use burrow_proto::pb;
     let channel = tonic::transport::Channel::from_shared(format!("http://{agent_addr}"))
         .unwrap()
@@ -79,7 +84,7 @@ async fn control(agent_addr: std::net::SocketAddr) -> Result<OpenSession, tonic:
         .await
         .unwrap();
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
-    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let mut stream =
         pb::agent_tunnel_client::AgentTunnelClient::new(channel).control(request).await?.into_inner();
     stream.message().await?.expect("Welcome");
@@ -137,4 +142,32 @@ async fn bounded_connections_per_address_close_the_excess_at_once_and_serve_the_
     let (status, _, _) = clients::get(host.ingress_addr, "web-a1.localhost", "/hello").await;
     assert_eq!(status.as_u16(), 200, "the agent kept serving");
     let _ = second.write_all(b"").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_random_tokens_from_one_address_share_one_rate_limit() {
+    // Minute windows: do not start in the last two seconds of one.
+    let into_minute = burrow_host::time::now_ms() % 60_000;
+    if into_minute > 58_000 {
+        tokio::time::sleep(Duration::from_millis(60_500 - into_minute)).await;
+    }
+    let parts = ConfigParts { agents: "connect_rate_limit_per_address = 3".into(), ..Default::default() };
+    let host = TestHost::start(parts.build()).await;
+    for i in 0..3 {
+        let refused = match control_with(host.agent_addr, &format!("random-token-{i}")).await {
+            Ok(_) => panic!("random-token-{i} was welcomed"),
+            Err(status) => status,
+        };
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "an unknown token: {refused:?}");
+    }
+    // The fourth, whatever its token, is not even looked at.
+    let refused = control_with(host.agent_addr, "random-token-3").await.err().unwrap();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.metadata().get(burrow_proto::RETRY_AFTER_METADATA).is_some());
+    let refused = control(host.agent_addr).await.err().unwrap();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "a good token from the flooding address waits too"
+    );
 }

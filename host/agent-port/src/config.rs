@@ -44,6 +44,10 @@ pub struct AgentListenerConfig {
     /// KAS allows 40,000 RPCs per token per minute, but counts every RPC; a healthy agent
     /// makes a handful of handshakes an hour, and each one runs the authorizer.
     pub connect_rate_limit: u32,
+    /// Connection attempts allowed per source address per minute on this replica,
+    /// counted before the token is looked at (no Redis call, no plugin call); 0 disables.
+    /// Default 1200: many agents may share a NAT address.
+    pub connect_rate_limit_per_address: u32,
     /// After this long (±10% jitter) an agent connection is asked to reconnect (GoAway),
     /// which spreads agents over replicas added since they connected. 0s disables.
     /// Default 30m.
@@ -77,6 +81,7 @@ impl Default for AgentListenerConfig {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             connect_rate_limit: 600,
+            connect_rate_limit_per_address: 1200,
             max_connection_age: Duration::from_secs(30 * 60),
             connection_age_grace: Duration::from_secs(3600),
             max_sessions_per_agent: 16,

@@ -313,9 +313,20 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         if self.ctx.shutdown.is_cancelled() {
             return Err(Status::unavailable("host is shutting down; reconnect"));
         }
-        let token = bearer_token(request.metadata())?;
         let conn_info = request.extensions().get::<AgentConnInfo>().cloned();
         let remote = Self::remote(conn_info.as_ref());
+        if let Some(info) = &conn_info {
+            if let Err(limited) = self.limiter.check_address(info.remote_addr.ip()) {
+                self.ctx.metrics.agent_connect("rate_limited");
+                tracing::warn!(%remote, limit = limited.limit, "agent connection attempts over the per-address rate limit");
+                let mut status = Status::resource_exhausted(limited.to_string());
+                if let Ok(v) = limited.retry_after.as_millis().to_string().parse() {
+                    status.metadata_mut().insert(RETRY_AFTER_METADATA, v);
+                }
+                return Err(status);
+            }
+        }
+        let token = bearer_token(request.metadata())?;
         let token_sha256 = sha256(&token);
         if let Err(limited) = self.limiter.check(&token_sha256).await {
             self.ctx.metrics.agent_connect("rate_limited");

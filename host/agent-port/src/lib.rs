@@ -178,7 +178,11 @@ fn pb_server(
     burrow_proto::pb::agent_tunnel_server::AgentTunnelServer::new(grpc::TunnelService {
         ctx,
         handshake_timeout: config.handshake_timeout,
-        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::new(config.connect_rate_limit, rate_store)),
+        limiter: Arc::new(crate::ratelimit::ConnectRateLimiter::with_address_limit(
+            config.connect_rate_limit,
+            rate_store,
+            config.connect_rate_limit_per_address,
+        )),
         max_connection_age: (!config.max_connection_age.is_zero()).then_some(config.max_connection_age),
         connection_age_grace: config.connection_age_grace,
         lifecycle,
