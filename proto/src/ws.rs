@@ -44,6 +44,13 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(WS_MAX_MESSAGE))
 }
 
+/// The agent port's reader: a Burrow peer never writes a message above [`WS_MAX_WRITE`],
+/// so the host accepts no more than that from anyone, authenticated or not (a peer that
+/// has not authenticated yet gets no 16 MiB buffers).
+pub fn ws_server_config() -> WebSocketConfig {
+    ws_config().max_message_size(Some(WS_MAX_WRITE)).max_frame_size(Some(WS_MAX_WRITE))
+}
+
 /// A WebSocket connection as an `AsyncRead + AsyncWrite` byte stream.
 ///
 /// - A binary message's payload is returned by reads, in order.
@@ -277,6 +284,29 @@ mod tests {
         // other side reads EOF after everything sent before it.
         client_wr.shutdown().await.unwrap();
         assert_eq!(server_rd.read(&mut [0u8; 1]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn bounded_host_reader_refuses_messages_above_what_burrow_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async_with_config(tcp, Some(ws_server_config())).await.unwrap()
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut client, _) =
+            tokio_tungstenite::client_async_with_config(format!("ws://{addr}/t"), tcp, Some(ws_config()))
+                .await
+                .unwrap();
+        let mut server = WsIo::new(server.await.unwrap());
+        // Exactly the largest message a Burrow writer sends is fine...
+        client.send(Message::Binary(Bytes::from(vec![7u8; WS_MAX_WRITE]))).await.unwrap();
+        let mut got = vec![0u8; WS_MAX_WRITE];
+        server.read_exact(&mut got).await.unwrap();
+        // ...one byte more is refused without buffering it.
+        let _ = client.send(Message::Binary(Bytes::from(vec![7u8; WS_MAX_WRITE + 1]))).await;
+        assert!(server.read(&mut [0u8; 16]).await.is_err(), "an oversized message is an error");
     }
 
     #[tokio::test]

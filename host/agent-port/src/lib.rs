@@ -359,7 +359,7 @@ fn websocket_upgrade(
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(burrow_proto::ws::ws_config()),
+                    Some(burrow_proto::ws::ws_server_config()),
                 )
                 .await;
                 let io = burrow_proto::ws::WsIo::new(ws);
