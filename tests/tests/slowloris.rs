@@ -171,3 +171,45 @@ async fn bounded_random_tokens_from_one_address_share_one_rate_limit() {
         "a good token from the flooding address waits too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_idle_user_connections_are_closed_after_their_last_request() {
+    use http_body_util::BodyExt;
+    let parts = ConfigParts {
+        ingress: "stream_wait = \"3s\"\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"".into(),
+        ..Default::default()
+    };
+    let host = TestHost::start(parts.build()).await;
+    let workload = Workload::start("w1").await;
+    let agent = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));
+    wait_connected(&agent).await;
+
+    // An HTTP/2 client that makes one request and then holds the connection open.
+    let tcp = tokio::net::TcpStream::connect(host.ingress_addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("http://web-a1.localhost/hello").body(clients::empty()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap();
+    let since = tokio::time::Instant::now();
+    // The host ends it (GOAWAY) once nothing was asked for a second; the client sees the
+    // connection finish.
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the idle HTTP/2 connection was still open 10 s later")
+        .unwrap()
+        .ok();
+    assert!(
+        since.elapsed() >= Duration::from_millis(900),
+        "closed before it was idle: {:?}",
+        since.elapsed()
+    );
+    // Others are still served.
+    assert_eq!(clients::get(host.ingress_addr, "web-a1.localhost", "/hello").await.0.as_u16(), 200);
+}

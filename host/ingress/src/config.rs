@@ -54,6 +54,16 @@ pub struct IngressConfig {
     /// is removed before forwarding when the authorizer asks to strip credentials).
     /// Default: none.
     pub session_cookie: Option<String>,
+    /// A user connection with no request in progress for this long is closed (HTTP/2:
+    /// GOAWAY, streams already open finish). Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval on user connections, to find dead peers. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long an unanswered PING may wait before the connection is closed. Default `20s`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for IngressConfig {
@@ -67,6 +77,9 @@ impl Default for IngressConfig {
             header_read_timeout: Duration::from_secs(30),
             trust_forwarded: false,
             session_cookie: None,
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -94,6 +107,9 @@ impl IngressConfig {
             ("stream_wait", self.stream_wait),
             ("idle_connection_timeout", self.idle_connection_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
         ];
         for (key, value) in positive {
             if value.is_zero() {

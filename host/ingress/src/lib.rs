@@ -80,7 +80,11 @@ pub async fn serve(
         Arc::new(Proxy::new(config.clone(), ctx, in_flight.clone(), force_close.clone(), shutdown.clone()));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(config.keepalive_interval))
+        .keep_alive_timeout(config.keepalive_timeout);
     let server = Arc::new(Server { builder, proxy, tls, config, shutdown: shutdown.clone(), force_close });
     tracing::info!(%local_addr, tls = server.tls.is_some(), "ingress listening");
 
@@ -144,17 +148,28 @@ impl Server {
         let first_request = Arc::new(AtomicBool::new(false));
         let proxy = self.proxy.clone();
         let seen = first_request.clone();
+        let activity = Arc::new(Activity::default());
+        let busy = activity.clone();
         let service = service_fn(move |request| {
             seen.store(true, Ordering::Relaxed);
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, conn).await) }
+            let busy = busy.clone();
+            async move {
+                let _request = busy.begin();
+                Ok::<_, Infallible>(proxy.handle(request, conn).await)
+            }
         });
         let deadline = self.config.header_read_timeout;
+        let idle_timeout = self.config.idle_timeout;
+        // Resolves with whether the connection ever made a request.
         let idle_guard = async move {
             tokio::time::sleep(deadline).await;
-            if first_request.load(Ordering::Relaxed) {
-                std::future::pending::<()>().await;
+            if !first_request.load(Ordering::Relaxed) {
+                return false;
             }
+            // After the first request: closed once nothing was asked for `idle_timeout`.
+            activity.idle_for(idle_timeout).await;
+            true
         };
 
         match &self.tls {
@@ -185,10 +200,11 @@ impl Server {
         }
     }
 
-    /// Runs one HTTP connection: closes it if no request arrives in time, asks it to finish
+    /// Runs one HTTP connection: closes it if no request arrives in time (or none for
+    /// `idle_timeout` after the last one, gracefully: open streams finish), asks it to finish
     /// gracefully on shutdown (h1: after the request in flight; h2: GOAWAY), and drops it when
     /// the grace period ends.
-    async fn drive<C>(&self, connection: C, idle_guard: impl Future<Output = ()>, peer: SocketAddr)
+    async fn drive<C>(&self, connection: C, idle_guard: impl Future<Output = bool>, peer: SocketAddr)
     where
         C: GracefulConnection,
         C::Error: std::fmt::Display,
@@ -196,8 +212,18 @@ impl Server {
         let mut connection = std::pin::pin!(connection);
         let finished = tokio::select! {
             result = connection.as_mut() => Some(result),
-            () = idle_guard => {
-                tracing::debug!(%peer, "ingress connection sent no request in time; closing");
+            served = idle_guard => {
+                if !served {
+                    tracing::debug!(%peer, "ingress connection sent no request in time; closing");
+                    return;
+                }
+                tracing::debug!(%peer, "ingress connection idle; closing it gracefully");
+                // GOAWAY (h2) or close after the response (h1); what is open finishes.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = self.force_close.cancelled() => {}
+                }
                 return;
             }
             () = self.shutdown.cancelled() => None,
@@ -215,6 +241,45 @@ impl Server {
         if let Err(error) = result {
             tracing::debug!(%peer, %error, "ingress connection ended with an error");
         }
+    }
+}
+
+/// Requests in progress on one user connection, so an idle one can be closed.
+#[derive(Default)]
+struct Activity {
+    active: AtomicUsize,
+    changed: Notify,
+}
+
+/// One request in progress; dropping it marks the end.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Resolves once no request has been in progress for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(idle) => return,
+                    () = changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
     }
 }
 
