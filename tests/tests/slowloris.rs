@@ -213,3 +213,35 @@ async fn slowloris_idle_user_connections_are_closed_after_their_last_request() {
     // Others are still served.
     assert_eq!(clients::get(host.ingress_addr, "web-a1.localhost", "/hello").await.0.as_u16(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_upgraded_pipes_are_closed_when_idle_and_kept_while_busy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let parts = ConfigParts {
+        ingress: "stream_wait = \"3s\"\nupgrade_idle_timeout = \"1s\"".into(),
+        ..Default::default()
+    };
+    let host = TestHost::start(parts.build()).await;
+    let workload = Workload::start("w1").await;
+    let agent = burrow_agent::spawn(agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]));
+    wait_connected(&agent).await;
+
+    let mut idle = clients::websocket(host.ingress_addr, "web-a1.localhost", "/ws").await;
+    let mut busy = clients::websocket(host.ingress_addr, "web-a1.localhost", "/ws").await;
+    let since = tokio::time::Instant::now();
+    // The busy one echoes a message every 200 ms for 2.5 s: never a second of silence.
+    let busy_task = tokio::spawn(async move {
+        for i in 0..12 {
+            busy.send(Message::text(format!("m{i}"))).await.unwrap();
+            match busy.next().await {
+                Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("m{i}")),
+                other => panic!("the busy pipe broke at message {i}: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let took = burrow_tests::lifecycle::wait_closed(&mut idle, since).await;
+    assert!(took >= Duration::from_millis(900), "closed before it was idle a second: {took:?}");
+    busy_task.await.expect("the busy pipe stayed open");
+}

@@ -58,6 +58,11 @@ pub struct IngressConfig {
     /// GOAWAY, streams already open finish). Default `5m`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// An upgraded connection (WebSocket, SPDY, raw) that carries no byte either way for
+    /// this long is closed. `0s` (default): never, since many protocols idle for long
+    /// (a terminal, a watch); set it to reclaim pipes that clients abandon silently.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_idle_timeout: Duration,
     /// HTTP/2 PING interval on user connections, to find dead peers. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -78,6 +83,7 @@ impl Default for IngressConfig {
             trust_forwarded: false,
             session_cookie: None,
             idle_timeout: Duration::from_secs(300),
+            upgrade_idle_timeout: Duration::ZERO,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
         }

@@ -51,6 +51,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// How long an upgraded pipe may carry nothing (zero: no limit).
+    pub(super) fn upgrade_idle_timeout(&self) -> std::time::Duration {
+        self.config.upgrade_idle_timeout
+    }
+
     /// Builds the workload connection pool from `config`.
     pub fn new(
         config: Arc<IngressConfig>,

@@ -1,11 +1,16 @@
 //! `Connection: upgrade` requests (WebSocket, SPDY/3.1 for `kubectl exec`, anything else): sent
 //! on a dedicated tunnel connection; after a `101` both sides become one raw byte pipe.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::errors::ProxyError;
 use super::headers;
@@ -63,10 +68,11 @@ pub(super) async fn forward(
     let guard = proxy.in_flight.enter();
     let force_close = proxy.force_close.clone();
     let id = request_id.to_owned();
+    let idle = proxy.upgrade_idle_timeout();
     tokio::spawn(async move {
         let _guard = guard;
         tokio::select! {
-            () = splice(client_upgrade, workload_upgrade, &id) => {}
+            () = splice(client_upgrade, workload_upgrade, &id, idle) => {}
             () = force_close.cancelled() => {
                 tracing::debug!(request_id = %id, "upgraded connection cut at the end of the shutdown grace period");
             }
@@ -76,8 +82,9 @@ pub(super) async fn forward(
 }
 
 /// Pipes bytes both ways until both directions have ended; an EOF on one side is passed on as
-/// a half-close (write shutdown) to the other.
-async fn splice(client: OnUpgrade, workload: OnUpgrade, request_id: &str) {
+/// a half-close (write shutdown) to the other. With an `idle` limit (non-zero), a pipe that
+/// carries no byte either way for that long is closed.
+async fn splice(client: OnUpgrade, workload: OnUpgrade, request_id: &str, idle: Duration) {
     let (client, workload) = match tokio::try_join!(client, workload) {
         Ok(pair) => pair,
         Err(error) => {
@@ -85,10 +92,89 @@ async fn splice(client: OnUpgrade, workload: OnUpgrade, request_id: &str) {
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut workload = TokioIo::new(workload);
-    match tokio::io::copy_bidirectional(&mut client, &mut workload).await {
+    let last = Arc::new(AtomicU64::new(0));
+    let started = tokio::time::Instant::now();
+    let mut client = Watched { io: TokioIo::new(client), last: last.clone(), started };
+    let mut workload = Watched { io: TokioIo::new(workload), last: last.clone(), started };
+    let watchdog = async {
+        if idle.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+            if quiet_since.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(quiet_since + idle).await;
+        }
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut workload);
+    tokio::pin!(copy);
+    let result = tokio::select! {
+        result = &mut copy => result,
+        () = watchdog => {
+            tracing::debug!(request_id, ?idle, "upgraded connection idle; closed (ingress.upgrade_idle_timeout)");
+            return;
+        }
+    };
+    match result {
         Ok((up, down)) => tracing::debug!(request_id, up, down, "upgraded connection closed"),
         Err(error) => tracing::debug!(request_id, %error, "upgraded connection ended with an error"),
+    }
+}
+
+/// An upgraded stream that records when bytes last moved (ms since `started`).
+struct Watched<T> {
+    io: T,
+    last: Arc<AtomicU64>,
+    started: tokio::time::Instant,
+}
+
+impl<T> Watched<T> {
+    fn touch(&self) {
+        self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(poll, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
