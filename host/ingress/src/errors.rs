@@ -217,6 +217,11 @@ impl ProxyError {
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"burrow\""));
         }
+        // Overload and passing failures (a plugin, the cluster, a drain): tell clients when
+        // to come back instead of letting them retry in a tight loop.
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         response
     }
 }
@@ -390,6 +395,16 @@ mod tests {
                 assert!(text.contains(error.code()), "the stable code is shown: {text}");
             }
         }
+    }
+
+    #[test]
+    fn unavailable_answers_say_when_to_retry() {
+        let unavailable = ProxyError::Plugin { stage: "authorizer", message: "trap".into() };
+        assert_eq!(unavailable.to_response("id", false).headers()[header::RETRY_AFTER], "5");
+        let shutting_down = open(OpenError::ShuttingDown);
+        assert_eq!(shutting_down.to_response("id", true).headers()[header::RETRY_AFTER], "5");
+        let gone = ProxyError::NoRoute { host: "x".into() };
+        assert!(!gone.to_response("id", false).headers().contains_key(header::RETRY_AFTER));
     }
 
     #[test]
