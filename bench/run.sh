@@ -15,6 +15,11 @@
 #       p50/p99, new-session time (russh client and `ssh` process); needs root (it starts
 #       /usr/sbin/sshd) and ssh, scp, ssh-keygen on PATH; per-run figures go to
 #       bench/results/<date>-ssh/
+#   bench/run.sh --suite lifecycle [--runs 5] [--workloads 100] [--items 100]
+#       workload lifecycle through the control API, one host (state file) and two replicas
+#       on Redis side by side: CreateWorkload → agent connected, EnqueueWork → the agent's
+#       work hook started and → SUCCEEDED; needs redis-server and redis-cli on PATH and
+#       bash 5; raw samples and a summary go to bench/results/<date>-lifecycle/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --release -q -p burrow-bench -- "$@"

@@ -6,12 +6,16 @@
 //! same policy compiled natively: per-call latency with fresh and warm instances,
 //! decision throughput, hot-swap time, HTTP requests per second (`--suite plugins`, see
 //! [`plugins`]); or what Burrow's SSH path costs against a local OpenSSH `sshd`: `scp`
-//! throughput, keystroke echo latency, new-session time (`--suite ssh`, see [`ssh`]).
+//! throughput, keystroke echo latency, new-session time (`--suite ssh`, see [`ssh`]); or
+//! how long the workload lifecycle takes through the control API: create to agent
+//! connected, enqueue to the agent's hook running, on one host and across two replicas
+//! (`--suite lifecycle`, see [`lifecycle`]).
 //!
 //! Every figure is the median of `--runs` runs; ratios compare against a baseline
 //! measured in the same run. Run it with `bench/run.sh` (release build).
 
 mod cluster;
+mod lifecycle;
 mod plugins;
 mod procfs;
 mod ssh;
@@ -34,8 +38,9 @@ struct Args {
     /// Which measurements: `tunnel` (tunnel vs direct, plugin path), `cluster`
     /// (forwarded vs local, wake-up delay, Redis registry cost), `plugins` (plugin
     /// call cost vs native, throughput, swap time) or `ssh` (Burrow's SSH path vs a
-    /// local sshd: scp, keystroke echo, session setup).
-    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins", "ssh"])]
+    /// local sshd: scp, keystroke echo, session setup) or `lifecycle` (control API:
+    /// create to connected, enqueue to delivery, one host and two replicas).
+    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins", "ssh", "lifecycle"])]
     suite: String,
     /// Repetitions of each measurement; the median is reported.
     #[arg(long, default_value_t = 5)]
@@ -84,6 +89,12 @@ struct Args {
     /// SSH suite: new sessions per setup-time run, path and client (russh, `ssh`).
     #[arg(long, default_value_t = 20)]
     sessions: usize,
+    /// Lifecycle suite: workloads created per create-to-connected run and path.
+    #[arg(long, default_value_t = 100)]
+    workloads: usize,
+    /// Lifecycle suite: work items enqueued per enqueue-to-delivery run and path.
+    #[arg(long, default_value_t = 100)]
+    items: usize,
 }
 
 const HOST: &str = "web-a1.localhost";
@@ -214,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     match args.suite.as_str() {
         "cluster" => cluster::run(&args).await,
+        "lifecycle" => lifecycle::run(&args).await,
         "plugins" => plugins::run(&args).await,
         "ssh" => ssh::run(&args).await,
         _ => tunnel_suite(&args).await,

@@ -31,7 +31,7 @@ use anyhow::{bail, Context};
 use burrow_tests::{agent_config, sha256_hex, wait_connected, ConfigParts, TestHost, AGENT, TOKEN};
 use sha2::{Digest, Sha256};
 
-use crate::procfs::idle_check;
+use crate::procfs::{idle_check, loadavg, CpuMeter};
 use crate::{median, percentile, Args};
 use client::SshClient;
 use sshd::{Sshd, SSHD};
@@ -214,57 +214,6 @@ async fn scp_run(
     Ok((up_rate, down_rate))
 }
 
-/// Busy and total jiffies of the whole machine (all cores), from `/proc/stat`.
-fn machine_jiffies() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu = stat.lines().next().context("/proc/stat is empty")?;
-    let fields: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    anyhow::ensure!(fields.len() >= 5, "/proc/stat: {cpu}");
-    let total: u64 = fields.iter().sum();
-    // idle and iowait are the 4th and 5th.
-    Ok((total - fields[3] - fields[4], total))
-}
-
-/// CPU jiffies of process `pid` and of its children it has reaped (utime, stime, cutime,
-/// cstime). For this process that covers the host, agent and russh client, the `scp` and
-/// `ssh` processes and the agent's shells and sftp-servers; for sshd, its sessions.
-fn process_jiffies(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    // After `(comm)`: utime is the 12th field, then stime, cutime, cstime.
-    fields.get(11..15).context("/proc/PID/stat too short")?.iter().map(|v| Ok(v.parse::<u64>()?)).sum()
-}
-
-/// Machine-wide CPU use over a run, split into the bench's (itself, its children, sshd)
-/// and everyone else's, in % of both cores.
-struct CpuMeter {
-    sshd: u32,
-    machine: (u64, u64),
-    ours: u64,
-}
-
-impl CpuMeter {
-    fn start(sshd: u32) -> anyhow::Result<CpuMeter> {
-        let ours = process_jiffies(std::process::id())? + process_jiffies(sshd)?;
-        Ok(CpuMeter { sshd, machine: machine_jiffies()?, ours })
-    }
-
-    /// (busy %, of which others' %) since `start`.
-    fn read(&self) -> anyhow::Result<(f64, f64)> {
-        let (busy, total) = machine_jiffies()?;
-        let ours = process_jiffies(std::process::id())? + process_jiffies(self.sshd)?;
-        let total = (total - self.machine.1).max(1) as f64;
-        let busy = (busy - self.machine.0) as f64;
-        let others = (busy - (ours - self.ours) as f64).max(0.0);
-        Ok((busy / total * 100.0, others / total * 100.0))
-    }
-}
-
-fn loadavg() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
 /// The figures in the order they are printed.
 fn figures(args: &Args) -> Vec<Figure> {
     let f = |key, label: String, decimals| Figure { key, label, decimals };
@@ -411,7 +360,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     for run in 0..args.runs {
         idle_check(&format!("run {}", run + 1)).await?;
         let load_before = loadavg();
-        let meter = CpuMeter::start(sshd.pid)?;
+        let meter = CpuMeter::start(&[sshd.pid])?;
         let mut index = 0;
         for step in STEPS {
             // The first path alternates from run to run, within every measurement.
