@@ -180,7 +180,8 @@ async fn terminal_tells_the_user_when_its_workload_goes_away() {
     fixture.agent.take().unwrap().abort();
     let state = browser
         .wait_for(
-            "['closed', 'lost'].includes(burrowTerminal.state()) && burrowTerminal.status()",
+            // The news and the offer of a new session come together.
+            "['closed', 'lost'].includes(burrowTerminal.state()) && !document.getElementById('reconnect').hidden && burrowTerminal.status()",
             "burrowTerminal.status()",
         )
         .await;

@@ -60,10 +60,13 @@
         const how = message.signal ? `killed by signal ${message.signal}` : `exit status ${message.status}`;
         status(`session ended (${how})`, "ended");
         notice(`session ended (${how})`);
+        // Offered with the news, not only once the socket has closed after it.
+        button.hidden = false;
       } else if (message.type === "closed") {
         ended = true;
         status(`session closed: ${message.reason}`, "closed");
         notice(`session closed: ${message.reason}`);
+        button.hidden = false;
       }
     };
     ws.onclose = (event) => {
