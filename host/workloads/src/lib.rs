@@ -9,7 +9,8 @@
 //! - `store.rs`: records and queues in a file (one host) or in Redis (a cluster).
 //! - `runtime.rs`: [`Lifecycle`], what the control API and the agent port call: create,
 //!   renew, terminate (on every replica: pub/sub plus a resync), authenticate agents,
-//!   hand out and acknowledge work.
+//!   hand out and acknowledge work; `runtime/directory.rs` answers admission about
+//!   control-plane workloads, `runtime/presence.rs` records which replica holds each agent.
 
 pub mod queue;
 pub mod record;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use burrow_host_core::admission::DirectoryAnswer;
 use burrow_host_core::registry::Session;
-use burrow_host_core::sessions::{AgentPresence, AgentSessions};
+use burrow_host_core::sessions::AgentSessions;
 use burrow_host_core::workloads::EndedWorkloads;
 use burrow_host_plugins::types::AgentIdentity;
 use burrow_host_time::now_ms;
@@ -31,6 +31,11 @@ use crate::queue::{Delivery, Updated, WorkState, WorkStatus};
 use crate::record::{EndState, Ended, WorkloadRecord};
 use crate::store::{Store, StoreError};
 use crate::token::{AgentClaims, KeyRing, TokenError};
+
+mod directory;
+mod presence;
+
+pub use presence::PresenceObserver;
 
 /// Tuning of the lifecycle.
 #[derive(Debug, Clone)]
@@ -656,87 +661,9 @@ impl Lifecycle {
     }
 }
 
-impl burrow_host_core::admission::WorkloadDirectory for Lifecycle {
-    fn labels<'a>(
-        &'a self,
-        kind: &'a str,
-        workload_id: &'a str,
-    ) -> burrow_host_core::admission::LabelsFuture<'a> {
-        Box::pin(async move {
-            if let Some((at, answer, expires_at)) =
-                self.directory.lock().unwrap_or_else(|p| p.into_inner()).get(workload_id)
-            {
-                if at.elapsed() < DIRECTORY_TTL {
-                    if *expires_at != 0 && now_ms() >= *expires_at {
-                        return DirectoryAnswer::Ended;
-                    }
-                    return answer.clone();
-                }
-            }
-            let (answer, expires_at) = match self.store.get(workload_id).await {
-                Ok(Some(record)) if record.kind == kind => match record.is_over(now_ms()) {
-                    false => (DirectoryAnswer::Live(record.agent_labels()), record.expires_at),
-                    true => (DirectoryAnswer::Ended, 0),
-                },
-                Ok(_) => (DirectoryAnswer::Unknown, 0),
-                // Not cached: the next request asks again.
-                Err(e) => {
-                    tracing::debug!(workload_id, error = %e, "workload directory lookup failed");
-                    return DirectoryAnswer::Unknown;
-                }
-            };
-            let mut directory = self.directory.lock().unwrap_or_else(|p| p.into_inner());
-            if directory.len() >= DIRECTORY_MAX {
-                directory.clear();
-            }
-            directory
-                .insert(workload_id.to_owned(), (tokio::time::Instant::now(), answer.clone(), expires_at));
-            answer
-        })
-    }
-}
-
 /// Whether the session's identity came from a workload token.
 fn is_managed(session: &Session) -> bool {
     session.identity.as_ref().is_some_and(|i| {
         i.identity.labels.iter().any(|(k, v)| k == crate::record::MANAGED_LABEL && v == "true")
     })
-}
-
-/// Keeps the "where is its agent held" record of managed workloads.
-pub struct PresenceObserver(pub Arc<Lifecycle>);
-
-impl AgentPresence for PresenceObserver {
-    fn agent_up(&self, agent_id: &str) {
-        // The agent's labels are kept per agent: no scan of every session.
-        let labels = self.0.sessions.agent_labels(agent_id);
-        if !labels.iter().any(|(k, v)| k == crate::record::MANAGED_LABEL && v == "true") {
-            return;
-        }
-        let since = now_ms();
-        self.0.presence.lock().unwrap_or_else(|p| p.into_inner()).insert(agent_id.to_owned(), since);
-        if let Store::Redis(redis) = &self.0.store {
-            let (redis, id, replica) = (redis.clone(), agent_id.to_owned(), self.0.replica_id.clone());
-            tokio::spawn(async move {
-                if let Err(e) = redis.workload_connection(&id, &replica, Some(since)).await {
-                    tracing::debug!(id, error = %e, "could not record the workload's connection");
-                }
-            });
-        }
-    }
-
-    fn agent_down(&self, agent_id: &str) {
-        let was = self.0.presence.lock().unwrap_or_else(|p| p.into_inner()).remove(agent_id);
-        if was.is_none() {
-            return;
-        }
-        if let Store::Redis(redis) = &self.0.store {
-            let (redis, id, replica) = (redis.clone(), agent_id.to_owned(), self.0.replica_id.clone());
-            tokio::spawn(async move {
-                if let Err(e) = redis.workload_connection(&id, &replica, None).await {
-                    tracing::debug!(id, error = %e, "could not clear the workload's connection");
-                }
-            });
-        }
-    }
 }
