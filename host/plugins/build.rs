@@ -17,6 +17,7 @@ const TARGET: &str = "wasm32-wasip2";
 /// load every one of them.
 const ARTIFACTS: &[&str] = &[
     "authorizer_static.wasm",
+    "authorizer_callout.wasm",
     "workload_workspace.wasm",
     "workload_ci_job.wasm",
     "workload_terminal.wasm",

@@ -75,6 +75,11 @@ static BUILTINS: &[Builtin] = &[
         bytes: artifact!("authorizer_static.wasm"),
     },
     Builtin {
+        name: "authorizer-callout",
+        kind: PluginKind::Authorizer,
+        bytes: artifact!("authorizer_callout.wasm"),
+    },
+    Builtin {
         name: "workload-workspace",
         kind: PluginKind::Workload,
         bytes: artifact!("workload_workspace.wasm"),
