@@ -114,7 +114,7 @@ fn classify(status: Status) -> AttemptError {
 }
 
 /// The host's `burrow-retry-after-ms` hint, capped.
-fn retry_after(status: &Status) -> Option<Duration> {
+pub(crate) fn retry_after(status: &Status) -> Option<Duration> {
     let ms = status.metadata().get(burrow_proto::RETRY_AFTER_METADATA)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_millis(ms).min(MAX_RETRY_AFTER))
 }

@@ -62,6 +62,10 @@ impl Session {
 /// host that keeps closing them cannot turn the agent into a busy loop.
 pub(crate) const QUICK_CLOSE: Duration = Duration::from_secs(1);
 
+/// How long a tunnel the host refused (a per-agent cap) waits before it is opened
+/// again, when the host sent no retry-after.
+const TUNNEL_REFUSED_RETRY: Duration = Duration::from_secs(5);
+
 /// How a freshly welcomed connection relates to the replicas the other slots hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
@@ -179,6 +183,8 @@ pub(crate) struct Shared {
     /// The host's connection rate limit is per token: once one slot is told to wait, no
     /// slot dials before this instant.
     rate_gate: Mutex<Option<Instant>>,
+    /// When a refused tunnel was last logged at WARN.
+    tunnel_refusal_logged: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +220,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             replicas: Mutex::new(Replicas::new(config.connections)),
             rate_gate: Mutex::new(None),
+            tunnel_refusal_logged: Mutex::new(None),
         }))
     }
 
@@ -508,6 +515,36 @@ impl Slot {
     pub(crate) fn idle_closed(self: &Arc<Self>, was_parked: bool, lived: Duration) {
         let delay = (lived < QUICK_CLOSE).then_some(QUICK_CLOSE);
         self.transition(delay, |pool| pool.idle_closed(was_parked));
+    }
+
+    /// The host refused to open an idle tunnel because this agent is at one of its
+    /// per-agent caps: open it again after the host's hint (±20%, so refused tunnels do
+    /// not come back together), at least [`QUICK_CLOSE`] and at most
+    /// [`MAX_RETRY_AFTER`](crate::session::MAX_RETRY_AFTER); never at once, which would
+    /// spin against the cap.
+    pub(crate) fn idle_refused(self: &Arc<Self>, retry_after: Option<Duration>, status: &tonic::Status) {
+        let hint = retry_after.unwrap_or(TUNNEL_REFUSED_RETRY);
+        let delay =
+            hint.mul_f64(rand::random_range(0.8..1.2)).clamp(QUICK_CLOSE, crate::session::MAX_RETRY_AFTER);
+        self.shared.set_status(|s| s.tunnels_refused += 1);
+        // One line a minute at most: an agent at its cap has every missing tunnel refused
+        // each retry, and the status counts them all.
+        let now = Instant::now();
+        let loud = {
+            let mut last = lock(&self.shared.tunnel_refusal_logged);
+            let loud = last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60));
+            if loud {
+                *last = Some(now);
+            }
+            loud
+        };
+        let status = crate::session::describe_status(status);
+        if loud {
+            warn!(%status, retry_in = ?delay, "host refused a tunnel: this agent holds as many there as it allows; retrying later");
+        } else {
+            tracing::debug!(%status, retry_in = ?delay, "host refused a tunnel; retrying later");
+        }
+        self.transition(Some(delay), |pool| pool.idle_closed(false));
     }
 
     /// An idle tunnel ended because the session is failing: forget it, open nothing.

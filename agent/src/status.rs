@@ -112,6 +112,9 @@ pub struct AgentStatus {
     pub auth_failures: u64,
     /// Attempts the host refused with RESOURCE_EXHAUSTED (connection rate limit).
     pub rate_limited: u64,
+    /// Tunnels the host refused with RESOURCE_EXHAUSTED because this agent holds as many
+    /// (parked or open) as it allows; each is opened again after the host's retry-after.
+    pub tunnels_refused: u64,
     /// The most recent failure of any slot, for display.
     pub last_error: Option<String>,
     /// The host refused this agent for good (the workload is over, or the token is

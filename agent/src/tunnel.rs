@@ -51,6 +51,15 @@ pub(crate) async fn run(slot: Arc<Slot>, session: Arc<Session>, delay: Option<Du
     };
     let mut inbound = match opened {
         Ok(response) => response.into_inner(),
+        Err(status)
+            if status.code() == tonic::Code::ResourceExhausted
+                && crate::final_reason::from_status(&status).is_none() =>
+        {
+            // Over the host's per-agent cap on parked or open tunnels: the session is
+            // fine (its other tunnels serve), so keep it and open this one again after
+            // the host's retry-after instead of at once, which would only be refused again.
+            return slot.idle_refused(crate::session::retry_after(&status), &status);
+        }
         Err(status) => {
             slot.idle_failed(false);
             if let Some(reason) = crate::final_reason::from_status(&status) {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use burrow_agent::{AgentConfig, AgentStatus, Backoff, ConnState};
-use tokio::time::sleep;
+use tokio::time::{sleep, Instant};
 
 use common::*;
 
@@ -98,7 +98,12 @@ async fn more_connections_than_replicas_settles_without_spinning() {
     let r1 = Host::start_with(HostOptions::replica("r1")).await;
     let r2 = Host::start_with(HostOptions::replica("r2")).await;
     let lb = round_robin_proxy(Arc::new(Mutex::new(vec![r1.addr, r2.addr]))).await;
-    let agent = burrow_agent::spawn(cluster_config(&[format!("grpc://{lb}")], echo, 3));
+    let mut config = cluster_config(&[format!("grpc://{lb}")], echo, 3);
+    // Short, so the test can wait for the duplicate's first diversify round (the next
+    // dial there is) instead of sleeping to see that none comes.
+    let interval = Duration::from_secs(1);
+    config.diversify_interval = interval;
+    let agent = burrow_agent::spawn(config);
 
     let status = wait_status(&agent, "three connections on two replicas", |s| {
         all_connected(s) && replicas(s) == set(&["r1", "r2"])
@@ -108,15 +113,41 @@ async fn more_connections_than_replicas_settles_without_spinning() {
     assert_eq!(duplicates, 1, "exactly one connection is a kept duplicate: {status:?}");
     // Each slot dials at most 3 times before it keeps a duplicate.
     assert!(status.connect_attempts <= 9, "{status:?}");
-    let settled = status.connect_attempts;
-    let host_attempts = r1.attempt_count() + r2.attempt_count();
+    let (settled, settled_status) = (status.connect_attempts, status);
+    let all_attempts = |r1: &Host, r2: &Host| {
+        let mut all: Vec<Instant> = r1.attempts.lock().unwrap().clone();
+        all.extend(r2.attempts.lock().unwrap().iter().copied());
+        all.sort();
+        all
+    };
+    let before = all_attempts(&r1, &r2);
+    let last_before = *before.last().unwrap();
 
-    // Settled: nothing re-dials until the diversify interval (60 s by default).
-    sleep(Duration::from_millis(1500)).await;
+    // Settled: the next dial is the duplicate's diversify round, one interval (±20%)
+    // after it was kept. Wait for that dial, then check nothing dialed sooner (the hosts
+    // stamp each attempt when it arrives, later than the agent started it).
+    wait_status(&agent, "the diversify round's first dial", |s| s.connect_attempts > settled).await;
+    let first_after = within("the diversify dial to reach a host", async {
+        loop {
+            if let Some(at) = all_attempts(&r1, &r2).get(before.len()) {
+                return *at;
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        first_after - last_before >= interval.mul_f64(0.8),
+        "a dial {:?} after the agent settled, before the diversify interval",
+        first_after - last_before
+    );
+    // It came from the duplicate: the distinct connections never re-dialed.
     let now = agent.status().borrow().clone();
-    assert_eq!(now.connect_attempts, settled, "{now:?}");
-    assert_eq!(r1.attempt_count() + r2.attempt_count(), host_attempts);
-    assert!(all_connected(&now));
+    for (then, now) in settled_status.connections.iter().zip(&now.connections) {
+        if !then.duplicate {
+            assert_eq!(then.connect_attempts, now.connect_attempts, "slot {} re-dialed: {now:?}", then.slot);
+        }
+    }
     agent.shutdown().await;
 }
 
@@ -169,17 +200,32 @@ async fn a_kept_duplicate_moves_to_a_new_replica_and_drains_gracefully() {
         }
     })
     .await;
-    // ... and only that one.
+    // ... and only that one. The other session is still the agent's after the drain: a
+    // claim of its parked tunnel makes the agent park a replacement on it (min_idle 1),
+    // which it would not on a session it had ended; and no end of it came before.
     seen.remove(&drained);
-    sleep(Duration::from_millis(200)).await;
+    let distinct = seen.iter().next().unwrap().clone();
+    let mut claimed = next_tunnel_on(&mut r1, &distinct).await;
+    dial_echo(&mut claimed, "req-after-drain").await;
+    next_tunnel_on(&mut r1, &distinct).await;
     while let Ok(ended) = r1.ended.try_recv() {
-        assert!(!seen.contains(&ended), "the distinct connection stays up");
+        assert_ne!(ended, distinct, "the distinct connection stays up");
     }
     // ... while its active tunnel, and the other one, keep working.
     for t in &mut active {
         assert_eq!(echo_round_trip(t, b"after the move").await, b"after the move");
     }
     agent.shutdown().await;
+}
+
+/// The next tunnel `host` gets on `session` (tunnels of other sessions are dropped).
+async fn next_tunnel_on(host: &mut Host, session: &str) -> ParkedTunnel {
+    loop {
+        let t = host.next_tunnel().await;
+        if t.session == session {
+            return t;
+        }
+    }
 }
 
 #[tokio::test]

@@ -272,7 +272,8 @@ pub async fn run_with_control(
         // agents through the sessions' presence events, dials by wrapping the local
         // dialer, and makes the host unready while Redis is unreachable.
         Some(c) => {
-            core.sessions.observe(c.clone());
+            c.attach(&core.sessions);
+            core.remote_labels = Some(c.clone());
             let dialer = Arc::new(cluster::dialer::ClusterDialer::new(&core, c.clone()));
             HostContext::new(core, dialer, vec![c.clone()])
         }

@@ -59,6 +59,21 @@ enum Command {
         #[command(subcommand)]
         action: WorkloadCommand,
     },
+    /// Make a private CA and certificates for replicas' mutual TLS (`cluster.tls`), for a
+    /// quick start. The CA is made once in DIR and reused: run again to add or renew
+    /// replicas. Prints each replica's `tls = {...}` line for its `[cluster]` table.
+    ClusterCerts {
+        /// Directory for ca.pem, ca-key.pem and <replica>.pem / <replica>-key.pem.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the replica certificates are valid, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// A replica and the hosts other replicas dial it by: NAME=HOST[,HOST...], e.g.
+        /// replica-a=10.0.0.5 or replica-b=b.internal,10.0.0.6. Repeatable.
+        #[arg(required = true, value_name = "NAME=HOSTS")]
+        replicas: Vec<String>,
+    },
     /// Quickstart: a host, an agent and a demo workload (web page, WebSocket echo, SSE
     /// clock) in one process, with embedded defaults and no Redis.
     Demo {
@@ -341,6 +356,26 @@ async fn main() -> anyhow::Result<()> {
             let result = burrow_host::run_with_control(config, listeners, shutdown_signal(), requests).await;
             drop(control);
             result.context("host failed")
+        }
+        Command::ClusterCerts { dir, days, replicas } => {
+            for spec in replicas {
+                let (name, hosts) = spec
+                    .split_once('=')
+                    .with_context(|| format!("{spec:?}: expected NAME=HOST[,HOST...]"))?;
+                let hosts: Vec<String> =
+                    hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
+                let (files, created) = burrow_host::cluster::pki::issue(&dir, name, &hosts, days)?;
+                if created {
+                    eprintln!(
+                        "created the CA {} (keep {} private: it issues replica certificates)",
+                        files.ca.display(),
+                        dir.join("ca-key.pem").display()
+                    );
+                }
+                eprintln!("issued {} for {}", files.cert.display(), hosts.join(", "));
+                println!("{name}: {}", files.tls_toml());
+            }
+            Ok(())
         }
         Command::SshHostKey { config: path, host } => {
             let config = Config::from_file(&path)?;

@@ -31,6 +31,19 @@ fn check_config_accepts_the_example() {
 fn check_config_accepts_the_cluster_examples() {
     // Run from the repository root, as the README does: the secret path is relative to it.
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    // The README's first step: the CA and the replicas' certificates (mutual TLS).
+    let out = burrow_host()
+        .current_dir(root)
+        .args([
+            "cluster-certs",
+            "--dir",
+            "examples/cluster/certs",
+            "replica-a=127.0.0.1",
+            "replica-b=127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for name in ["replica-a", "replica-b"] {
         let out = burrow_host()
             .current_dir(root)
@@ -39,6 +52,39 @@ fn check_config_accepts_the_cluster_examples() {
             .unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+#[test]
+fn cluster_certs_makes_the_ca_once_and_prints_each_replicas_tls_line() {
+    let dir = std::env::temp_dir().join(format!("burrow-cli-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str]| {
+        burrow_host().arg("cluster-certs").arg("--dir").arg(&dir).args(args).output().unwrap()
+    };
+    let out = run(&["r1=10.0.0.1,r1.internal", "r2=10.0.0.2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("created the CA"), "{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("r1: tls = { cert = ") && l.contains("r1-key.pem")),
+        "{stdout}"
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("r2: tls = ")), "{stdout}");
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    // A later run adds a replica under the same CA, so running replicas still trust it.
+    let out = run(&["r3=10.0.0.3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("created the CA"));
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
+    assert!(dir.join("r3.pem").is_file() && dir.join("r3-key.pem").is_file());
+    // Bad input is named.
+    let out = run(&["no-equals-sign"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME=HOST"));
+    let out = run(&["ca=10.0.0.9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replica name"));
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -54,6 +100,11 @@ fn check_config_names_the_offending_key() {
             "redis.toml",
             "[cluster]\nsecret = \"0123456789abcdef0123456789abcdef\"\nlisten = \"127.0.0.1:0\"\n[cluster.redis]\nurls = [\"http://x\"]\n",
             "cluster.redis.urls",
+        ),
+        (
+            "cleartext.toml",
+            "[cluster]\nsecret = \"0123456789abcdef0123456789abcdef\"\nlisten = \"127.0.0.1:0\"\n",
+            "cluster.tls: required",
         ),
         ("admin.toml", "[admin]\nlisten = \"127.0.0.1:9\"\n[ingress]\nlisten = \"127.0.0.1:9\"\n", "must differ"),
         ("control.toml", "[control]\n", "control.secret_file"),

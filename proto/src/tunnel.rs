@@ -190,10 +190,13 @@ impl Tunnel {
         if self.phase != Phase::Parked {
             return Err(self.violation("send Dial"));
         }
-        self.kind = Kind::of(dial);
-        if self.kind == Kind::Unknown {
+        // Checked before anything is recorded: a refused dial leaves the tunnel parked as it
+        // was, not parked with the unknown kind (found by fuzz target `tunnel_frames`).
+        let kind = Kind::of(dial);
+        if kind == Kind::Unknown {
             return Err(self.violation("send Dial of an unknown kind"));
         }
+        self.kind = kind;
         self.phase = Phase::Dialing;
         Ok(())
     }

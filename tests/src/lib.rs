@@ -4,10 +4,13 @@
 
 pub mod browser;
 pub mod clients;
+pub mod fault;
 pub mod lifecycle;
+pub mod oidc;
 pub mod plugin_host;
 pub mod process;
 pub mod redis;
+pub mod replica;
 pub mod tls;
 pub mod workload;
 
@@ -139,18 +142,41 @@ pub fn alice_and_bob(agents: &[&str]) -> String {
     )
 }
 
+/// The token agent `agent` connects with in tests of several agents ([`agents_authorizer`]).
+pub fn agent_token_of(agent: &str) -> String {
+    format!("token-for-{agent}-0123456789")
+}
+
+/// A static authorizer slot knowing `agents` by [`agent_token_of`], with open access.
+pub fn agents_authorizer(agents: &[&str]) -> String {
+    let agents: Vec<String> = agents
+        .iter()
+        .map(|a| format!("{{ id = \"{a}\", token_sha256 = \"{}\" }}", sha256_hex(&agent_token_of(a))))
+        .collect();
+    format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{}], default_access = \"open\" }}",
+        agents.join(", ")
+    )
+}
+
 /// The shared secret cluster tests use.
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789abcdef";
 
 /// Config of cluster replica `replica_id` using the Redis at `redis_url`, with short
 /// intervals so failure handling shows within a test's patience. `cluster_extra` is TOML
-/// inside `[cluster]`.
+/// inside `[cluster]`. Replicas use mutual TLS with the process's test cluster CA
+/// ([`replica::cluster_pki`]) unless `cluster_extra` sets `tls` or `insecure_cleartext`.
 pub fn cluster_config(replica_id: &str, redis_url: &str, cluster_extra: &str) -> Config {
     cluster_parts(replica_id, redis_url, cluster_extra).build()
 }
 
 /// The parts behind [`cluster_config`], to adjust before building.
 pub fn cluster_parts(replica_id: &str, redis_url: &str, cluster_extra: &str) -> ConfigParts {
+    let tls = if cluster_extra.contains("tls =") || cluster_extra.contains("insecure_cleartext") {
+        String::new()
+    } else {
+        replica::cluster_pki().tls_toml()
+    };
     ConfigParts {
         top: format!("replica_id = \"{replica_id}\""),
         extra: format!(
@@ -161,6 +187,7 @@ secret = "{CLUSTER_SECRET}"
 heartbeat = "200ms"
 replica_ttl = "1s"
 sweep_interval = "500ms"
+{tls}
 {cluster_extra}
 [cluster.redis]
 urls = ["{redis_url}"]

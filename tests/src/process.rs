@@ -15,7 +15,44 @@ pub struct ReplicaProcess {
     pub ingress_addr: SocketAddr,
     /// Health and metrics.
     pub admin_addr: SocketAddr,
+    stderr: ChildLog,
     _config: tempfile_path::TempPath,
+}
+
+/// A child process's stderr, in a temporary file: printed (through the test harness, so
+/// it shows with the failing test) when dropped during a panic, deleted either way.
+pub struct ChildLog {
+    what: String,
+    path: std::path::PathBuf,
+}
+
+impl ChildLog {
+    /// A fresh file for the stderr of a child described as `what`.
+    pub fn create(what: &str) -> ChildLog {
+        let path =
+            std::env::temp_dir().join(format!("burrow-{what}-{}-{}.log", std::process::id(), rand_suffix()));
+        std::fs::File::create(&path).expect("child log file");
+        ChildLog { what: what.to_owned(), path }
+    }
+
+    /// The file, appended to, as a child's stderr (a restarted child appends).
+    pub fn stdio(&self) -> Stdio {
+        std::fs::OpenOptions::new().append(true).open(&self.path).expect("child log file").into()
+    }
+
+    /// Everything logged so far.
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(&self.path).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- stderr of {} ({}) -----\n{}", self.what, self.path.display(), self.read());
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 mod tempfile_path {
@@ -37,10 +74,13 @@ impl ReplicaProcess {
             rand_suffix()
         ));
         std::fs::write(&path, parts.to_toml()).unwrap();
+        // Its log goes to a file the test prints if it fails (see `Drop`): inherited, it
+        // would bypass the test harness's capture and interleave with every other test.
+        let stderr = ChildLog::create("replica");
         let mut child = Command::new(binary)
             .arg(&path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr.stdio())
             .spawn()
             .expect("replica binary starts");
         let stdout = child.stdout.take().unwrap();
@@ -54,8 +94,19 @@ impl ReplicaProcess {
             ingress_addr: addr("ingress"),
             admin_addr: addr("admin"),
             child,
+            stderr,
             _config: tempfile_path::TempPath(path),
         }
+    }
+
+    /// What the replica has logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.read()
+    }
+
+    /// The process id (to read its resident memory from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The agent URL (cleartext gRPC).

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_host::cluster::token::TokenKey;
 use burrow_host::time::now_ms;
-use burrow_proto::cluster_pb::replica_tunnel_client::ReplicaTunnelClient;
 use burrow_proto::pb::{self, agent_control, agent_tunnel_client::AgentTunnelClient};
 use burrow_tests::clients::{self, Mode};
 use burrow_tests::redis::RedisServer;
@@ -22,24 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 const HOST: &str = "web-a1.localhost";
 
 /// Agents `a1`, `a2`, `a3` with tokens `token-for-<id>-0123456789`.
-fn token_of(agent: &str) -> String {
-    format!("token-for-{agent}-0123456789")
-}
-
-fn multi_agent_authorizer() -> String {
-    let agents: Vec<String> = ["a1", "a2", "a3"]
-        .iter()
-        .map(|a| format!("{{ id = \"{a}\", token_sha256 = \"{}\" }}", sha256_hex(&token_of(a))))
-        .collect();
-    format!(
-        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{}], default_access = \"open\" }}",
-        agents.join(", ")
-    )
-}
-
 fn parts(replica: &str, redis: &RedisServer, cluster_extra: &str) -> ConfigParts {
     let mut p = cluster_parts(replica, &redis.url(), cluster_extra);
-    p.authorizer = multi_agent_authorizer();
+    p.authorizer = agents_authorizer(&["a1", "a2", "a3"]);
     p
 }
 
@@ -59,7 +42,8 @@ async fn start(parts: ConfigParts) -> TestHost {
 }
 
 async fn agent_on(host: &TestHost, agent: &str, workload: &Workload) -> burrow_agent::AgentHandle {
-    let mut config = agent_config(&host.agent_url("grpc"), &token_of(agent), &[workload.service("web")]);
+    let mut config =
+        agent_config(&host.agent_url("grpc"), &agent_token_of(agent), &[workload.service("web")]);
     config.connections = 1;
     let handle = burrow_agent::spawn(config);
     wait_connected(&handle).await;
@@ -547,7 +531,7 @@ async fn the_connection_rate_limit_is_shared_by_all_replicas() {
         p.agents = "connect_rate_limit = 3".into();
         hosts.push(start(p).await);
     }
-    let token = token_of("a1");
+    let token = agent_token_of("a1");
     // The limit counts per wall-clock minute: do not start a second before one ends.
     let into_minute = now_ms() % 60_000;
     if into_minute > 55_000 {
@@ -563,58 +547,14 @@ async fn the_connection_rate_limit_is_shared_by_all_replicas() {
         err.metadata().get(burrow_proto::RETRY_AFTER_METADATA).unwrap().to_str().unwrap().parse().unwrap();
     assert!(retry > 0 && retry <= 60_000, "{retry}");
     // Another token has its own budget.
-    control_attempt(&hosts[1].agent_url("grpc"), &token_of("a2")).await.unwrap();
+    control_attempt(&hosts[1].agent_url("grpc"), &agent_token_of("a2")).await.unwrap();
     let (_, text) = admin(&hosts[1], "/metrics").await;
     assert_eq!(metric(&text, "burrow_agent_connections_total{result=\"rate_limited\"}"), 1.0, "{text}");
 }
 
-async fn forward_with(addr: std::net::SocketAddr, token: Option<String>) -> tonic::Status {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    let mut client = ReplicaTunnelClient::new(channel);
-    let dial = burrow_proto::tunnel::frames::dial("web", "req-1");
-    let mut request =
-        tonic::Request::new(futures_util::stream::iter([dial]).chain(futures_util::stream::pending()));
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-        .metadata_mut()
-        .insert_bin(burrow_proto::AGENT_ID_METADATA, tonic::metadata::BinaryMetadataValue::from_bytes(b"a1"));
-    match client.forward(request).await {
-        Ok(_) => panic!("the replica API accepted the call"),
-        Err(status) => status,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replica_api_rejects_bad_and_expired_tokens() {
-    let redis = RedisServer::start();
-    let hosts = replicas(&redis, 1).await;
-    let addr = hosts[0].cluster_addr.unwrap();
-    let good = TokenKey::new(CLUSTER_SECRET.as_bytes(), Duration::from_secs(30));
-    let wrong = TokenKey::new(b"another-secret-another-secret-0000", Duration::from_secs(30));
-    let cases = [
-        ("no token", None),
-        ("garbage", Some("not-a-token".to_owned())),
-        ("wrong secret", Some(wrong.mint("r9", "r0"))),
-        ("wrong audience", Some(good.mint("r9", "r1"))),
-        ("expired", Some(good.mint_at("r9", "r0", now_ms() - 60_000))),
-    ];
-    for (what, token) in cases {
-        let status = forward_with(addr, token).await;
-        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{what}: {status:?}");
-    }
-    // A valid token gets past authentication (and finds no stream of a1 here).
-    let status = forward_with(addr, Some(good.mint("r9", "r0"))).await;
-    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
-    let (_, text) = admin(&hosts[0], "/metrics").await;
-    assert_eq!(metric(&text, "burrow_forwards_served_total{result=\"unauthenticated\"}"), 5.0, "{text}");
-}
-
 fn mode_parts(replica: &str, mode_toml: &str) -> ConfigParts {
     let mut p = cluster_parts(replica, "redis://unused:1", "");
-    p.authorizer = multi_agent_authorizer();
+    p.authorizer = agents_authorizer(&["a1", "a2", "a3"]);
     // Replace the single-server table with the mode's own.
     let start = p.extra.find("[cluster.redis]").unwrap();
     p.extra.truncate(start);
@@ -666,31 +606,6 @@ async fn works_on_redis_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replica_api_runs_over_tls() {
-    let redis = RedisServer::start();
-    let pki = burrow_tests::tls::TestPki::generate();
-    let tls = format!("tls = {{ cert = {:?}, key = {:?}, ca = {:?} }}", pki.cert, pki.key, pki.ca_cert);
-    let hosts = [start(parts("r0", &redis, &tls)).await, start(parts("r1", &redis, &tls)).await];
-    let workload = Workload::start("w1").await;
-    let _agent = agent_on(&hosts[0], "a1", &workload).await;
-    let (status, _, body) = clients::get(hosts[1].ingress_addr, HOST, "/hello").await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-    let (_, text) = admin(&hosts[0], "/metrics").await;
-    assert_eq!(metric(&text, "burrow_forwards_served_total{result=\"ok\"}"), 1.0, "{text}");
-    // The port speaks only TLS: a cleartext caller gets nowhere.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", hosts[0].cluster_addr.unwrap()))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(2))
-            .connect_lazy();
-    let mut client = ReplicaTunnelClient::new(channel);
-    let request =
-        tonic::Request::new(futures_util::stream::iter([burrow_proto::tunnel::frames::dial("web", "x")]));
-    assert!(client.forward(request).await.is_err());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_tunnels_are_released_on_the_agent() {
     let redis = RedisServer::start();
     let mut p1 = parts("r1", &redis, "");
@@ -720,7 +635,8 @@ async fn a_busy_replica_keeps_its_registration() {
     let redis = RedisServer::start();
     let hosts = replicas(&redis, 2).await;
     let workload = Workload::start("w1").await;
-    let mut config = agent_config(&hosts[0].agent_url("grpc"), &token_of("a1"), &[workload.service("web")]);
+    let mut config =
+        agent_config(&hosts[0].agent_url("grpc"), &agent_token_of("a1"), &[workload.service("web")]);
     config.connections = 1;
     config.min_idle = 1;
     config.max_streams = 1;
@@ -747,4 +663,49 @@ async fn a_busy_replica_keeps_its_registration() {
     })
     .await;
     assert_eq!(clients::get(hosts[1].ingress_addr, HOST, "/hello").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_labels_decide_the_same_on_every_replica() {
+    let redis = RedisServer::start();
+    // a1 connects with labels, a2 without; a label rule lets alice (and only alice) reach
+    // agents of team infra, and nothing else is open.
+    let authorizer = format!(
+        "source = \"builtin:authorizer-static\"\nconfig = {{ default_access = \"deny\", \
+         agents = [{{ id = \"a1\", token_sha256 = \"{}\", labels = {{ team = \"infra\" }} }}, \
+                   {{ id = \"a2\", token_sha256 = \"{}\" }}], \
+         users = [{{ name = \"alice\", token_sha256 = \"{}\" }}, {{ name = \"bob\", token_sha256 = \"{}\" }}], \
+         workloads = [{{ agent = \"*\", labels = {{ team = \"infra\" }}, service = \"*\", access = \"token\", users = [\"alice\"] }}] }}",
+        sha256_hex(&agent_token_of("a1")),
+        sha256_hex(&agent_token_of("a2")),
+        sha256_hex(ALICE_TOKEN),
+        sha256_hex(BOB_TOKEN),
+    );
+    let mut hosts = Vec::new();
+    for replica in ["r0", "r1"] {
+        let mut p = cluster_parts(replica, &redis.url(), "");
+        p.authorizer = authorizer.clone();
+        hosts.push(start(p).await);
+    }
+    let workload = Workload::start("w1").await;
+    let _a1 = agent_on(&hosts[0], "a1", &workload).await;
+    let _a2 = agent_on(&hosts[0], "a2", &workload).await;
+    let cases = [
+        ("web-a1.localhost", ALICE_TOKEN, StatusCode::OK),
+        ("web-a1.localhost", BOB_TOKEN, StatusCode::FORBIDDEN),
+        ("web-a2.localhost", ALICE_TOKEN, StatusCode::FORBIDDEN),
+    ];
+    // r0 holds the agents; r1 knows a1's labels only through the registry.
+    for (i, host) in hosts.iter().enumerate() {
+        let mut client = clients::connect(host.ingress_addr, &Mode::h1()).await;
+        for (name, token, expected) in cases {
+            let bearer = format!("Bearer {token}");
+            let response =
+                client.request("GET", name, "/hello", &[("authorization", &bearer)], clients::empty()).await;
+            assert_eq!(response.status(), expected, "{name} for {token} through r{i}");
+        }
+    }
+    // The allowed request through r1 really went over the replica API to r0.
+    let (_, text) = admin(&hosts[0], "/metrics").await;
+    assert_eq!(metric(&text, "burrow_forwards_served_total{result=\"ok\"}"), 1.0, "{text}");
 }

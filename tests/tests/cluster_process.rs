@@ -1,6 +1,6 @@
 //! Cluster crash tests: host replicas as real processes, one SIGKILLed mid-traffic.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +14,9 @@ use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow-replica");
 
-fn token_of(agent: &str) -> String {
-    format!("token-for-{agent}-0123456789")
-}
-
 fn parts(replica: &str, redis: &RedisServer) -> ConfigParts {
     let mut p = cluster_parts(replica, &redis.url(), "");
-    let agents: Vec<String> = ["a1", "a2"]
-        .iter()
-        .map(|a| format!("{{ id = \"{a}\", token_sha256 = \"{}\" }}", sha256_hex(&token_of(a))))
-        .collect();
-    p.authorizer = format!(
-        "source = \"builtin:authorizer-static\"\nconfig = {{ agents = [{}], default_access = \"open\" }}",
-        agents.join(", ")
-    );
+    p.authorizer = agents_authorizer(&["a1", "a2"]);
     p
 }
 
@@ -80,7 +69,7 @@ async fn a_killed_replica_costs_no_new_request_and_no_stream_through_others() {
     let workload = Workload::start("w1").await;
 
     // a1 keeps k=2 connections, initially to r1 and r2 (its list also names r0).
-    let mut config = agent_config(&reps[1].agent_url(), &token_of("a1"), &[workload.service("web")]);
+    let mut config = agent_config(&reps[1].agent_url(), &agent_token_of("a1"), &[workload.service("web")]);
     config = config.with_host(&reps[2].agent_url()).unwrap().with_host(&reps[0].agent_url()).unwrap();
     config.connections = 2;
     let a1 = burrow_agent::spawn(config);
@@ -88,7 +77,7 @@ async fn a_killed_replica_costs_no_new_request_and_no_stream_through_others() {
     assert!(before.contains(&"r1".to_owned()) && before.contains(&"r2".to_owned()), "{before:?}");
 
     // a2 lives on r1 only; a user streams from it through r0 across the whole crash.
-    let mut config = agent_config(&reps[1].agent_url(), &token_of("a2"), &[workload.service("web")]);
+    let mut config = agent_config(&reps[1].agent_url(), &agent_token_of("a2"), &[workload.service("web")]);
     config.connections = 1;
     let a2 = burrow_agent::spawn(config);
     wait_connected(&a2).await;
@@ -101,10 +90,12 @@ async fn a_killed_replica_costs_no_new_request_and_no_stream_through_others() {
 
     // Steady traffic for a1 through r0 (which forwards to r1 or r2).
     let stop = Arc::new(AtomicBool::new(false));
+    // Requests answered so far, all loops: the test waits on it rather than on the clock.
+    let answered = Arc::new(AtomicUsize::new(0));
     let via = reps[0].ingress_addr;
     let mut loops = Vec::new();
     for _ in 0..3 {
-        let stop = stop.clone();
+        let (stop, answered) = (stop.clone(), answered.clone());
         loops.push(tokio::spawn(async move {
             let mut client = clients::connect(via, &Mode::h2()).await;
             let mut results = Vec::new();
@@ -112,14 +103,22 @@ async fn a_killed_replica_costs_no_new_request_and_no_stream_through_others() {
                 let started = Instant::now();
                 let (status, _, body) = client.get("web-a1.localhost", "/hello").await;
                 results.push((started, status, String::from_utf8_lossy(&body).into_owned()));
+                answered.fetch_add(1, Ordering::SeqCst);
             }
             results
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answered_at_least = |n: usize| {
+        let answered = answered.clone();
+        move || answered.load(Ordering::SeqCst) >= n
+    };
+    eventually(Duration::from_secs(20), "traffic before the crash", answered_at_least(10)).await;
     reps[2].kill();
     let killed_at = Instant::now();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // At most one request per loop straddles the kill: 3 + 11 more answers mean at least
+    // 11 requests started after it.
+    let at_kill = answered.load(Ordering::SeqCst);
+    eventually(Duration::from_secs(20), "traffic after the crash", answered_at_least(at_kill + 14)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut after, mut total) = (0, 0);
     for l in loops {
@@ -171,7 +170,7 @@ async fn an_agent_with_k_2_holds_two_distinct_replicas_and_redis_agrees() {
         wait_ready(r).await;
     }
     let workload = Workload::start("w1").await;
-    let mut config = agent_config(&reps[0].agent_url(), &token_of("a1"), &[workload.service("web")]);
+    let mut config = agent_config(&reps[0].agent_url(), &agent_token_of("a1"), &[workload.service("web")]);
     for r in &reps[1..] {
         config = config.with_host(&r.agent_url()).unwrap();
     }

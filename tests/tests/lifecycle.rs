@@ -28,8 +28,13 @@ async fn shutdown_lets_requests_in_flight_finish() {
 
     // Stop the host while the body is still streaming (a slow reader keeps it in flight).
     let stopping = tokio::spawn(host.stop());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(tokio::net::TcpStream::connect(ingress).await.is_err(), "the ingress stops accepting at once");
+    // The stop closes the listener first (before any grace period): wait for that, with
+    // the in-flight body still unread.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(ingress).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the ingress still accepts while stopping");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     while let Some(frame) = body.frame().await {
         let data = frame.expect("the in-flight body is not cut").into_data().unwrap();

@@ -54,8 +54,10 @@ fn replica_config(replica_id: &str, redis_url: &str, ingress_extra: &str) -> Con
         top: format!("replica_id = \"{replica_id}\""),
         ingress: format!("stream_wait = \"20s\"\n{ingress_extra}"),
         extra: format!(
-            "[cluster]\nlisten = \"127.0.0.1:0\"\nsecret = \"{CLUSTER_SECRET}\"\n\
-             [cluster.redis]\nurls = [\"{redis_url}\"]\n"
+            "[cluster]\nlisten = \"127.0.0.1:0\"\nsecret = \"{CLUSTER_SECRET}\"\n{}\n\
+             [cluster.redis]\nurls = [\"{redis_url}\"]\n",
+            // Mutual TLS between replicas, as a deployment runs by default.
+            burrow_tests::replica::cluster_pki().tls_toml()
         ),
         ..Default::default()
     }

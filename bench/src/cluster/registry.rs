@@ -136,7 +136,7 @@ pub(super) const REPLICAS: [&str; 3] = ["r0", "r1", "r2"];
 pub(super) async fn registry_run(
     redis: &RedisServer,
     store: &Store,
-    agents: &[String],
+    agents: &[(String, burrow_host::cluster::store::AgentLabels)],
 ) -> anyhow::Result<RegistryRun> {
     let ttl = ClusterConfig::default().agent_ttl;
     redis.cli(&["FLUSHALL"]);
@@ -155,7 +155,7 @@ pub(super) async fn registry_run(
         .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix("keys=")?.parse().ok()))
         .unwrap_or(0);
     let agent_key_bytes = redis
-        .cli(&["MEMORY", "USAGE", &format!("burrow:agent:{{{}}}", agents[0]), "SAMPLES", "0"])
+        .cli(&["MEMORY", "USAGE", &format!("burrow:agent:{{{}}}", agents[0].0), "SAMPLES", "0"])
         .trim()
         .parse()
         .unwrap_or(0);
@@ -223,8 +223,11 @@ pub(super) async fn registry(args: &Args) -> anyhow::Result<()> {
     let version = info(&redis.cli(&["INFO", "server"])).get("redis_version").cloned().unwrap_or_default();
     let store = Store::new(RedisConfig { urls: vec![redis.url()], ..Default::default() });
     // Connect and load the registration script once, outside the measurements.
-    store.register("warm-up", &["warm-up".to_owned()], Duration::from_secs(60)).await?;
-    let agents: Vec<String> = (0..n).map(|i| format!("agent-{i:05}")).collect();
+    let no_labels: burrow_host::cluster::store::AgentLabels = Vec::new().into();
+    store.register("warm-up", &[("warm-up".to_owned(), no_labels.clone())], Duration::from_secs(60)).await?;
+    // As a replica registers them: each agent with its labels (none here).
+    let agents: Vec<(String, burrow_host::cluster::store::AgentLabels)> =
+        (0..n).map(|i| (format!("agent-{i:05}"), no_labels.clone())).collect();
     let mut runs = Vec::with_capacity(args.runs);
     for _ in 0..args.runs {
         runs.push(registry_run(&redis, &store, &agents).await?);

@@ -102,8 +102,10 @@ fn replica(replica_id: &str, redis_url: &str, dir: &Path) -> burrow_host::Config
         top: format!("replica_id = \"{replica_id}\""),
         authorizer: users_only(),
         extra: format!(
-            "[cluster]\nlisten = \"127.0.0.1:0\"\nsecret = \"{CLUSTER_SECRET}\"\n\
+            "[cluster]\nlisten = \"127.0.0.1:0\"\nsecret = \"{CLUSTER_SECRET}\"\n{}\n\
              [cluster.redis]\nurls = [\"{redis_url}\"]\n{}",
+            // Mutual TLS between replicas, as a deployment runs by default.
+            burrow_tests::replica::cluster_pki().tls_toml(),
             control_table(dir, false)
         ),
         ..Default::default()

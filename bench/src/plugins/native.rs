@@ -89,7 +89,8 @@ impl Native {
             path: req.path.clone(),
             agent_labels: req.agent_labels.clone(),
         };
-        match self.policy.authorize(&req.target.agent_id, &req.target.service, req.principal.as_ref()) {
+        let (agent, labels, service) = (&req.target.agent_id, &req.agent_labels, &req.target.service);
+        match self.policy.authorize(agent, labels, service, req.principal.as_ref()) {
             Verdict::Allow { strip_credentials } => Decision::Allow { strip_credentials },
             Verdict::Deny { status, reason } => Decision::Deny { status, reason: reason.to_string() },
         }

@@ -17,13 +17,16 @@
 //!     plugin's source changes; a reload meanwhile answers `held`).
 //!
 //! # Layout
-//! One file: [`AdminConfig`] (the `[admin]` table), [`serve`] (the accept loop) and one
-//! handler per route above; the bearer token is read by the ingress's header helpers and
-//! compared in constant time.
+//! One file: [`AdminConfig`] (the `[admin]` table), [`serve`] (the accept loop, with its
+//! connection cap, header and idle timeouts) and one handler per route above; the bearer
+//! token is read by the ingress's header helpers and compared in constant time.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -50,17 +54,48 @@ pub struct AdminConfig {
     /// A file holding the bearer token of the plugin API (one line). Without it the
     /// plugin API answers 403: it can swap the code that decides who gets in.
     pub token_file: Option<std::path::PathBuf>,
+    /// How long a client may take to send a request's headers, from the moment the
+    /// connection opens or its previous answer was sent; a keep-alive connection waiting
+    /// longer for its next request is closed too. Default 10s: probes and scrapers send
+    /// their few header lines at once, and a trickling client cannot hold a socket.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte either way for this long is closed, whatever it
+    /// is doing (a client that stops reading an answer, or stalls a request body).
+    /// Default 30s: above any scrape or reload on a healthy network.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Admin connections open at once; more are closed as soon as they are accepted.
+    /// Default 128: load balancers' health checks and a few scrapers need a handful at a
+    /// time, and a flood of silent connections cannot take the host's file descriptors.
+    /// 0: no cap.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: ([127, 0, 0, 1], 8084).into(), token_file: None }
+        Self {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 8084).into(),
+            token_file: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 128,
+        }
     }
 }
 
 impl AdminConfig {
     /// Checks that the token file exists and holds a usable token.
     pub fn validate(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("admin.header_read_timeout", self.header_read_timeout),
+            ("admin.idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key}: must be greater than zero"));
+            }
+        }
         if let Some(path) = &self.token_file {
             let token = read_token(path)?;
             if token.len() < 16 {
@@ -218,8 +253,9 @@ pub async fn serve(
     };
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::debug!(?local, "admin port listening");
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -230,27 +266,216 @@ pub async fn serve(
                 }
             },
         };
+        // Counted from accept and closed at once past the cap: nothing queues, and the
+        // timeouts below free the places that slow clients take.
+        let Some(place) = OpenConnection::enter(&open, config.max_connections) else {
+            ctx.metrics.limit_refused("admin_connections");
+            tracing::debug!(%peer, max = config.max_connections, "admin port: at its connection cap; closed");
+            drop(stream);
+            continue;
+        };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         let token = token.clone();
+        let config = config.clone();
         tokio::spawn(async move {
+            let _place = place;
+            let activity = Arc::new(Activity::new());
+            let handling = activity.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let ctx = ctx.clone();
                 let token = token.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, token.as_deref(), req).await) }
+                // The host's own work (a plugin reload compiles) is not the client idling.
+                let busy = handling.begin();
+                async move {
+                    let _busy = busy;
+                    Ok::<_, Infallible>(handle(&ctx, token.as_deref(), req).await)
+                }
             });
+            let io = Watched { inner: stream, activity: activity.clone() };
+            // hyper's header timer runs from the moment it waits for a request head (a new
+            // connection, or a kept-alive one after its answer) until the head is complete.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
+                .header_read_timeout(config.header_read_timeout)
+                .serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                () = activity.quiet_for(config.idle_timeout) => {
+                    tracing::debug!(%peer, idle = ?config.idle_timeout, "admin connection moved no byte; closed");
+                }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }
             }
         });
+    }
+}
+
+/// One open admin connection's place under `max_connections`.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    /// A place, or `None` when `max` (non-zero) are open.
+    fn enter(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if open.fetch_add(1, Ordering::AcqRel) >= max && max > 0 {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(open.clone()))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it opened, and whether a
+/// handler is running on it.
+struct Activity {
+    opened: tokio::time::Instant,
+    last_ms: AtomicU64,
+    handling: AtomicUsize,
+}
+
+/// A handler running; dropping it counts as activity.
+struct Handling(Arc<Activity>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            handling: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> Handling {
+        self.handling.fetch_add(1, Ordering::AcqRel);
+        Handling(self.clone())
+    }
+
+    /// Resolves once no byte moved for `idle` while no handler ran.
+    async fn quiet_for(&self, idle: Duration) {
+        loop {
+            let deadline = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= deadline && self.handling.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            // A running handler touches on its end; until then, look again a period later.
+            tokio::time::sleep_until(deadline.max(tokio::time::Instant::now() + idle / 2)).await;
+        }
+    }
+}
+
+/// A socket that records in [`Activity`] each time it reads or writes a byte.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_admin_connections_are_given_back_when_closed() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let a = OpenConnection::enter(&open, 2).unwrap();
+        let _b = OpenConnection::enter(&open, 2).unwrap();
+        assert!(OpenConnection::enter(&open, 2).is_none());
+        drop(a);
+        assert!(OpenConnection::enter(&open, 2).is_some());
+        assert!(OpenConnection::enter(&open, 0).is_some(), "0: no cap");
+    }
+
+    #[test]
+    fn config_defaults_and_zero_timeouts() {
+        let config: AdminConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            (config.header_read_timeout, config.idle_timeout, config.max_connections),
+            (Duration::from_secs(10), Duration::from_secs(30), 128)
+        );
+        config.validate().unwrap();
+        let zero: AdminConfig = toml::from_str("idle_timeout = \"0s\"").unwrap();
+        assert!(zero.validate().unwrap_err().starts_with("admin.idle_timeout"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_for_waits_for_a_running_handler() {
+        let activity = Arc::new(Activity::new());
+        let busy = activity.begin();
+        let waiting = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.quiet_for(Duration::from_secs(1)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "a handler at work is not the client idling");
+        drop(busy);
+        let ended = tokio::time::Instant::now();
+        waiting.await.unwrap();
+        assert!(ended.elapsed() >= Duration::from_secs(1), "counted from the handler's end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_for_waits_out_the_last_byte() {
+        let activity = Activity::new();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        activity.touch();
+        let start = tokio::time::Instant::now();
+        activity.quiet_for(Duration::from_secs(1)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "counted from the last byte, not the open");
     }
 }

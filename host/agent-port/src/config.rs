@@ -65,6 +65,19 @@ pub struct AgentListenerConfig {
     /// accept (before any authentication); more are closed at once. Default 256. 0: no
     /// cap. Raise it when many agents share one NAT address.
     pub max_connections_per_address: usize,
+    /// Tunnels one agent identity may keep parked (idle, waiting for a user) on this
+    /// replica, over all its sessions; more are refused with RESOURCE_EXHAUSTED and a
+    /// retry-after, and the agent retries them later. Default 256: an agent parks 4 per
+    /// connection and 2 connections (8), doubling its pool after a burst; 256 leaves a
+    /// burst of that size its headroom while no identity can park thousands of streams,
+    /// each of which costs the host memory and a task. 0: no cap.
+    pub max_parked_tunnels_per_agent: usize,
+    /// Tunnels one agent identity may hold open at once on this replica, over all its
+    /// sessions: parked ones plus those carrying a user's connection. A tunnel opened
+    /// past it is refused like a parked one over its cap, so an agent whose tunnels are
+    /// all busy gets no more until one ends. Default 4096: two agent processes at their
+    /// default ceiling (2 connections × 1000 streams each). 0: no cap.
+    pub max_streams_per_agent: usize,
 }
 
 impl Default for AgentListenerConfig {
@@ -86,6 +99,8 @@ impl Default for AgentListenerConfig {
             connection_age_grace: Duration::from_secs(3600),
             max_sessions_per_agent: 16,
             max_connections_per_address: 256,
+            max_parked_tunnels_per_agent: 256,
+            max_streams_per_agent: 4096,
         }
     }
 }

@@ -41,6 +41,24 @@ pub(crate) struct TunnelService {
     pub lifecycle: Option<Arc<Lifecycle>>,
     /// Sessions one agent identity may hold here (0: no cap).
     pub max_sessions_per_agent: usize,
+    /// Tunnels one agent identity may keep parked here (0: no cap).
+    pub max_parked_tunnels_per_agent: usize,
+    /// Tunnels (parked + active) open per agent identity here, capped.
+    pub streams: crate::limits::AgentStreams,
+}
+
+/// The retry-after hint on a refused `Tunnel`: room comes back when a user claims a
+/// parked tunnel or an active one ends, which a few seconds usually see; the agent
+/// waits this long before opening the refused tunnel again.
+const TUNNEL_RETRY_AFTER_MS: u64 = 5_000;
+
+/// RESOURCE_EXHAUSTED for a `Tunnel` over a per-agent cap, with the retry-after hint.
+fn tunnel_refusal(message: String) -> Status {
+    let mut status = Status::resource_exhausted(message);
+    status
+        .metadata_mut()
+        .insert(RETRY_AFTER_METADATA, tonic::metadata::MetadataValue::from(TUNNEL_RETRY_AFTER_MS));
+    status
 }
 
 /// After a workload ends, how long its agent gets to act on the GoAway before the host
@@ -606,11 +624,34 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
         if let Some(info) = request.extensions().get::<AgentConnInfo>() {
             info.mark_authenticated();
         }
+        // Counted per identity over all its sessions: opening more connections does not
+        // buy an agent more tunnels.
+        let Some(slot) = self.streams.acquire(&session.agent_id) else {
+            self.ctx.metrics.limit_refused("agent_streams");
+            tracing::debug!(agent_id = %session.agent_id, "tunnel refused: the agent holds as many open tunnels here as allowed");
+            return Err(tunnel_refusal(format!(
+                "agent {:?} already holds as many open tunnels on this replica as allowed \
+                 (agents.max_streams_per_agent); retry when one ends",
+                session.agent_id
+            )));
+        };
         let (tx, rx) = mpsc::channel(TUNNEL_CHANNEL);
         // The RPC ends when the session is cut, whichever TCP connection it came on.
         let cut = session.cut.clone().cancelled_owned();
-        self.ctx.registry.register(IdleTunnel { inbound: request.into_inner(), outbound: tx, session });
-        Ok(Response::new(Box::pin(futures_util::StreamExt::take_until(ReceiverStream::new(rx), cut))))
+        let agent_id = session.agent_id.clone();
+        let tunnel = IdleTunnel { inbound: request.into_inner(), outbound: tx, session };
+        if self.ctx.registry.register_capped(tunnel, self.max_parked_tunnels_per_agent).is_err() {
+            self.ctx.metrics.limit_refused("agent_parked_tunnels");
+            tracing::debug!(%agent_id, "tunnel refused: the agent has as many tunnels parked here as allowed");
+            return Err(tunnel_refusal(format!(
+                "agent {agent_id:?} already has {} tunnels parked on this replica \
+                 (agents.max_parked_tunnels_per_agent); retry later",
+                self.max_parked_tunnels_per_agent
+            )));
+        }
+        let stream: BoxStream<pb::HostFrame> =
+            Box::pin(futures_util::StreamExt::take_until(ReceiverStream::new(rx), cut));
+        Ok(Response::new(Box::pin(crate::limits::Holding::new(stream, slot))))
     }
 
     async fn renew_token(

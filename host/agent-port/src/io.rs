@@ -62,55 +62,7 @@ impl AgentConnInfo {
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// Open connections per address, shared by the counter and its slots.
-type OpenCounts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
-
-/// Open connections per source address on the agent port, capped.
-pub struct PerAddress {
-    cap: usize,
-    open: OpenCounts,
-}
-
-/// One counted connection; dropping it gives the slot back.
-#[derive(Default)]
-pub struct AddressSlot(Option<(std::net::IpAddr, OpenCounts)>);
-
-impl PerAddress {
-    /// At most `cap` connections per address (0: no cap, nothing counted).
-    pub fn new(cap: usize) -> Self {
-        Self { cap, open: Default::default() }
-    }
-
-    /// A slot for a new connection from `ip`, or `None` when it holds `cap` already.
-    pub fn acquire(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
-        if self.cap == 0 {
-            return Some(AddressSlot::default());
-        }
-        let ip = ip.to_canonical();
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot(Some((ip, self.open.clone()))))
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        if let Some((ip, open)) = self.0.take() {
-            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = open.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    // The map holds only addresses with open connections: bounded by them.
-                    open.remove(&ip);
-                }
-            }
-        }
-    }
-}
+pub use burrow_host_core::limits::{AddressSlot, PerAddress};
 
 /// One agent connection, transport-erased.
 pub struct AgentConn {

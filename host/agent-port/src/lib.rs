@@ -13,12 +13,14 @@
 //! - [`expiry`]: ends an agent's session when its identity expires.
 //! - [`ratelimit`]: connection attempts per token per minute, shared through Redis when
 //!   clustered.
+//! - `limits`: tunnels open per agent identity (parked + active), capped.
 //! - `config`: the `[agents]` table.
 
 mod config;
 pub mod expiry;
 mod grpc;
 pub mod io;
+mod limits;
 pub mod ratelimit;
 pub mod sniff;
 
@@ -187,6 +189,8 @@ fn pb_server(
         connection_age_grace: config.connection_age_grace,
         lifecycle,
         max_sessions_per_agent: config.max_sessions_per_agent,
+        max_parked_tunnels_per_agent: config.max_parked_tunnels_per_agent,
+        streams: crate::limits::AgentStreams::new(config.max_streams_per_agent),
     })
     .max_decoding_message_size(burrow_proto::MAX_MESSAGE_SIZE)
     // Work items are the one thing larger than a data frame, and only the host sends them.

@@ -45,11 +45,11 @@ pub fn classify(prefix: &[u8]) -> Sniff {
             _ => return Sniff::Garbage("neither an HTTP/2 preface nor an HTTP/1.1 request line"),
         }
     }
-    if prefix.len() >= MAX_METHOD_LEN {
-        Sniff::Garbage("neither an HTTP/2 preface nor an HTTP/1.1 request line")
-    } else {
-        Sniff::NeedMore
-    }
+    // Only letters so far, at most MAX_METHOD_LEN of them (the loop refuses a longer run):
+    // the space may still come. Deciding "garbage" at exactly MAX_METHOD_LEN letters made
+    // the verdict depend on how the bytes were split into reads (fuzz target
+    // `agent_port_sniff`).
+    Sniff::NeedMore
 }
 
 #[cfg(test)]
@@ -91,5 +91,12 @@ mod tests {
         assert!(matches!(classify(b"PRI * HTTP/2.0\r\n\r\nXX"), Sniff::Garbage(r) if r.contains("HTTP/2")));
         assert!(matches!(classify(b"PRI * HTTP/1.1\r\n"), Sniff::Garbage(r) if r.contains("HTTP/2")));
         assert!(matches!(classify(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"), Sniff::Garbage(_)));
+        assert!(matches!(classify(b"ABCDEFGHIJKLMNOPQ"), Sniff::Garbage(_)));
+    }
+
+    #[test]
+    fn the_longest_method_is_decided_the_same_however_it_is_split() {
+        assert_eq!(classify(b"ABCDEFGHIJKLMNOP"), Sniff::NeedMore);
+        assert_eq!(classify(b"ABCDEFGHIJKLMNOP "), Sniff::Http1);
     }
 }

@@ -42,8 +42,21 @@ pub struct ClusterConfig {
     pub secret_file: Option<PathBuf>,
     /// The shared secret inline (prefer `secret_file` or an env-substituted config).
     pub secret: Option<Secret>,
-    /// TLS for the private API. Default: cleartext (use on a private network only).
+    /// Mutual TLS for the private API: required, unless `insecure_cleartext` opts out.
+    /// `burrow-host cluster-certs` makes a CA and replica certificates for a quick start.
     pub tls: Option<ClusterTlsConfig>,
+    /// Runs the private API in cleartext, without mutual TLS. Only for a network where
+    /// nobody else can listen or connect: replica traffic (users' bytes included) is then
+    /// readable, and a captured token is only bounded by being bound to one request and
+    /// short-lived. Logged as a warning at every start. Default false.
+    pub insecure_cleartext: bool,
+    /// How long a connection to the private API may take to prove itself (the TLS
+    /// handshake, or in cleartext the HTTP/2 preface) before it is closed. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections the private API holds at once (other replicas need one each, plus
+    /// reconnections). Default 1024.
+    pub max_connections: usize,
     /// How long an agent's registration on this replica lives in Redis without a refresh.
     /// Default 5m (as KAS). A crashed replica's entries are ignored long before: see
     /// `replica_ttl`.
@@ -67,7 +80,9 @@ pub struct ClusterConfig {
     /// next (the first to answer wins, the rest are cancelled). Default 10ms (as KAS).
     #[serde(with = "humantime_serde")]
     pub speculative_delay: Duration,
-    /// Lifetime of a replica-to-replica token. Default 30s.
+    /// Lifetime of a replica-to-replica token. Each is minted for one forwarded request and
+    /// used at once, so this only needs to cover the replicas' clock difference and the
+    /// call's transit. Default 10s, at most 60s.
     #[serde(with = "humantime_serde")]
     pub token_lifetime: Duration,
 }
@@ -81,13 +96,16 @@ impl Default for ClusterConfig {
             secret_file: None,
             secret: None,
             tls: None,
+            insecure_cleartext: false,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 1024,
             agent_ttl: Duration::from_secs(300),
             agent_refresh: Duration::from_secs(240),
             replica_ttl: Duration::from_secs(15),
             heartbeat: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(60),
             speculative_delay: Duration::from_millis(10),
-            token_lifetime: Duration::from_secs(30),
+            token_lifetime: Duration::from_secs(10),
         }
     }
 }
@@ -117,6 +135,21 @@ impl ClusterConfig {
             }
         }
         self.load_secret()?;
+        match (&self.tls, self.insecure_cleartext) {
+            (None, false) => {
+                return Err("cluster.tls: required: replicas authenticate each other with mutual TLS \
+                     (make a CA and replica certificates with `burrow-host cluster-certs`), \
+                     or set cluster.insecure_cleartext = true on a network nobody else can reach"
+                    .into())
+            }
+            (Some(_), true) => {
+                return Err("cluster.insecure_cleartext: set it or cluster.tls, not both".into());
+            }
+            _ => {}
+        }
+        if self.max_connections == 0 {
+            return Err("cluster.max_connections: must be at least 1".into());
+        }
         if let Some(tls) = &self.tls {
             for (key, path) in [("cert", &tls.cert), ("key", &tls.key), ("ca", &tls.ca)] {
                 if !path.is_file() {
@@ -131,6 +164,7 @@ impl ClusterConfig {
             ("cluster.heartbeat", self.heartbeat),
             ("cluster.sweep_interval", self.sweep_interval),
             ("cluster.token_lifetime", self.token_lifetime),
+            ("cluster.handshake_timeout", self.handshake_timeout),
         ] {
             if value < Duration::from_millis(100) {
                 return Err(format!("{key}: must be at least 100ms"));
@@ -145,8 +179,10 @@ impl ClusterConfig {
         if self.speculative_delay > Duration::from_secs(5) {
             return Err("cluster.speculative_delay: at most 5s".into());
         }
-        if self.token_lifetime > Duration::from_secs(600) {
-            return Err("cluster.token_lifetime: at most 10m".into());
+        if self.token_lifetime > Duration::from_secs(60) {
+            return Err(
+                "cluster.token_lifetime: at most 60s (a token is used the moment it is minted)".into()
+            );
         }
         Ok(())
     }
@@ -184,6 +220,7 @@ mod tests {
         ClusterConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             secret: Some(Secret::new("x".repeat(32))),
+            insecure_cleartext: true,
             ..Default::default()
         }
     }
@@ -196,6 +233,23 @@ mod tests {
         let err =
             ClusterConfig { listen: "0.0.0.0:8083".parse().unwrap(), ..valid() }.validate().unwrap_err();
         assert!(err.contains("cluster.advertise"), "{err}");
+    }
+
+    #[test]
+    fn cleartext_between_replicas_needs_an_explicit_opt_out() {
+        let err = ClusterConfig { insecure_cleartext: false, ..valid() }.validate().unwrap_err();
+        assert!(err.contains("cluster.tls: required") && err.contains("cluster-certs"), "{err}");
+        let tls = ClusterTlsConfig {
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/k.pem".into(),
+            ca: "/nonexistent/ca.pem".into(),
+            server_name: None,
+        };
+        let err = ClusterConfig { tls: Some(tls.clone()), ..valid() }.validate().unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        let err =
+            ClusterConfig { tls: Some(tls), insecure_cleartext: false, ..valid() }.validate().unwrap_err();
+        assert!(err.contains("cluster.tls.cert"), "{err}");
     }
 
     #[test]

@@ -19,8 +19,8 @@ use burrow_proto::tunnel::{frames, Event, Role, Tunnel};
 use burrow_proto::{AGENT_ID_METADATA, MAX_MESSAGE_SIZE, WAIT_MS_METADATA};
 use futures_util::Stream;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::config::ClusterTlsConfig;
 use super::policy::Candidate;
+use super::token::TokenError;
 use super::{Cluster, ClusterError};
 use burrow_host_core::context::HostContext;
 use burrow_host_core::dial::OpenError;
@@ -65,36 +66,15 @@ pub struct Peers {
     tls: Option<(tokio_rustls::TlsConnector, Option<String>)>,
 }
 
-fn read_ca(path: &std::path::Path) -> Result<rustls::RootCertStore, ClusterError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| ClusterError::Tls(format!("cluster.tls.ca {}: {e}", path.display())))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| ClusterError::Tls(format!("cluster.tls.ca {}: {e}", path.display())))?;
-        roots.add(cert).map_err(|e| ClusterError::Tls(format!("cluster.tls.ca {}: {e}", path.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(ClusterError::Tls(format!("cluster.tls.ca {}: no certificate found", path.display())));
-    }
-    Ok(roots)
-}
-
 impl Peers {
-    /// Peers reached in cleartext, or with TLS verified against `tls.ca`.
+    /// Peers reached over mutual TLS (`tls`), or in cleartext when the config opted out.
     pub fn new(tls: Option<&ClusterTlsConfig>) -> Result<Self, ClusterError> {
         let tls = match tls {
             None => None,
-            Some(tls) => {
-                let roots = read_ca(&tls.ca)?;
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| ClusterError::Tls(e.to_string()))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                config.alpn_protocols = vec![b"h2".to_vec()];
-                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), tls.server_name.clone()))
-            }
+            Some(tls) => Some((
+                tokio_rustls::TlsConnector::from(super::mtls::client_config(tls)?),
+                tls.server_name.clone(),
+            )),
         };
         Ok(Self { channels: Mutex::new(HashMap::new()), tls })
     }
@@ -178,7 +158,8 @@ pub(crate) async fn open(
     // the request stream ends there (the peer sees the stream end and resets the agent).
     let outgoing = tokio_stream::StreamExt::map_while(ReceiverStream::new(rx), Result::ok);
     let mut request = Request::new(outgoing);
-    let token = cluster.token_key().mint(cluster.replica_id(), &candidate.replica_id);
+    let token =
+        cluster.token_key().mint_bound(cluster.replica_id(), &candidate.replica_id, &binding(agent_id, dial));
     let md = request.metadata_mut();
     md.insert(
         "authorization",
@@ -224,6 +205,20 @@ pub(crate) async fn open(
     }
 }
 
+/// The digest a replica token is bound to: the agent and every field of the `Dial` that
+/// decides what the tunnel opens. Fields are length-prefixed so no two requests share a
+/// digest by shifting bytes between fields.
+pub fn binding(agent_id: &str, dial: &pb::Dial) -> String {
+    use base64::Engine as _;
+    let mut digest = Sha256::new();
+    for part in [agent_id, &dial.service, &dial.request_id, &dial.principal] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest.update(dial.kind.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.finalize())
+}
+
 fn code_name(code: tonic::Code) -> String {
     format!("{code:?}").to_lowercase()
 }
@@ -251,19 +246,21 @@ impl ReplicaTunnel for ForwardService {
         request: Request<Streaming<pb::HostFrame>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
         let metrics = &self.ctx.metrics;
-        let caller =
-            match bearer(&request).map(|t| self.cluster.token_key().verify(t, self.cluster.replica_id())) {
-                Some(Ok(caller)) => caller,
-                Some(Err(e)) => {
-                    metrics.forward_served("unauthenticated");
-                    tracing::warn!(error = %e, "refused a replica API call with a bad token");
-                    return Err(Status::unauthenticated(e.to_string()));
-                }
-                None => {
-                    metrics.forward_served("unauthenticated");
-                    return Err(Status::unauthenticated("missing replica token"));
-                }
-            };
+        let refuse = |e: TokenError| {
+            metrics.forward_served(if e == TokenError::Replayed { "replayed" } else { "unauthenticated" });
+            tracing::warn!(error = %e, "refused a replica API call");
+            Status::unauthenticated(e.to_string())
+        };
+        let claims = match bearer(&request) {
+            Some(token) => {
+                self.cluster.token_key().verify_bound(token, self.cluster.replica_id()).map_err(refuse)?
+            }
+            None => {
+                metrics.forward_served("unauthenticated");
+                return Err(Status::unauthenticated("missing replica token"));
+            }
+        };
+        let caller = claims.issuer.clone();
         if self.cluster.draining() || self.ctx.shutdown.is_cancelled() {
             metrics.forward_served("draining");
             return Err(Status::unavailable("replica is draining"));
@@ -280,10 +277,6 @@ impl ReplicaTunnel for ForwardService {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .map_or(Duration::ZERO, Duration::from_millis)
             .min(MAX_SERVE_WAIT);
-        if !self.ctx.sessions.holds_agent(&agent_id) {
-            metrics.forward_served("no_tunnel");
-            return Err(Status::not_found("this replica holds no stream of the agent"));
-        }
         let mut from_caller = request.into_inner();
         let dial = match tokio::time::timeout(DIAL_FRAME_TIMEOUT, from_caller.message()).await {
             Ok(Ok(Some(pb::HostFrame { frame: Some(host_frame::Frame::Dial(dial)) }))) => dial,
@@ -291,6 +284,21 @@ impl ReplicaTunnel for ForwardService {
             Err(_) => return Err(Status::deadline_exceeded("no Dial from the calling replica")),
             _ => return Err(Status::invalid_argument("the first frame must be Dial")),
         };
+        // The token opens the one request it was minted for, once: another agent, service
+        // or request id, or a second use, is refused before any tunnel is claimed.
+        claims.check_binding(&binding(&agent_id, &dial)).map_err(refuse)?;
+        match self.cluster.replay_guard().admit(&claims) {
+            Ok(()) => {}
+            Err(TokenError::Busy) => {
+                metrics.forward_served("busy");
+                return Err(Status::resource_exhausted(TokenError::Busy.to_string()));
+            }
+            Err(e) => return Err(refuse(e)),
+        }
+        if !self.ctx.sessions.holds_agent(&agent_id) {
+            metrics.forward_served("no_tunnel");
+            return Err(Status::not_found("this replica holds no stream of the agent"));
+        }
         let dialed = match self.ctx.local.open_raw(&agent_id, &dial, wait).await {
             Ok(d) => d,
             Err(OpenError::Refused { code, message }) => {
@@ -500,16 +508,11 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), ClusterError> {
     let tls = match &cluster.config().tls {
-        Some(t) => {
-            let config = burrow_host_tls::server_config(
-                &burrow_host_tls::TlsConfig { cert: t.cert.clone(), key: t.key.clone() },
-                &[b"h2"],
-            )
-            .map_err(|e| ClusterError::Tls(e.to_string()))?;
-            Some(tokio_rustls::TlsAcceptor::from(config))
-        }
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(super::mtls::server_config(t)?)),
         None => None,
     };
+    let handshake_timeout = cluster.config().handshake_timeout;
+    let connections = Arc::new(tokio::sync::Semaphore::new(cluster.config().max_connections));
     let service = ReplicaTunnelServer::new(ForwardService { ctx, cluster })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -529,23 +532,46 @@ pub async fn serve(
                 },
             };
             let _ = tcp.set_nodelay(true);
+            // Only other replicas dial this port: beyond the cap a connection is closed at
+            // once instead of holding memory for whoever opened it.
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, "replica API connection refused: cluster.max_connections reached");
+                continue;
+            };
             let conns = conns.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let conn = match tls {
-                    None => PeerConn { io: Either::Left(tcp), remote },
+                // Until the peer has proved itself (its TLS handshake with a replica
+                // certificate, or in cleartext at least the HTTP/2 preface) it gets
+                // `handshake_timeout`, so a slow or silent connection cannot sit here.
+                let io = match tls {
+                    None => match tokio::time::timeout(handshake_timeout, h2_preface(&tcp)).await {
+                        Ok(Ok(())) => Either::Left(tcp),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "replica API connection without an HTTP/2 preface");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "replica API connection closed: no HTTP/2 preface in time");
+                            return;
+                        }
+                    },
                     Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => PeerConn { io: Either::Right(Box::new(tls)), remote },
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => Either::Right(Box::new(tls)),
                             Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "replica API TLS handshake failed");
+                                // A caller without a certificate from the cluster CA ends here.
+                                tracing::warn!(%remote, error = %e, "replica API TLS handshake failed");
                                 return;
                             }
-                            Err(_) => return,
+                            Err(_) => {
+                                tracing::debug!(%remote, "replica API connection closed: no TLS handshake in time");
+                                return;
+                            }
                         }
                     }
                 };
-                let _ = conns.send(Ok(conn)).await;
+                let _ = conns.send(Ok(PeerConn { io, remote, _permit: permit })).await;
             });
         }
     });
@@ -578,10 +604,34 @@ pub async fn serve(
     }
 }
 
+/// Waits until the HTTP/2 client preface has arrived on a cleartext connection (peeked,
+/// not consumed: the server reads it again).
+async fn h2_preface(tcp: &TcpStream) -> std::io::Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        tcp.readable().await?;
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP/2 preface"));
+        }
+        if n == PREFACE.len() {
+            return Ok(());
+        }
+        // A partial preface: wait for more bytes rather than spin on the same peek.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// An accepted replica connection (TCP or TLS), with its peer address for tonic.
 struct PeerConn {
     io: Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>,
     remote: SocketAddr,
+    /// Held for the connection's life: `cluster.max_connections`.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for PeerConn {

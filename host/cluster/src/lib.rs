@@ -19,11 +19,16 @@
 //!   look the agent up and race the candidates.
 //! - [`forward`]: the private `ReplicaTunnel` API, both the server and the client side.
 //! - [`policy`]: the order candidates are tried in.
-//! - [`token`]: the short-lived tokens replicas present to each other.
+//! - [`token`]: the short-lived, request-bound tokens replicas present to each other,
+//!   and the [`token::ReplayGuard`] that lets each open one request.
+//! - [`mtls`]: mutual TLS between replicas (certificates from the cluster CA).
+//! - [`pki`]: the quick-start CA and replica certificates (`burrow-host cluster-certs`).
 
 pub mod config;
 pub mod dialer;
 pub mod forward;
+pub mod mtls;
+pub mod pki;
 pub mod policy;
 pub use burrow_host_redis as store;
 pub mod token;
@@ -34,16 +39,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ClusterConfig, ClusterTlsConfig, RedisConfig, RedisMode};
 use policy::{Candidate, PreferLocalLeastLoaded, RoutingPolicy};
 use store::{now_ms, Online, ReplicaRecord, Store, StoreError};
-use token::TokenKey;
+use token::{ReplayGuard, TokenKey};
 
+use burrow_host_core::admission::{AgentLabelSource, AgentLabelsFuture};
 use burrow_host_core::context::ReadinessCheck;
-use burrow_host_core::sessions::AgentPresence;
+use burrow_host_core::sessions::{AgentPresence, AgentSessions};
 use burrow_host_metrics::Metrics;
 
 /// The cluster could not be set up.
@@ -82,14 +88,27 @@ pub struct Cluster {
     advertise: String,
     store: Arc<Store>,
     key: TokenKey,
+    /// Nonces of the bound tokens this replica's API admitted, until they expire.
+    replay: ReplayGuard,
+    /// This replica's agent sessions (set by [`Cluster::attach`]): the labels registered
+    /// with each agent come from them.
+    sessions: std::sync::OnceLock<Arc<AgentSessions>>,
+    /// Labels of agents held elsewhere, fetched from Redis, for one heartbeat.
+    remote_labels: Mutex<HashMap<String, (tokio::time::Instant, store::AgentLabels)>>,
     policy: RwLock<Arc<dyn RoutingPolicy>>,
     metrics: Arc<Metrics>,
     /// Agents with at least one session here. The core's `AgentSessions` counts the
     /// sessions and reports only an agent's first and last, so a set is enough.
     held: Mutex<HashSet<String>>,
-    /// Agents whose registration must be brought in line with `held`.
-    dirty: mpsc::UnboundedSender<String>,
-    dirty_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Agents whose registration must be brought in line with `held`. A set, not a
+    /// queue: an agent connecting and leaving over and over while Redis is slow is one
+    /// entry (the announcer reads the current state from `held`), so it is bounded by
+    /// the agents there are.
+    dirty: Mutex<HashSet<String>>,
+    /// Wakes the announcer when `dirty` gains an entry.
+    dirty_added: Notify,
+    /// Set by the first [`Cluster::start`]: the background work runs once.
+    started: AtomicBool,
     waiters: Waiters,
     replicas: RwLock<HashMap<String, ReplicaRecord>>,
     peers: forward::Peers,
@@ -147,6 +166,13 @@ fn is_live(record: &ReplicaRecord, now: u64) -> bool {
     record.exp >= now
 }
 
+/// Bound tokens a replica remembers at once (each until it expires, `token_lifetime` plus
+/// the skew allowed): about 16 MiB at most, and far above the forwards a replica serves
+/// in a token's lifetime.
+const MAX_LIVE_TOKENS: usize = 262_144;
+/// Remote agents whose labels a replica keeps at once; beyond it the cache starts over.
+const MAX_REMOTE_LABELS: usize = 16_384;
+
 impl Cluster {
     /// Sets up cluster membership; nothing touches Redis until [`Cluster::start`].
     pub fn new(
@@ -158,18 +184,29 @@ impl Cluster {
         let secret = config.load_secret().map_err(ClusterError::Config)?;
         let key = TokenKey::new(&secret, config.token_lifetime);
         let peers = forward::Peers::new(config.tls.as_ref())?;
-        let (dirty, dirty_rx) = mpsc::unbounded_channel();
+        if config.insecure_cleartext {
+            tracing::warn!(
+                listen = %config.listen,
+                "cluster.insecure_cleartext = true: the replica API runs WITHOUT mutual TLS; replica \
+                 traffic (users' bytes included) is readable and forgeable by anyone on the network \
+                 between replicas. Use cluster.tls (see `burrow-host cluster-certs`) outside a closed network"
+            );
+        }
         Ok(Arc::new(Self {
             store: Arc::new(Store::new(config.redis.clone())),
             config,
             replica_id,
             advertise,
             key,
+            replay: ReplayGuard::new(MAX_LIVE_TOKENS),
+            sessions: std::sync::OnceLock::new(),
+            remote_labels: Mutex::new(HashMap::new()),
             policy: RwLock::new(Arc::new(PreferLocalLeastLoaded)),
             metrics,
             held: Mutex::new(HashSet::new()),
-            dirty,
-            dirty_rx: Mutex::new(Some(dirty_rx)),
+            dirty: Mutex::new(HashSet::new()),
+            dirty_added: Notify::new(),
+            started: AtomicBool::new(false),
             waiters: Arc::new(Mutex::new(HashMap::new())),
             replicas: RwLock::new(HashMap::new()),
             peers,
@@ -199,6 +236,10 @@ impl Cluster {
     /// The Redis store (for the connection rate limit).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub(crate) fn replay_guard(&self) -> &ReplayGuard {
+        &self.replay
     }
 
     pub(crate) fn token_key(&self) -> &TokenKey {
@@ -243,18 +284,41 @@ impl Cluster {
         self.set_redis_up(false);
     }
 
+    /// Hears of this replica's agent sessions: registers their agents (with their labels)
+    /// as they come and go.
+    pub fn attach(self: &Arc<Self>, sessions: &Arc<AgentSessions>) {
+        let _ = self.sessions.set(sessions.clone());
+        sessions.observe(self.clone());
+    }
+
+    /// `agents` with the labels of their sessions here.
+    fn labelled(&self, agents: &[String]) -> Vec<(String, store::AgentLabels)> {
+        agents
+            .iter()
+            .map(|agent| {
+                let labels = self.sessions.get().map(|s| s.agent_labels(agent)).unwrap_or_default();
+                (agent.clone(), labels.into())
+            })
+            .collect()
+    }
+
     /// The agent's first session on this replica began: register it. Repeats are no-ops.
     pub fn agent_up(&self, agent_id: &str) {
         if self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(agent_id.to_owned()) {
-            let _ = self.dirty.send(agent_id.to_owned());
+            self.mark_dirty(agent_id);
         }
     }
 
     /// The agent's last session on this replica ended: unregister it.
     pub fn agent_down(&self, agent_id: &str) {
         if self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(agent_id) {
-            let _ = self.dirty.send(agent_id.to_owned());
+            self.mark_dirty(agent_id);
         }
+    }
+
+    fn mark_dirty(&self, agent_id: &str) {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(agent_id.to_owned());
+        self.dirty_added.notify_one();
     }
 
     fn holds(&self, agent_id: &str) -> bool {
@@ -383,10 +447,11 @@ impl Cluster {
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let rx = me.dirty_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let Some(rx) = rx else { return };
+            if me.started.swap(true, Ordering::SeqCst) {
+                return;
+            }
             tokio::join!(
-                me.announcer(rx, shutdown.clone()),
+                me.announcer(shutdown.clone()),
                 me.heartbeat_loop(shutdown.clone()),
                 me.refresh_loop(shutdown.clone()),
                 me.sweep_loop(shutdown.clone()),
@@ -395,18 +460,23 @@ impl Cluster {
         })
     }
 
-    async fn announcer(&self, mut rx: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
+    async fn announcer(&self, shutdown: CancellationToken) {
         let mut announced: HashSet<String> = HashSet::new();
         loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                a = rx.recv() => match a { Some(a) => a, None => return },
+            let batch: HashSet<String> = {
+                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                let take: Vec<String> = dirty.iter().take(1000).cloned().collect();
+                for agent in &take {
+                    dirty.remove(agent);
+                }
+                take.into_iter().collect()
             };
-            let mut batch = HashSet::from([first]);
-            while let Ok(a) = rx.try_recv() {
-                batch.insert(a);
-                if batch.len() >= 1000 {
-                    break;
+            if batch.is_empty() {
+                // `notify_one` keeps a permit when nobody waits, so an agent marked
+                // between the check above and this wait is not missed.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.dirty_added.notified() => continue,
                 }
             }
             let (up, down): (Vec<String>, Vec<String>) = batch.into_iter().partition(|a| self.holds(a));
@@ -415,9 +485,11 @@ impl Cluster {
                 false => {
                     let membership = self.membership.lock().await;
                     match *membership {
-                        Phase::Active => {
-                            Some(self.store.register(&self.replica_id, &up, self.config.agent_ttl).await)
-                        }
+                        Phase::Active => Some(
+                            self.store
+                                .register(&self.replica_id, &self.labelled(&up), self.config.agent_ttl)
+                                .await,
+                        ),
                         // Draining or gone: other replicas must not be sent here.
                         Phase::Draining | Phase::Left => None,
                     }
@@ -468,7 +540,7 @@ impl Cluster {
     /// checked that this replica is active.
     async fn register_all(&self) -> Result<usize, StoreError> {
         let agents = self.held_agents();
-        self.store.register(&self.replica_id, &agents, self.config.agent_ttl).await?;
+        self.store.register(&self.replica_id, &self.labelled(&agents), self.config.agent_ttl).await?;
         Ok(agents.len())
     }
 
@@ -724,5 +796,39 @@ impl AgentPresence for Cluster {
 impl ReadinessCheck for Cluster {
     fn not_ready(&self) -> Option<String> {
         (!self.redis_up()).then(|| "Redis is unreachable".to_owned())
+    }
+}
+
+impl AgentLabelSource for Cluster {
+    /// From Redis, where the replicas holding the agent registered its labels, cached for
+    /// one heartbeat (labels change only when an agent reconnects with another identity).
+    /// Redis unreachable: no labels, as for an agent connected nowhere.
+    fn agent_labels<'a>(&'a self, agent_id: &'a str) -> AgentLabelsFuture<'a> {
+        Box::pin(async move {
+            let now = tokio::time::Instant::now();
+            if let Some((at, labels)) =
+                self.remote_labels.lock().unwrap_or_else(|p| p.into_inner()).get(agent_id)
+            {
+                if now.duration_since(*at) < self.config.heartbeat {
+                    return labels.to_vec();
+                }
+            }
+            let labels = match self.store.agent_labels(agent_id).await {
+                Ok(labels) => labels.unwrap_or_else(|| Vec::new().into()),
+                Err(e) => {
+                    self.redis_failed("agent_labels", &e);
+                    return Vec::new();
+                }
+            };
+            let mut cache = self.remote_labels.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= MAX_REMOTE_LABELS {
+                cache.retain(|_, (at, _)| now.duration_since(*at) < self.config.heartbeat);
+                if cache.len() >= MAX_REMOTE_LABELS {
+                    cache.clear();
+                }
+            }
+            cache.insert(agent_id.to_owned(), (now, labels.clone()));
+            labels.to_vec()
+        })
     }
 }

@@ -3,11 +3,20 @@
 //! `v1.<claims>.<mac>`: `claims` is base64url JSON `{"iss","aud","exp"}` (caller replica,
 //! callee replica, expiry in Unix milliseconds) and `mac` is base64url HMAC-SHA256 of
 //! `"burrow-replica-token.v1." + claims` under the cluster's shared secret. There is no
-//! algorithm field to confuse (the weakness of JWT's `alg`), the audience stops a token
-//! captured from one replica being replayed against another, and the short lifetime
-//! bounds replay against the same one. Verification is constant time (`hmac`'s
-//! `verify_slice`).
+//! algorithm field to confuse (the weakness of JWT's `alg`), and verification is constant
+//! time (`hmac`'s `verify_slice`).
+//!
+//! A token for the replica API is also *bound* ([`TokenKey::mint_bound`]): its claims add
+//! `bnd`, a digest of the one request it is for (agent, service, request id, kind,
+//! principal: see `forward::binding`), and `jti`, a random nonce. The serving replica
+//! checks the digest against the request it got and remembers the nonce until the token
+//! expires ([`ReplayGuard`]), so a captured token opens nothing else and opens its own
+//! request once. The audience stops replay against another replica; the short lifetime
+//! bounds how long a nonce must be remembered.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -40,6 +49,18 @@ pub enum TokenError {
     /// Claims a lifetime longer than any this cluster issues.
     #[error("replica token claims a lifetime beyond the cluster's limit")]
     TooLong,
+    /// Not bound to a request where one must be (an old-style or a control token).
+    #[error("replica token is not bound to a request")]
+    Unbound,
+    /// Bound to another request (another agent, service or request id).
+    #[error("replica token is bound to another request")]
+    WrongBinding,
+    /// Its nonce was seen before: a replay.
+    #[error("replica token was already used (replayed)")]
+    Replayed,
+    /// Too many live nonces to remember another: refused rather than forgotten.
+    #[error("too many replica tokens in flight; try again")]
+    Busy,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +68,39 @@ struct Claims {
     iss: String,
     aud: String,
     exp: u64,
+    /// Digest of the request the token is for (bound tokens only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bnd: Option<String>,
+    /// Random nonce, remembered by the audience until `exp` (bound tokens only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+}
+
+/// What a verified bound token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundClaims {
+    /// The calling replica.
+    pub issuer: String,
+    /// Expiry, Unix milliseconds.
+    pub exp: u64,
+    /// The request digest it is bound to (compare with [`BoundClaims::check_binding`]).
+    binding: String,
+    /// The nonce to remember ([`ReplayGuard::admit`]).
+    nonce: [u8; 16],
+}
+
+impl BoundClaims {
+    /// Whether the token was minted for the request whose digest is `binding`.
+    pub fn check_binding(&self, binding: &str) -> Result<(), TokenError> {
+        use subtle::ConstantTimeEq;
+        if self.binding.len() == binding.len()
+            && bool::from(self.binding.as_bytes().ct_eq(binding.as_bytes()))
+        {
+            Ok(())
+        } else {
+            Err(TokenError::WrongBinding)
+        }
+    }
 }
 
 /// Signs and checks replica tokens with one shared secret.
@@ -86,8 +140,25 @@ impl TokenKey {
     /// A token expiring at `exp` (Unix ms): for tools and tests that need a token with a
     /// chosen expiry, e.g. an expired one.
     pub fn mint_at(&self, issuer: &str, audience: &str, exp: u64) -> String {
-        let claims = Claims { iss: issuer.to_owned(), aud: audience.to_owned(), exp };
-        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        self.sign(&Claims { iss: issuer.to_owned(), aud: audience.to_owned(), exp, bnd: None, jti: None })
+    }
+
+    /// A token from `issuer` for `audience`, good for the one request whose digest is
+    /// `binding`, once.
+    pub fn mint_bound(&self, issuer: &str, audience: &str, binding: &str) -> String {
+        let nonce: [u8; 16] = rand::random();
+        let claims = Claims {
+            iss: issuer.to_owned(),
+            aud: audience.to_owned(),
+            exp: now_ms() + self.lifetime.as_millis() as u64,
+            bnd: Some(binding.to_owned()),
+            jti: Some(URL_SAFE_NO_PAD.encode(nonce)),
+        };
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Claims) -> String {
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
         let mut mac = self.mac.clone();
         mac.update(self.domain);
         mac.update(claims.as_bytes());
@@ -95,8 +166,28 @@ impl TokenKey {
         format!("v1.{claims}.{sig}")
     }
 
+    /// Checks a bound token presented to replica `me`: signature, audience, expiry, and
+    /// that it is bound. The caller then checks the binding against the request and has
+    /// the nonce admitted by its [`ReplayGuard`].
+    pub fn verify_bound(&self, token: &str, me: &str) -> Result<BoundClaims, TokenError> {
+        let claims = self.verify_claims(token, me)?;
+        let (Some(binding), Some(jti)) = (claims.bnd, claims.jti) else {
+            return Err(TokenError::Unbound);
+        };
+        let nonce = URL_SAFE_NO_PAD
+            .decode(jti)
+            .ok()
+            .and_then(|n| <[u8; 16]>::try_from(n).ok())
+            .ok_or(TokenError::Malformed)?;
+        Ok(BoundClaims { issuer: claims.iss, exp: claims.exp, binding, nonce })
+    }
+
     /// Checks a token presented to replica `me`; returns the calling replica's id.
     pub fn verify(&self, token: &str, me: &str) -> Result<String, TokenError> {
+        self.verify_claims(token, me).map(|c| c.iss)
+    }
+
+    fn verify_claims(&self, token: &str, me: &str) -> Result<Claims, TokenError> {
         let rest = token.strip_prefix("v1.").ok_or(TokenError::Malformed)?;
         let (claims_b64, sig_b64) = rest.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| TokenError::Malformed)?;
@@ -120,7 +211,68 @@ impl TokenKey {
         if claims.exp > now + (self.lifetime + SKEW).as_millis() as u64 {
             return Err(TokenError::TooLong);
         }
-        Ok(claims.iss)
+        Ok(claims)
+    }
+}
+
+/// The nonces of bound tokens seen and not yet expired, so each token opens one request.
+///
+/// Bounded: a nonce is kept until its token's expiry (plus the clock skew allowed), and at
+/// most `capacity` at once; beyond that new tokens are refused ([`TokenError::Busy`], the
+/// caller tries another replica) rather than old nonces forgotten early, which would
+/// reopen a replay window. Only tokens with a valid signature reach it, so only a replica
+/// holding the secret can fill it.
+pub struct ReplayGuard {
+    capacity: usize,
+    inner: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    nonces: HashSet<[u8; 16]>,
+    /// The same nonces by expiry, earliest first, to drop them when they expire.
+    by_expiry: BinaryHeap<Reverse<(u64, [u8; 16])>>,
+}
+
+impl ReplayGuard {
+    /// A guard remembering at most `capacity` live nonces.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, inner: Mutex::new(Seen::default()) }
+    }
+
+    /// Admits `claims`' nonce if it was not seen before; remembers it until expiry.
+    pub fn admit(&self, claims: &BoundClaims) -> Result<(), TokenError> {
+        let now = now_ms();
+        let mut seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Seen { nonces, by_expiry } = &mut *seen;
+        while let Some(Reverse((exp, nonce))) = by_expiry.peek().copied() {
+            // A token is refused once `exp + SKEW` has passed, so its nonce is no longer
+            // needed after that.
+            if exp + (SKEW.as_millis() as u64) >= now {
+                break;
+            }
+            by_expiry.pop();
+            nonces.remove(&nonce);
+        }
+        if nonces.contains(&claims.nonce) {
+            return Err(TokenError::Replayed);
+        }
+        if nonces.len() >= self.capacity {
+            return Err(TokenError::Busy);
+        }
+        nonces.insert(claims.nonce);
+        by_expiry.push(Reverse((claims.exp, claims.nonce)));
+        Ok(())
+    }
+
+    /// How many nonces are remembered now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).nonces.len()
+    }
+
+    /// Whether no nonce is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -140,6 +292,47 @@ mod tests {
         let token = control.mint("cli", "burrow-control");
         assert_eq!(control.verify(&token, "burrow-control").unwrap(), "cli");
         assert_eq!(replica.verify(&token, "burrow-control").unwrap_err(), TokenError::BadSignature);
+    }
+
+    #[test]
+    fn replay_a_bound_token_opens_its_own_request_once() {
+        let k = key("0123456789abcdef0123456789abcdef");
+        let guard = ReplayGuard::new(16);
+        let token = k.mint_bound("a", "b", "digest-1");
+        let claims = k.verify_bound(&token, "b").unwrap();
+        assert_eq!(claims.issuer, "a");
+        claims.check_binding("digest-1").unwrap();
+        assert_eq!(claims.check_binding("digest-2").unwrap_err(), TokenError::WrongBinding);
+        guard.admit(&claims).unwrap();
+        let again = k.verify_bound(&token, "b").unwrap();
+        assert_eq!(guard.admit(&again).unwrap_err(), TokenError::Replayed);
+        // Two tokens for the same request still differ by their nonce.
+        let other = k.verify_bound(&k.mint_bound("a", "b", "digest-1"), "b").unwrap();
+        guard.admit(&other).unwrap();
+        // Unbound tokens (old-style, or another use's) are refused where a bound one is due.
+        assert_eq!(k.verify_bound(&k.mint("a", "b"), "b").unwrap_err(), TokenError::Unbound);
+    }
+
+    #[test]
+    fn replay_guard_is_bounded_and_forgets_only_expired_nonces() {
+        let k = key("0123456789abcdef0123456789abcdef");
+        let guard = ReplayGuard::new(2);
+        for _ in 0..2 {
+            guard.admit(&k.verify_bound(&k.mint_bound("a", "b", "d"), "b").unwrap()).unwrap();
+        }
+        let third = k.verify_bound(&k.mint_bound("a", "b", "d"), "b").unwrap();
+        assert_eq!(guard.admit(&third).unwrap_err(), TokenError::Busy);
+        assert_eq!(guard.len(), 2);
+        // Nonces whose tokens can no longer verify are dropped to make room.
+        let mut expired = third.clone();
+        expired.exp = now_ms() - 60_000;
+        let fresh = ReplayGuard::new(2);
+        fresh.admit(&expired).unwrap();
+        let mut also_expired = k.verify_bound(&k.mint_bound("a", "b", "d"), "b").unwrap();
+        also_expired.exp = now_ms() - 60_000;
+        fresh.admit(&also_expired).unwrap();
+        fresh.admit(&third).unwrap();
+        assert_eq!(fresh.len(), 1);
     }
 
     #[test]

@@ -133,18 +133,37 @@ pub trait WorkloadDirectory: Send + Sync {
     fn labels<'a>(&'a self, kind: &'a str, workload_id: &'a str) -> LabelsFuture<'a>;
 }
 
+/// A boxed future of an agent-labels lookup.
+pub type AgentLabelsFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(String, String)>> + Send + 'a>>;
+
+/// Where admission learns the labels of an agent that has no session on this replica
+/// (held by another replica of the cluster), so a label-based policy decides the same on
+/// every replica. Empty when nobody knows the agent.
+pub trait AgentLabelSource: Send + Sync {
+    /// The labels `agent_id` connected with.
+    fn agent_labels<'a>(&'a self, agent_id: &'a str) -> AgentLabelsFuture<'a>;
+}
+
 /// The admission steps, over the plugins and the host's view of workloads and agents.
 pub struct Admission {
     plugins: Arc<Plugins>,
     ended: Arc<EndedWorkloads>,
     sessions: Arc<AgentSessions>,
     directory: Option<Arc<dyn WorkloadDirectory>>,
+    remote_labels: Option<Arc<dyn AgentLabelSource>>,
 }
 
 impl Admission {
     /// Admission over these parts.
     pub fn new(plugins: Arc<Plugins>, ended: Arc<EndedWorkloads>, sessions: Arc<AgentSessions>) -> Self {
-        Self { plugins, ended, sessions, directory: None }
+        Self { plugins, ended, sessions, directory: None, remote_labels: None }
+    }
+
+    /// Admission that asks `source` for the labels of agents held by other replicas.
+    pub fn with_remote_labels(mut self, source: Option<Arc<dyn AgentLabelSource>>) -> Self {
+        self.remote_labels = source;
+        self
     }
 
     /// Admission that also asks `directory` about control-plane workloads.
@@ -213,6 +232,13 @@ impl Admission {
                     });
                 }
                 DirectoryAnswer::Unknown => {}
+            }
+        }
+        // Not a control-plane workload, and its agent is not here: another replica holds it
+        // and registered its labels, so this replica decides as that one would.
+        if let (false, true, Some(source)) = (managed, agent_labels.is_empty(), &self.remote_labels) {
+            if !self.sessions.holds_agent(&target.agent_id) {
+                agent_labels = source.agent_labels(&target.agent_id).await;
             }
         }
         let authz_target = target.clone();

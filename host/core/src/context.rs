@@ -53,6 +53,8 @@ pub struct HostCore {
     pub replica_id: String,
     /// Control-plane workloads, for admission (with `[control]` only).
     pub directory: Option<Arc<dyn crate::admission::WorkloadDirectory>>,
+    /// Labels of agents held by other replicas, for admission (cluster mode only).
+    pub remote_labels: Option<Arc<dyn crate::admission::AgentLabelSource>>,
 }
 
 impl HostCore {
@@ -82,6 +84,7 @@ impl HostCore {
             metrics,
             replica_id,
             directory: None,
+            remote_labels: None,
         }
     }
 }
@@ -116,11 +119,22 @@ impl HostContext {
     /// A context dialing with `dialer` (the core's local dialer, or a cluster dialer
     /// wrapping it), unready whenever one of `readiness` says so.
     pub fn new(core: HostCore, dialer: Arc<dyn Dialer>, readiness: Vec<Arc<dyn ReadinessCheck>>) -> Self {
-        let HostCore { plugins, registry, sessions, ended, lifecycle, local, metrics, replica_id, directory } =
-            core;
+        let HostCore {
+            plugins,
+            registry,
+            sessions,
+            ended,
+            lifecycle,
+            local,
+            metrics,
+            replica_id,
+            directory,
+            remote_labels,
+        } = core;
         Self {
             admission: Admission::new(plugins.clone(), ended.clone(), sessions.clone())
-                .with_directory(directory),
+                .with_directory(directory)
+                .with_remote_labels(remote_labels),
             shutdown: lifecycle.shutdown().clone(),
             plugins,
             registry,

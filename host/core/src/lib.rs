@@ -11,12 +11,14 @@
 //! - [`sessions`]: agent sessions open here, publishing agent up/down events.
 //! - [`workloads`]: workloads found ended (410).
 //! - [`lifecycle`]: draining and shutdown flags.
+//! - [`limits`]: what one source address holds open, capped (agent port and ingress).
 //! - [`context`]: [`context::HostContext`], the parts above assembled once per host.
 
 pub mod admission;
 pub mod context;
 pub mod dial;
 pub mod lifecycle;
+pub mod limits;
 pub mod registry;
 pub mod session_io;
 pub mod sessions;

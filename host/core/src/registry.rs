@@ -230,6 +230,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait TunnelRegistry: Send + Sync + 'static {
     /// Parks a tunnel, or hands it straight to the oldest waiting claim.
     fn register(&self, tunnel: IdleTunnel);
+    /// [`register`](Self::register), unless the tunnel would be parked while its agent
+    /// already has `max_idle` live tunnels parked (0: no cap): then it is handed back. A
+    /// tunnel a waiting claim takes at once is never refused. (Boxed: refusals are rare and
+    /// the tunnel is large.)
+    fn register_capped(&self, tunnel: IdleTunnel, max_idle: usize) -> Result<(), Box<IdleTunnel>> {
+        if max_idle > 0 && self.idle_count(&tunnel.session.agent_id) >= max_idle {
+            return Err(Box::new(tunnel));
+        }
+        self.register(tunnel);
+        Ok(())
+    }
     /// Takes a parked tunnel of `agent_id`, waiting up to `wait` for one to appear.
     fn claim<'a>(
         &'a self,
@@ -329,20 +340,37 @@ impl LocalRegistry {
 }
 
 impl TunnelRegistry for LocalRegistry {
-    fn register(&self, mut tunnel: IdleTunnel) {
+    fn register(&self, tunnel: IdleTunnel) {
+        // Cannot be refused without a cap.
+        let _ = self.register_capped(tunnel, 0);
+    }
+
+    fn register_capped(&self, mut tunnel: IdleTunnel, max_idle: usize) -> Result<(), Box<IdleTunnel>> {
         let agent_id = tunnel.session.agent_id.clone();
         let mut stripe = self.stripe(&agent_id);
         if stripe.closed {
-            return; // dropping the tunnel ends its RPC; the agent reconnects elsewhere
+            return Ok(()); // dropping the tunnel ends its RPC; the agent reconnects elsewhere
         }
-        let entry = stripe.agents.entry(agent_id).or_default();
+        let entry = stripe.agents.entry(agent_id.clone()).or_default();
         while let Some(waiter) = entry.waiters.pop_front() {
             match waiter.send(tunnel) {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(back) => tunnel = back, // that claim gave up; try the next
             }
         }
+        // Counted under the stripe lock, so tunnels registering at once cannot all slip
+        // in under the cap. Ended ones do not count: they are dropped first.
+        if max_idle > 0 && entry.idle.len() >= max_idle {
+            entry.idle.retain(|t| !t.is_closed());
+            if entry.idle.len() >= max_idle {
+                if entry.is_empty() {
+                    stripe.agents.remove(&agent_id);
+                }
+                return Err(Box::new(tunnel));
+            }
+        }
         entry.idle.push_back(tunnel);
+        Ok(())
     }
 
     fn claim<'a>(
@@ -569,6 +597,36 @@ mod tests {
         drop(dead2_rx);
         reg.sweep();
         assert_eq!(reg.stats(), RegistryStats::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_parked_tunnels_per_agent_refuse_the_excess_but_never_a_waiting_claim() {
+        let reg = Arc::new(LocalRegistry::new());
+        let (t1, _r1) = tunnel("a", "1");
+        let (t2, _r2) = tunnel("a", "2");
+        let (t3, _r3) = tunnel("a", "3");
+        assert!(reg.register_capped(t1, 2).is_ok());
+        assert!(reg.register_capped(t2, 2).is_ok());
+        let refused = reg.register_capped(t3, 2).expect_err("a third parked tunnel is over the cap");
+        assert_eq!(tag(&refused), "3");
+        // Another agent has its own count.
+        let (other, _r4) = tunnel("b", "4");
+        assert!(reg.register_capped(other, 2).is_ok());
+        // An ended tunnel frees its place.
+        let (dead, dead_rx) = tunnel("c", "dead");
+        let (live, _r5) = tunnel("c", "live");
+        reg.register(dead);
+        drop(dead_rx);
+        assert!(reg.register_capped(live, 1).is_ok(), "the ended tunnel does not count");
+        // A claim waiting for a tunnel takes it whatever the count.
+        reg.claim("a", Duration::ZERO).await.unwrap();
+        reg.claim("a", Duration::ZERO).await.unwrap();
+        let r = reg.clone();
+        let waiting = tokio::spawn(async move { r.claim("a", Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        let (t6, _r6) = tunnel("a", "6");
+        assert!(reg.register_capped(t6, 1).is_ok());
+        assert_eq!(tag(&waiting.await.unwrap().unwrap()), "6");
     }
 
     #[tokio::test(start_paused = true)]

@@ -69,6 +69,26 @@ pub struct IngressConfig {
     /// How long an unanswered PING may wait before the connection is closed. Default `20s`.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// User connections open on this port at once, upgraded pipes (WebSocket, SPDY)
+    /// included; more are closed as soon as they are accepted. Default `10000`: a few
+    /// thousand users with a browser's handful of connections each, while file
+    /// descriptors and memory stay bounded. `0`: no cap.
+    pub max_connections: usize,
+    /// Connections one source address may hold open at once (counted from accept, before
+    /// anything is read); more are closed at once. Default `1000`: an office behind one
+    /// NAT address (browsers open 6 per host name) fits, while one client cannot take more
+    /// than a tenth of the port. `0`: no cap. Behind a proxy (`trust_forwarded`) every
+    /// user shares its address: set `0`.
+    pub max_connections_per_address: usize,
+    /// Requests in progress on this port at once (until their response body ends: a
+    /// long SSE stream counts for as long as it runs); more are answered at once with
+    /// 503 and `Retry-After`, before any plugin runs. Default `10000`. `0`: no cap.
+    pub max_requests: usize,
+    /// Requests in progress from one source address at once; more are answered at once
+    /// with 429 and `Retry-After` while other addresses are served. Default `1000`: above
+    /// a user with hundreds of parallel watches, a tenth of the port. `0`: no cap.
+    /// Behind a proxy (`trust_forwarded`) every user shares its address: set `0`.
+    pub max_requests_per_address: usize,
 }
 
 impl Default for IngressConfig {
@@ -86,6 +106,10 @@ impl Default for IngressConfig {
             upgrade_idle_timeout: Duration::ZERO,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            max_requests: 10_000,
+            max_requests_per_address: 1_000,
         }
     }
 }
@@ -120,6 +144,18 @@ impl IngressConfig {
         for (key, value) in positive {
             if value.is_zero() {
                 return Err(IngressConfigError::new(key, "must be greater than zero"));
+            }
+        }
+        // A share larger than the whole is a typo: the per-address cap would never bind.
+        for (key, share, whole) in [
+            ("max_connections_per_address", self.max_connections_per_address, self.max_connections),
+            ("max_requests_per_address", self.max_requests_per_address, self.max_requests),
+        ] {
+            if whole > 0 && share > whole {
+                return Err(IngressConfigError::new(
+                    key,
+                    format!("{share} is above the whole port's cap ({whole}); lower it or raise that"),
+                ));
             }
         }
         if let Some(name) = &self.session_cookie {
@@ -159,7 +195,25 @@ mod tests {
         assert_eq!(config.header_read_timeout, Duration::from_secs(30));
         assert!(!config.trust_forwarded);
         assert!(config.tls.is_none());
+        assert_eq!(
+            (
+                config.max_connections,
+                config.max_connections_per_address,
+                config.max_requests,
+                config.max_requests_per_address
+            ),
+            (10_000, 1_000, 10_000, 1_000)
+        );
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_per_address_cap_above_the_port_cap_is_refused() {
+        let config = IngressConfig { max_requests: 10, max_requests_per_address: 11, ..Default::default() };
+        assert_eq!(config.validate().unwrap_err().key, "max_requests_per_address");
+        let config =
+            IngressConfig { max_connections: 0, max_connections_per_address: 11, ..Default::default() };
+        config.validate().expect("no port cap: any share");
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub enum ProxyError {
     /// WebSocket with the user's cookie (403).
     #[error("cross-origin request refused: origin {origin:?} may not open this WebSocket")]
     CrossOrigin { origin: String },
+    /// The user's address has `ingress.max_requests_per_address` requests in progress (429).
+    #[error("too many requests in progress from this address (at most {limit} at once)")]
+    TooManyRequests { limit: usize },
+    /// The port has `ingress.max_requests` requests in progress (503).
+    #[error("the ingress is at its cap of {limit} requests in progress")]
+    Overloaded { limit: usize },
     /// The forwarded request could not be built (500).
     #[error("internal error: {0}")]
     Internal(String),
@@ -115,6 +121,8 @@ impl ProxyError {
             Self::ConnectUnsupported => StatusCode::NOT_IMPLEMENTED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::CrossOrigin { .. } => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -137,6 +145,8 @@ impl ProxyError {
             Self::ConnectUnsupported => "connect_unsupported",
             Self::BadRequest(_) => "bad_request",
             Self::CrossOrigin { .. } => "cross_origin",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -175,6 +185,13 @@ impl ProxyError {
             },
             Self::Workload { agent_id, service, .. } => {
                 format!("service {service:?} of agent {agent_id:?} did not answer")
+            }
+            Self::TooManyRequests { .. } => {
+                "too many requests from your address are in progress at once; retry when some have finished"
+                    .into()
+            }
+            Self::Overloaded { .. } => {
+                "this host is serving as many requests as it can right now; retry shortly".into()
             }
             Self::Internal(_) => "internal error".into(),
             other => other.to_string(),
@@ -302,6 +319,8 @@ mod tests {
             (ProxyError::ConnectUnsupported, 501),
             (ProxyError::BadRequest("x".into()), 400),
             (ProxyError::CrossOrigin { origin: "https://evil.example".into() }, 403),
+            (ProxyError::TooManyRequests { limit: 2 }, 429),
+            (ProxyError::Overloaded { limit: 2 }, 503),
             (ProxyError::Internal("x".into()), 500),
         ];
         for (error, status) in cases {
@@ -403,6 +422,12 @@ mod tests {
         assert_eq!(unavailable.to_response("id", false).headers()[header::RETRY_AFTER], "5");
         let shutting_down = open(OpenError::ShuttingDown);
         assert_eq!(shutting_down.to_response("id", true).headers()[header::RETRY_AFTER], "5");
+        let busy = ProxyError::TooManyRequests { limit: 1 };
+        assert_eq!(busy.to_response("id", false).headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            ProxyError::Overloaded { limit: 1 }.to_response("id", false).headers()[header::RETRY_AFTER],
+            "5"
+        );
         let gone = ProxyError::NoRoute { host: "x".into() };
         assert!(!gone.to_response("id", false).headers().contains_key(header::RETRY_AFTER));
     }

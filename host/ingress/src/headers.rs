@@ -70,6 +70,9 @@ pub enum HostError {
     /// Present but not a valid `host[:port]`.
     #[error("invalid host {0:?}")]
     Invalid(String),
+    /// Named in ways that disagree (two `Host` lines, `:authority` against `host`).
+    #[error("ambiguous host: {0}")]
+    Ambiguous(String),
 }
 
 /// Parses a `Host` header or URI authority into the routing key: lowercased, port stripped,
@@ -106,15 +109,21 @@ pub fn parse_host(raw: &str) -> Result<String, HostError> {
         }
     }
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() || (!host.starts_with('[') && !host.bytes().all(is_reg_name_byte)) {
+    // Every label non-empty: `a..b`, `.a` or a second trailing dot name nothing, and a
+    // plugin that trims them would route what a proxy in front took for another name.
+    let empty_label = !host.starts_with('[') && host.split('.').any(str::is_empty);
+    if host.is_empty() || empty_label || (!host.starts_with('[') && !host.bytes().all(is_reg_name_byte)) {
         return Err(invalid());
     }
     Ok(host.to_ascii_lowercase())
 }
 
-/// RFC 3986 `reg-name` characters: unreserved, sub-delims and `%` of pct-encoding.
+/// The characters of a DNS name (letters, digits, `-`, `.`, and `_` as some service names
+/// use). RFC 3986's `reg-name` also allows sub-delims and `%`-encoding, but no routable name
+/// holds them, and a name like `a.example,b.example` or `a%2eexample` would only invite
+/// one component to read it differently from another.
 fn is_reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)
+    b.is_ascii_alphanumeric() || b"-._".contains(&b)
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if any (scheme case-insensitive).
@@ -328,6 +337,13 @@ mod tests {
             "a/b",
             ":80",
             ".",
+            "a.b,c.d",
+            "a%2eb",
+            "a;b",
+            "a\0b",
+            "a.b..",
+            "a..b",
+            ".a.b",
         ] {
             assert!(matches!(parse_host(bad), Err(HostError::Invalid(_))), "{bad:?}");
         }

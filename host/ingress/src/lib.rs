@@ -15,11 +15,13 @@
 //!   assets); `websocket.rs` accepts the WebSockets the host itself ends.
 //! - `headers.rs`: host parsing, hop-by-hop headers, forwarding headers, credentials.
 //! - `errors.rs`: one error enum deciding status, stable code and the page users see.
+//! - `overload.rs`: caps on connections and requests in progress, per port and per address.
 //! - `config.rs`: the `[ingress]` table.
 
 mod config;
 mod errors;
 pub mod headers;
+mod overload;
 mod pool;
 mod proxy;
 mod reserved;
@@ -33,7 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
@@ -46,7 +51,8 @@ pub use config::{IngressConfig, IngressConfigError};
 pub use errors::{IngressError, ProxyError};
 
 use burrow_host_core::context::HostContext;
-use proxy::{ConnInfo, Proxy};
+use overload::{AddressSlot, Over, PerAddress, RequestLimits, RequestPermit};
+use proxy::{ConnInfo, Proxy, ResponseBody};
 
 /// ALPN protocols offered to TLS clients, preferred first.
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -76,8 +82,11 @@ pub async fn serve(
     let local_addr = listener.local_addr().map_err(IngressError::Listener)?;
     let in_flight = Arc::new(InFlight::default());
     let force_close = CancellationToken::new();
+    let metrics = ctx.metrics.clone();
     let proxy =
         Arc::new(Proxy::new(config.clone(), ctx, in_flight.clone(), force_close.clone(), shutdown.clone()));
+    let requests = Arc::new(RequestLimits::new(config.max_requests, config.max_requests_per_address));
+    let per_address = PerAddress::new(config.max_connections_per_address);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
     builder
@@ -85,7 +94,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(config.keepalive_interval))
         .keep_alive_timeout(config.keepalive_timeout);
-    let server = Arc::new(Server { builder, proxy, tls, config, shutdown: shutdown.clone(), force_close });
+    let server =
+        Arc::new(Server { builder, proxy, tls, config, shutdown: shutdown.clone(), force_close, requests });
     tracing::info!(%local_addr, tls = server.tls.is_some(), "ingress listening");
 
     loop {
@@ -96,12 +106,28 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Counted from accept, before anything is read, and closed at once past a
+                // cap: silent or slow clients cannot pile up, and nothing queues. Upgraded
+                // pipes count in `in_flight` too.
+                let max = server.config.max_connections;
+                if max > 0 && in_flight.count() >= max {
+                    metrics.limit_refused("ingress_connections");
+                    tracing::debug!(%peer, max, "ingress: at its connection cap; closed");
+                    drop(stream);
+                    continue;
+                }
+                let Some(slot) = per_address.acquire(peer.ip()) else {
+                    metrics.limit_refused("ingress_connections_per_address");
+                    tracing::debug!(%peer, "ingress: too many connections from this address; closed");
+                    drop(stream);
+                    continue;
+                };
                 // Small writes (SSE events, WebSocket frames) must leave at once.
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
                 }
                 let guard = in_flight.enter();
-                tokio::spawn(server.clone().serve_connection(stream, peer, guard));
+                tokio::spawn(server.clone().serve_connection(stream, peer, (guard, slot)));
             }
             Err(error) => {
                 tracing::warn!(%local_addr, %error, "ingress accept failed");
@@ -137,10 +163,18 @@ struct Server {
     config: Arc<IngressConfig>,
     shutdown: CancellationToken,
     force_close: CancellationToken,
+    requests: Arc<RequestLimits>,
 }
 
 impl Server {
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, _guard: InFlightGuard) {
+    /// Serves one connection; `_held` (its place in the port's and its address's count)
+    /// is given back when it ends.
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        _held: (InFlightGuard, AddressSlot),
+    ) {
         let conn = ConnInfo { peer, tls: self.tls.is_some() };
         // Set by the first request: until then the connection may be a client that connects
         // and sends nothing, which hyper's header timeout does not cover while it sniffs the
@@ -150,13 +184,24 @@ impl Server {
         let seen = first_request.clone();
         let activity = Arc::new(Activity::default());
         let busy = activity.clone();
-        let service = service_fn(move |request| {
+        let server = self.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
             seen.store(true, Ordering::Relaxed);
             let proxy = proxy.clone();
             let busy = busy.clone();
+            // Before anything else (no plugin, no tunnel): shedding load must be cheap.
+            let admitted = server.requests.admit(peer.ip());
+            let server = server.clone();
             async move {
                 let _request = busy.begin();
-                Ok::<_, Infallible>(proxy.handle(request, conn).await)
+                let response = match admitted {
+                    // The response body holds the permit: a streamed answer counts until it ends.
+                    Ok(permit) => {
+                        proxy.handle(request, conn).await.map(|body| Held::new(body, permit).boxed_unsync())
+                    }
+                    Err(over) => server.refuse(&request, peer, over),
+                };
+                Ok::<_, Infallible>(response)
             }
         });
         let deadline = self.config.header_read_timeout;
@@ -200,6 +245,25 @@ impl Server {
         }
     }
 
+    /// The answer to a request over a request cap: 429 (its address) or 503 (the port),
+    /// with `Retry-After`, the stable code and the request id, as every error page.
+    fn refuse(&self, request: &Request<Incoming>, peer: SocketAddr, over: Over) -> Response<ResponseBody> {
+        let request_id = headers::request_id(request.headers(), self.config.trust_forwarded);
+        let (error, limit) = match over {
+            Over::Address { limit } => {
+                (ProxyError::TooManyRequests { limit }, "ingress_requests_per_address")
+            }
+            Over::Port { limit } => (ProxyError::Overloaded { limit }, "ingress_requests"),
+        };
+        let metrics = &self.proxy.ctx.metrics;
+        metrics.limit_refused(limit);
+        metrics.request(error.code());
+        tracing::debug!(%request_id, %peer, status = error.status().as_u16(), %error, "request refused");
+        error
+            .to_response(&request_id, errors::wants_json(request.headers()))
+            .map(|body| body.map_err(|never| match never {}).boxed_unsync())
+    }
+
     /// Runs one HTTP connection: closes it if no request arrives in time (or none for
     /// `idle_timeout` after the last one, gracefully: open streams finish), asks it to finish
     /// gracefully on shutdown (h1: after the request in flight; h2: GOAWAY), and drops it when
@@ -241,6 +305,39 @@ impl Server {
         if let Err(error) = result {
             tracing::debug!(%peer, %error, "ingress connection ended with an error");
         }
+    }
+}
+
+/// A response body holding its request's place under the request caps until hyper has
+/// sent it (or dropped it: the client went away).
+struct Held<B> {
+    body: B,
+    _permit: RequestPermit,
+}
+
+impl<B> Held<B> {
+    fn new(body: B, permit: RequestPermit) -> Self {
+        Self { body, _permit: permit }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -90,9 +90,10 @@ impl Proxy {
         let json = wants_json(request.headers());
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let raw_host = raw_host(&request).unwrap_or_default().to_owned();
+        let named_host = raw_host(&request);
+        let raw_host = named_host.as_ref().map_or_else(|_| String::new(), |host| host.to_owned());
 
-        let mut response = match self.proxy(request, conn, &request_id, &raw_host).await {
+        let mut response = match self.proxy(request, conn, &request_id, named_host).await {
             Ok(response) => {
                 // The workload answered (whatever its status): the tunnel did its job.
                 self.ctx.metrics.request(if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -137,14 +138,13 @@ impl Proxy {
         mut request: Request<Incoming>,
         conn: ConnInfo,
         request_id: &str,
-        raw_host: &str,
+        named_host: Result<String, headers::HostError>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if request.method() == Method::CONNECT {
             return Err(ProxyError::ConnectUnsupported);
         }
-        if raw_host.is_empty() {
-            return Err(ProxyError::BadHost(headers::HostError::Missing));
-        }
+        let raw_host = named_host.map_err(ProxyError::BadHost)?;
+        let raw_host = raw_host.as_str();
         let host = headers::parse_host(raw_host).map_err(ProxyError::BadHost)?;
         // Only HTTP/1.1 can upgrade; h2 clients would need extended CONNECT, which is not offered.
         let upgrade = if request.version() == Version::HTTP_11 {
@@ -166,6 +166,11 @@ impl Proxy {
             (None, Some(_)) => Action::Upgrade,
         };
 
+        // Two credentials would leave it to each reader which one counts (the authorizer
+        // sees the first; an open workload might read the second): refuse the request.
+        if request.headers().get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(ProxyError::BadRequest("more than one Authorization header".into()));
+        }
         let (credential, cookie) = self.credential(request.headers());
         let path =
             request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
@@ -257,10 +262,40 @@ impl Proxy {
 
 /// The host the request names: the URI authority (h2 `:authority`, or an HTTP/1.1 absolute-form
 /// target, which RFC 9112 §3.2.2 says wins) or else the `Host` header.
-fn raw_host(request: &Request<Incoming>) -> Option<&str> {
-    match request.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => request.headers().get(header::HOST)?.to_str().ok(),
+///
+/// A request whose host is ambiguous is refused rather than routed by one reading of it,
+/// since a proxy in front may have routed or filtered it by another: more than one `Host`
+/// line (RFC 9112 §3.2: 400), an HTTP/2 `host` header naming another host than
+/// `:authority` (RFC 9113 §8.3.1: malformed), or a `Host` that is not visible ASCII.
+fn raw_host(request: &Request<Incoming>) -> Result<String, headers::HostError> {
+    let mut host_lines = request.headers().get_all(header::HOST).iter();
+    let host_header = host_lines.next();
+    if host_lines.next().is_some() {
+        return Err(headers::HostError::Ambiguous("more than one Host header".into()));
+    }
+    let host_header = match host_header {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            headers::HostError::Invalid(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        })?),
+        None => None,
+    };
+    match (request.uri().authority(), host_header) {
+        (Some(authority), Some(host)) if request.version() == Version::HTTP_2 => {
+            let same = matches!(
+                (headers::parse_host(authority.as_str()), headers::parse_host(host)),
+                (Ok(a), Ok(b)) if a == b
+            );
+            if !same {
+                return Err(headers::HostError::Ambiguous(format!(
+                    ":authority {:?} and host {host:?} differ",
+                    authority.as_str()
+                )));
+            }
+            Ok(authority.as_str().to_owned())
+        }
+        (Some(authority), _) => Ok(authority.as_str().to_owned()),
+        (None, Some(host)) if !host.trim().is_empty() => Ok(host.to_owned()),
+        (None, _) => Err(headers::HostError::Missing),
     }
 }
 

@@ -79,6 +79,11 @@ struct EventLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -316,6 +321,7 @@ pub struct Metrics {
     ssh_channels: Family<ChannelLabel, Counter>,
     workload_events: Family<EventLabel, Counter>,
     forward_attempts: Family<ResultLabel, Counter>,
+    limit_refusals: Family<LimitLabel, Counter>,
     /// Whether this replica is draining (1) or serving (0).
     pub draining: Gauge,
     /// Whether the cluster store (Redis) is reachable (1), unreachable (0); absent in single-process mode.
@@ -355,6 +361,7 @@ impl Metrics {
         let ssh_channels = Family::<ChannelLabel, Counter>::default();
         let workload_events = Family::<EventLabel, Counter>::default();
         let forward_attempts = Family::<ResultLabel, Counter>::default();
+        let limit_refusals = Family::<LimitLabel, Counter>::default();
         let draining = Gauge::default();
         let redis_up = Gauge::default();
 
@@ -405,6 +412,13 @@ impl Metrics {
             "Attempts to reach an agent through another replica, by result (ok, refused, not_there, failed)",
             forward_attempts.clone(),
         );
+        registry.register(
+            "limit_refusals",
+            "Work refused because a resource cap was reached, by limit (agent_parked_tunnels, \
+             agent_streams, ingress_connections, ingress_connections_per_address, ingress_requests, \
+             ingress_requests_per_address, admin_connections)",
+            limit_refusals.clone(),
+        );
         registry.register("draining", "1 while this replica drains", draining.clone());
         registry.register("redis_up", "1 while Redis is reachable (cluster mode)", redis_up.clone());
         let plugins = PluginMetrics::register(&mut registry);
@@ -427,6 +441,7 @@ impl Metrics {
             ssh_channels,
             workload_events,
             forward_attempts,
+            limit_refusals,
             draining,
             redis_up,
             plugins,
@@ -488,6 +503,12 @@ impl Metrics {
         self.forward_attempts.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Counts one thing refused because the cap `limit` was reached (see the metric's help
+    /// for the names: they are the config keys' subjects, so an operator knows which to raise).
+    pub fn limit_refused(&self, limit: &'static str) {
+        self.limit_refusals.get_or_create(&LimitLabel { limit }).inc();
+    }
+
     /// Counts a workload lifecycle event (see the metric's help for the names).
     pub fn workload_event(&self, event: &'static str) {
         self.workload_events.get_or_create(&EventLabel { event }).inc();
@@ -516,6 +537,7 @@ mod tests {
         m.agent_connect("accepted");
         m.forward_served("ok");
         m.tunnels_active.inc();
+        m.limit_refused("agent_parked_tunnels");
         let text = m.encode();
         for needle in [
             "burrow_requests_total{outcome=\"ok\"} 1",
@@ -526,6 +548,7 @@ mod tests {
             "burrow_forwards_served_total{result=\"ok\"} 1",
             "burrow_tunnels_active 1",
             "burrow_agent_wait_timeouts_total 0",
+            "burrow_limit_refusals_total{limit=\"agent_parked_tunnels\"} 1",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -42,7 +42,7 @@ use tokio::sync::Mutex;
 
 pub use config::{mask_url, RedisConfig, RedisMode};
 use connection::Conn;
-pub use membership::{Online, ReplicaRecord};
+pub use membership::{AgentLabels, Online, ReplicaRecord};
 pub use workloads::{WorkUpdate, DONE_KEPT};
 // Re-exported for membership, rate and the cluster, which read expiries on this clock.
 pub use burrow_host_time::now_ms;

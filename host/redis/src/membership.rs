@@ -25,6 +25,9 @@ pub struct ReplicaRecord {
     pub draining: bool,
 }
 
+/// An agent's labels (from its identity), shared rather than copied per request.
+pub type AgentLabels = std::sync::Arc<[(String, String)]>;
+
 /// An agent-online announcement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Online {
@@ -37,10 +40,13 @@ pub struct Online {
 }
 
 // Sets this replica's field, extends the key's life, and drops every field (of any
-// replica) whose registration has run out, in one round trip and atomically.
+// replica) whose registration has run out, in one round trip and atomically. The agent's
+// labels go beside it (KEYS[2], the same hash tag so the same Redis Cluster slot) for as
+// long, so every replica's admission sees the labels of an agent held elsewhere.
 const REGISTER_LUA: &str = r#"
 local created = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[3])
 local all = redis.call('HGETALL', KEYS[1])
 local now = tonumber(ARGV[4])
 for i = 1, #all, 2 do
@@ -57,6 +63,10 @@ impl Store {
         format!("{}:agent:{}", self.prefix, tag(agent))
     }
 
+    fn agent_labels_key(&self, agent: &str) -> String {
+        format!("{}:agent-labels:{}", self.prefix, tag(agent))
+    }
+
     fn replicas_key(&self) -> String {
         format!("{}:replicas", self.prefix)
     }
@@ -70,13 +80,14 @@ impl Store {
         format!("{}:agent-online", self.prefix)
     }
 
-    /// Records that `replica` holds streams of each of `agents` for `ttl`. Commands are
-    /// sent concurrently on the multiplexed connection (Redis pipelines them), so 10,000
-    /// agents cost 10,000 small scripts in a few round trips, in any deployment mode.
+    /// Records that `replica` holds streams of each of `agents` (with the agent's labels)
+    /// for `ttl`. Commands are sent concurrently on the multiplexed connection (Redis
+    /// pipelines them), so 10,000 agents cost 10,000 small scripts in a few round trips,
+    /// in any deployment mode.
     pub async fn register(
         &self,
         replica: &str,
-        agents: &[String],
+        agents: &[(String, AgentLabels)],
         ttl: Duration,
     ) -> Result<usize, StoreError> {
         if agents.is_empty() {
@@ -88,19 +99,27 @@ impl Store {
         let members_key = self.replica_agents_key(replica);
         let mut created = 0usize;
         for chunk in agents.chunks(1000) {
-            let keys: Vec<String> = chunk.iter().map(|a| self.agent_key(a)).collect();
-            let results = futures_util::stream::iter(keys)
-                .map(|key| {
+            let calls: Vec<(String, String, String)> = chunk
+                .iter()
+                .map(|(agent, labels)| {
+                    let labels = serde_json::to_string(&**labels).expect("labels serialize");
+                    (self.agent_key(agent), self.agent_labels_key(agent), labels)
+                })
+                .collect();
+            let results = futures_util::stream::iter(calls)
+                .map(|(key, labels_key, labels)| {
                     let mut c = conn.clone();
                     let script = REGISTER.clone();
                     let replica = replica.to_owned();
                     async move {
                         script
                             .key(key)
+                            .key(labels_key)
                             .arg(replica)
                             .arg(exp)
                             .arg(ttl.as_millis() as u64)
                             .arg(now)
+                            .arg(labels)
                             .invoke_async::<i64>(&mut c)
                             .await
                     }
@@ -115,7 +134,10 @@ impl Store {
             }
             let mut c = conn.clone();
             let mut sadd = redis::cmd("SADD");
-            sadd.arg(&members_key).arg(chunk);
+            sadd.arg(&members_key);
+            for (agent, _) in chunk {
+                sadd.arg(agent);
+            }
             tokio::time::timeout(self.config.timeout, sadd.query_async::<i64>(&mut c))
                 .await
                 .map_err(|_| StoreError::Timeout(self.config.timeout))??;
@@ -142,6 +164,15 @@ impl Store {
             redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<()>(&mut c).await
         })
         .await
+    }
+
+    /// The labels of `agent` as the replicas holding it registered them; `None` when no
+    /// replica has registered it within its registration's lifetime.
+    pub async fn agent_labels(&self, agent: &str) -> Result<Option<AgentLabels>, StoreError> {
+        let key = self.agent_labels_key(agent);
+        let raw: Option<String> =
+            self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await }).await?;
+        Ok(raw.and_then(|json| serde_json::from_str::<Vec<(String, String)>>(&json).ok()).map(Into::into))
     }
 
     /// Replicas registered for `agent`, with their expiry (Unix ms).

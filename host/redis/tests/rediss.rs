@@ -36,9 +36,11 @@ async fn round_trip(store: &Store) {
     store.ping().await.unwrap();
     store.kv_set("plugin", "k", b"over tls", None).await.unwrap();
     assert_eq!(store.kv_get("plugin", "k").await.unwrap().as_deref(), Some(&b"over tls"[..]));
-    let agents = vec!["a1".to_string(), "a2".to_string()];
+    let labels: burrow_host_redis::AgentLabels = vec![("team".to_string(), "infra".to_string())].into();
+    let agents = vec![("a1".to_string(), labels.clone()), ("a2".to_string(), labels.clone())];
     assert_eq!(store.register("r0", &agents, Duration::from_secs(60)).await.unwrap(), 2);
     assert!(store.lookup("a2").await.unwrap().contains_key("r0"));
+    assert_eq!(store.agent_labels("a2").await.unwrap(), Some(labels));
 }
 
 fn redis_error(result: Result<(), StoreError>) -> String {

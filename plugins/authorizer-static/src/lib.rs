@@ -36,12 +36,32 @@
 //! users = ["alice"]                    # names from `users`, or inline
 //!                                      # { name = "bob", token_sha256 = "<hex>" }
 //! groups = ["ops"]
+//!
+//! [[plugins.authorizer.config.workloads]]
+//! agent = "*"                          # every agent whose labels include ALL of these
+//! labels = { team = "infra", env = "prod" }   # required with "*"; optional with a named
+//! service = "ssh"                      # agent (then the name and the labels must both hold)
+//! access = "token"
+//! groups = ["infra"]
 //! ```
+//!
+//! Which rule decides a request, among the rules that apply to its agent (named, with any
+//! `labels` held, or `"*"` with all its labels carried by the agent):
+//! 1. rules naming the agent beat `agent = "*"` label rules;
+//! 2. within each group, an exact service beats `service = "*"`;
+//! 3. among several that are still equal (label rules, or named rules with different
+//!    `labels`), the first in config order wins.
+//!
+//! With none, `default_access` decides. The labels are the agent's as the host reports them:
+//! its own (`agents[].labels`, or what another agent authenticator gave it) and the host's
+//! `burrow.` labels.
 //!
 //! Workloads a control plane created (`burrow-host workload create`) need no rule: their
 //! owner, users and groups travel in labels the host sets on the agent (`burrow.owner`,
 //! `burrow.users`, `burrow.groups`, which agents cannot set), and this plugin allows
-//! exactly those, with credentials stripped. A `workloads` rule naming the agent wins.
+//! exactly those, with credentials stripped. A `workloads` rule that applies to the agent
+//! (naming it, or a label rule it matches) wins: an admin's rule replaces the managed access
+//! for all the agent's services, and services no rule covers fall to `default_access`.
 //!
 //! A credential the plugin does not know is rejected (401); none at all is anonymous, which
 //! only open workloads admit. Requests allowed by a `token` rule have the credential
@@ -86,7 +106,12 @@ impl Authorizer for StaticAuthorizer {
         let managed =
             self.policy.authorize_managed(&req.target.agent_id, &req.agent_labels, req.principal.as_ref());
         let verdict = managed.unwrap_or_else(|| {
-            self.policy.authorize(&req.target.agent_id, &req.target.service, req.principal.as_ref())
+            self.policy.authorize(
+                &req.target.agent_id,
+                &req.agent_labels,
+                &req.target.service,
+                req.principal.as_ref(),
+            )
         });
         match verdict {
             Verdict::Allow { strip_credentials } => Decision::Allow { strip_credentials },
@@ -175,6 +200,23 @@ mod tests {
             plugin.authorize(&host, authorize_request(None)),
             Decision::unauthorized(policy::NEEDS_CREDENTIALS)
         );
+    }
+
+    #[test]
+    fn label_rules_see_the_agent_labels_of_the_request() {
+        let host = MockHost::new().with_config(serde_json::json!({
+            "workloads": [{"agent": "*", "labels": {"team": "infra"}, "service": "web", "access": "open"}],
+        }));
+        let plugin = StaticAuthorizer::init(&host).unwrap();
+        let mut req = authorize_request(None);
+        assert!(!plugin.authorize(&host, req.clone()).is_allow(), "no labels: default deny");
+        req.agent_labels = vec![("team".into(), "infra".into())];
+        assert_eq!(plugin.authorize(&host, req), Decision::Allow { strip_credentials: false });
+        let host = MockHost::new().with_config(serde_json::json!({
+            "workloads": [{"agent": "*", "service": "web", "access": "open"}],
+        }));
+        let err = StaticAuthorizer::init(&host).err().expect("config refused");
+        assert!(err.contains("workloads[0].labels: required when agent = \"*\""), "{err}");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub enum UnknownCredentials {
 struct RawWorkload {
     agent: String,
     service: String,
+    /// Labels the agent must carry (all of them); required when `agent` is `"*"`.
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
     access: Access,
     #[serde(default)]
     users: Vec<RuleUser>,
@@ -147,12 +150,24 @@ struct User {
 }
 
 struct Rule {
-    agent: String,
+    /// `None` is the `"*"` wildcard: the rule selects agents by `labels` alone.
+    agent: Option<String>,
+    /// Label pairs the agent must all carry (empty: no condition; never for `agent = "*"`).
+    labels: Vec<(String, String)>,
     /// `None` is the `"*"` wildcard.
     service: Option<String>,
     access: Access,
     users: Vec<String>,
     groups: Vec<String>,
+}
+
+impl Rule {
+    /// Whether this rule is about `agent`, whose labels are `labels`: it names the agent or
+    /// is `"*"`, and the agent carries every label pair of the rule.
+    fn applies_to(&self, agent: &str, labels: &[(String, String)]) -> bool {
+        self.agent.as_deref().is_none_or(|a| a == agent)
+            && self.labels.iter().all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
 }
 
 /// The parsed, validated config.
@@ -317,18 +332,39 @@ impl Policy {
 
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.workloads.len());
         for (i, rule) in raw.workloads.into_iter().enumerate() {
-            if rule.agent.is_empty() {
-                return Err(format!("workloads[{i}].agent: must not be empty"));
+            let agent = match rule.agent.as_str() {
+                "" => return Err(format!("workloads[{i}].agent: must be an agent id or \"*\"")),
+                "*" => None,
+                _ => Some(rule.agent),
+            };
+            let labels: Vec<(String, String)> = match rule.labels {
+                None if agent.is_none() => {
+                    return Err(format!("workloads[{i}].labels: required when agent = \"*\""));
+                }
+                None => Vec::new(),
+                Some(labels) if labels.is_empty() => {
+                    return Err(match agent {
+                        None => format!("workloads[{i}].labels: required when agent = \"*\""),
+                        Some(_) => format!(
+                            "workloads[{i}].labels: must not be empty (leave it out to match on the agent alone)"
+                        ),
+                    });
+                }
+                Some(labels) => labels.into_iter().collect(),
+            };
+            if labels.iter().any(|(key, _)| key.trim().is_empty()) {
+                return Err(format!("workloads[{i}].labels: keys must not be empty"));
             }
             let service = match rule.service.as_str() {
                 "" => return Err(format!("workloads[{i}].service: must be a service name or \"*\"")),
                 "*" => None,
                 _ => Some(rule.service),
             };
-            if rules.iter().any(|r| r.agent == rule.agent && r.service == service) {
+            if rules.iter().any(|r| r.agent == agent && r.labels == labels && r.service == service) {
                 return Err(format!(
-                    "workloads[{i}]: a rule for agent {:?} and service {:?} already exists",
-                    rule.agent,
+                    "workloads[{i}]: a rule for agent {:?}{} and service {:?} already exists",
+                    agent.as_deref().unwrap_or("*"),
+                    if labels.is_empty() { "" } else { " with these labels" },
                     service.as_deref().unwrap_or("*")
                 ));
             }
@@ -373,7 +409,8 @@ impl Policy {
                 names.push(name);
             }
             rules.push(Rule {
-                agent: rule.agent,
+                agent,
+                labels,
                 service,
                 access: rule.access,
                 users: names,
@@ -471,11 +508,33 @@ impl Policy {
         }
     }
 
-    /// Whether `principal` (`None`: anonymous) may use `service` on `agent`.
-    pub fn authorize(&self, agent: &str, service: &str, principal: Option<&Principal>) -> Verdict {
-        let exact = self.rules.iter().find(|r| r.agent == agent && r.service.as_deref() == Some(service));
-        let rule = exact.or_else(|| self.rules.iter().find(|r| r.agent == agent && r.service.is_none()));
-        let Some(rule) = rule else {
+    /// The rule deciding `service` on `agent`, whose labels are `labels`: among the rules
+    /// that apply to the agent (see [`Rule::applies_to`]), those naming it beat the
+    /// `agent = "*"` label rules; within each group an exact service beats `"*"`; then the
+    /// first in config order.
+    fn rule_for(&self, agent: &str, labels: &[(String, String)], service: &str) -> Option<&Rule> {
+        let applying = |named: bool| {
+            self.rules.iter().filter(move |r| r.agent.is_some() == named && r.applies_to(agent, labels))
+        };
+        let pick = |named: bool| {
+            applying(named)
+                .find(|r| r.service.as_deref() == Some(service))
+                .or_else(|| applying(named).find(|r| r.service.is_none()))
+        };
+        pick(true).or_else(|| pick(false))
+    }
+
+    /// Whether `principal` (`None`: anonymous) may use `service` on `agent`, whose labels
+    /// (as the host reports them: the agent's own and the host's `burrow.` ones) are
+    /// `labels`.
+    pub fn authorize(
+        &self,
+        agent: &str,
+        labels: &[(String, String)],
+        service: &str,
+        principal: Option<&Principal>,
+    ) -> Verdict {
+        let Some(rule) = self.rule_for(agent, labels, service) else {
             return match self.default_access {
                 DefaultAccess::Open => Verdict::Allow { strip_credentials: false },
                 DefaultAccess::Deny => Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT },
@@ -501,7 +560,10 @@ impl Policy {
     /// Access to a workload a control plane created, from the labels the host set on its
     /// agent (`burrow.owner`, `burrow.users`, `burrow.groups`; agents cannot set
     /// `burrow.` labels). `None` when the agent is not such a workload's, or when a rule in
-    /// this config names the agent (an admin's explicit rule wins).
+    /// this config applies to the agent (an admin's explicit rule wins): one naming it (its
+    /// `labels`, if any, held) or an `agent = "*"` rule whose labels the agent carries. That
+    /// rule then decides for every service of the agent, like any rule: services no rule
+    /// covers fall to `default_access`.
     pub fn authorize_managed(
         &self,
         agent: &str,
@@ -509,7 +571,7 @@ impl Policy {
         principal: Option<&Principal>,
     ) -> Option<Verdict> {
         let label = |name: &str| labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        if label("burrow.managed") != Some("true") || self.rules.iter().any(|r| r.agent == agent) {
+        if label("burrow.managed") != Some("true") || self.rules.iter().any(|r| r.applies_to(agent, labels)) {
             return None;
         }
         let Some(principal) = principal else {

@@ -81,6 +81,14 @@ fn dial_rules() {
 }
 
 #[test]
+fn refused_dial_of_unknown_kind_changes_nothing() {
+    let mut host = Tunnel::new(Role::Host);
+    let unknown = pb::Dial { kind: 7, ..tcp_dial() };
+    assert!(host.send_dial(&unknown).is_err());
+    assert_eq!((host.phase(), host.kind()), (Phase::Parked, Kind::Tcp));
+}
+
+#[test]
 fn refusal_closes() {
     let mut host = Tunnel::new(Role::Host);
     host.send_dial(&tcp_dial()).unwrap();

@@ -124,17 +124,23 @@ fn exact_service_beats_wildcard_and_rules_name_users_or_groups() {
             fingerprint: "SHA256:carolkey".into(),
         },
     );
-    assert_eq!(p.authorize("demo", "web", None), Verdict::Allow { strip_credentials: false });
-    assert_eq!(p.authorize("demo", "admin", None), Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS });
-    assert_eq!(p.authorize("demo", "admin", Some(&alice)), Verdict::Allow { strip_credentials: true });
-    assert_eq!(p.authorize("demo", "admin", Some(&bob)), Verdict::Allow { strip_credentials: true });
+    assert_eq!(p.authorize("demo", &[], "web", None), Verdict::Allow { strip_credentials: false });
     assert_eq!(
-        p.authorize("demo", "admin", Some(&carol)),
+        p.authorize("demo", &[], "admin", None),
+        Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS }
+    );
+    assert_eq!(p.authorize("demo", &[], "admin", Some(&alice)), Verdict::Allow { strip_credentials: true });
+    assert_eq!(p.authorize("demo", &[], "admin", Some(&bob)), Verdict::Allow { strip_credentials: true });
+    assert_eq!(
+        p.authorize("demo", &[], "admin", Some(&carol)),
         Verdict::Deny { status: 403, reason: NOT_ALLOWED }
     );
-    assert_eq!(p.authorize("edge-eu-1", "ssh", Some(&carol)), Verdict::Allow { strip_credentials: true });
     assert_eq!(
-        p.authorize("edge-eu-1", "ssh", Some(&bob)),
+        p.authorize("edge-eu-1", &[], "ssh", Some(&carol)),
+        Verdict::Allow { strip_credentials: true }
+    );
+    assert_eq!(
+        p.authorize("edge-eu-1", &[], "ssh", Some(&bob)),
         Verdict::Deny { status: 403, reason: NOT_ALLOWED }
     );
 }
@@ -143,13 +149,13 @@ fn exact_service_beats_wildcard_and_rules_name_users_or_groups() {
 fn default_access_applies_without_rule() {
     let p = policy();
     assert_eq!(
-        p.authorize("edge-eu-1", "web", None),
+        p.authorize("edge-eu-1", &[], "web", None),
         Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT }
     );
     let open = Policy::from_json(r#"{"default_access": "open"}"#).unwrap();
-    assert_eq!(open.authorize("x", "y", None), Verdict::Allow { strip_credentials: false });
+    assert_eq!(open.authorize("x", &[], "y", None), Verdict::Allow { strip_credentials: false });
     let empty = Policy::from_json("{}").unwrap();
-    assert!(matches!(empty.authorize("x", "y", None), Verdict::Deny { status: 403, .. }));
+    assert!(matches!(empty.authorize("x", &[], "y", None), Verdict::Deny { status: 403, .. }));
 }
 
 /// The config the host's end-to-end tests have always used keeps working.
@@ -163,9 +169,12 @@ fn original_config_form_is_accepted() {
     });
     let p = Policy::from_json(&json.to_string()).unwrap();
     let alice = principal(&p, Credential::Bearer("alice-secret-token".into()));
-    assert_eq!(p.authorize("a1", "web", Some(&alice)), Verdict::Allow { strip_credentials: true });
-    assert_eq!(p.authorize("a1", "web", None), Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS });
-    assert_eq!(p.authorize("a1", "other", None), Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT });
+    assert_eq!(p.authorize("a1", &[], "web", Some(&alice)), Verdict::Allow { strip_credentials: true });
+    assert_eq!(p.authorize("a1", &[], "web", None), Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS });
+    assert_eq!(
+        p.authorize("a1", &[], "other", None),
+        Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT }
+    );
 }
 
 fn config_error(json: serde_json::Value) -> String {
@@ -241,4 +250,184 @@ fn control_plane_workloads_admit_their_owner_users_and_groups_only() {
         p.authorize_managed("ws-1", &[("burrow.owner".into(), "alice".into())], Some(&who("alice", &[]))),
         None
     );
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn user(id: &str, groups: &[&str]) -> Principal {
+    Principal {
+        id: id.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        labels: Default::default(),
+    }
+}
+
+const OPEN: Verdict = Verdict::Allow { strip_credentials: false };
+const STRIPPED: Verdict = Verdict::Allow { strip_credentials: true };
+const NOT_ALLOWED_403: Verdict = Verdict::Deny { status: 403, reason: NOT_ALLOWED };
+const DEFAULT_403: Verdict = Verdict::Deny { status: 403, reason: DENIED_BY_DEFAULT };
+
+fn label_policy() -> Policy {
+    let json = serde_json::json!({
+        "users": [{"name": "ivy", "groups": ["infra"]}, {"name": "pat", "groups": ["prod-ops"]}],
+        "workloads": [
+            // Label rules, in config order.
+            {"agent": "*", "labels": {"team": "infra", "env": "prod"}, "service": "*",
+             "access": "token", "groups": ["prod-ops"]},
+            {"agent": "*", "labels": {"team": "infra"}, "service": "*", "access": "token", "groups": ["infra"]},
+            {"agent": "*", "labels": {"team": "infra"}, "service": "status", "access": "open"},
+            // A named rule, with a label condition.
+            {"agent": "db-1", "labels": {"env": "prod"}, "service": "*", "access": "token", "users": ["ivy"]},
+            // A named rule for one service only.
+            {"agent": "web-1", "service": "admin", "access": "token", "users": ["pat"]},
+        ],
+    });
+    Policy::from_json(&json.to_string()).unwrap()
+}
+
+#[test]
+fn label_rules_select_agents_carrying_all_their_labels() {
+    let p = label_policy();
+    let (ivy, pat) = (user("ivy", &["infra"]), user("pat", &["prod-ops"]));
+    let infra_dev = labels(&[("env", "dev"), ("team", "infra"), ("zone", "eu")]);
+    assert_eq!(p.authorize("ci-7", &infra_dev, "web", Some(&ivy)), STRIPPED);
+    assert_eq!(p.authorize("ci-7", &infra_dev, "web", Some(&pat)), NOT_ALLOWED_403);
+    assert_eq!(
+        p.authorize("ci-7", &infra_dev, "web", None),
+        Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS }
+    );
+    // A value must match exactly, keys included.
+    let other = labels(&[("team", "infra-2"), ("Team", "infra")]);
+    assert_eq!(p.authorize("ci-7", &other, "web", Some(&ivy)), DEFAULT_403);
+}
+
+#[test]
+fn agents_without_the_labels_fall_to_default_access() {
+    let p = label_policy();
+    let ivy = user("ivy", &["infra"]);
+    assert_eq!(p.authorize("ci-7", &[], "web", Some(&ivy)), DEFAULT_403);
+    assert_eq!(p.authorize("ci-7", &labels(&[("env", "prod")]), "web", Some(&ivy)), DEFAULT_403);
+    let open = Policy::from_json(
+        &serde_json::json!({
+            "default_access": "open",
+            "workloads": [{"agent": "*", "labels": {"team": "infra"}, "service": "*", "access": "token"}],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(open.authorize("ci-7", &labels(&[("team", "web")]), "web", None), OPEN);
+    assert!(matches!(
+        open.authorize("ci-7", &labels(&[("team", "infra")]), "web", None),
+        Verdict::Deny { .. }
+    ));
+}
+
+#[test]
+fn label_rule_precedence() {
+    let p = label_policy();
+    let (ivy, pat) = (user("ivy", &["infra"]), user("pat", &["prod-ops"]));
+    // Several label rules with service "*" match: the first in config order decides.
+    let infra_prod = labels(&[("env", "prod"), ("team", "infra")]);
+    assert_eq!(p.authorize("ci-8", &infra_prod, "web", Some(&pat)), STRIPPED);
+    assert_eq!(p.authorize("ci-8", &infra_prod, "web", Some(&ivy)), NOT_ALLOWED_403);
+    // An exact service beats "*", even from a later label rule.
+    assert_eq!(p.authorize("ci-8", &infra_prod, "status", None), OPEN);
+    // A rule naming the agent beats every label rule, its "*" service an exact label one.
+    assert_eq!(
+        p.authorize("db-1", &infra_prod, "status", None),
+        Verdict::Deny { status: 401, reason: NEEDS_CREDENTIALS }
+    );
+    assert_eq!(p.authorize("db-1", &infra_prod, "web", Some(&ivy)), STRIPPED);
+    assert_eq!(p.authorize("db-1", &infra_prod, "web", Some(&pat)), NOT_ALLOWED_403);
+    // A named rule's labels must hold too; if not, it does not apply and label rules decide.
+    let infra_dev = labels(&[("env", "dev"), ("team", "infra")]);
+    assert_eq!(p.authorize("db-1", &infra_dev, "status", None), OPEN);
+    assert_eq!(p.authorize("db-1", &infra_dev, "web", Some(&ivy)), STRIPPED);
+    assert_eq!(p.authorize("db-1", &[], "web", Some(&ivy)), DEFAULT_403);
+    // A named rule decides only the services it covers; the others go to label rules.
+    let team = labels(&[("team", "infra")]);
+    assert_eq!(p.authorize("web-1", &team, "admin", Some(&ivy)), NOT_ALLOWED_403);
+    assert_eq!(p.authorize("web-1", &team, "admin", Some(&pat)), STRIPPED);
+    assert_eq!(p.authorize("web-1", &team, "web", Some(&ivy)), STRIPPED);
+    assert_eq!(p.authorize("web-1", &[], "web", Some(&ivy)), DEFAULT_403);
+}
+
+#[test]
+fn named_rules_with_different_labels_go_in_config_order() {
+    let json = serde_json::json!({
+        "workloads": [
+            {"agent": "a", "labels": {"env": "prod"}, "service": "web", "access": "token"},
+            {"agent": "a", "service": "web", "access": "open"},
+        ],
+    });
+    let p = Policy::from_json(&json.to_string()).unwrap();
+    assert!(matches!(
+        p.authorize("a", &labels(&[("env", "prod")]), "web", None),
+        Verdict::Deny { status: 401, .. }
+    ));
+    assert_eq!(p.authorize("a", &labels(&[("env", "dev")]), "web", None), OPEN);
+}
+
+#[test]
+fn label_rule_config_errors_name_the_field() {
+    use serde_json::json;
+    let rule = |extra: serde_json::Value| {
+        let mut r = json!({"agent": "*", "service": "*", "access": "open"});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"workloads": [{"agent": "x", "service": "*", "access": "open"}, r]})
+    };
+    assert_eq!(config_error(rule(json!({}))), "workloads[1].labels: required when agent = \"*\"");
+    assert_eq!(config_error(rule(json!({"labels": {}}))), "workloads[1].labels: required when agent = \"*\"");
+    assert_eq!(
+        config_error(rule(json!({"labels": {"": "x"}}))),
+        "workloads[1].labels: keys must not be empty"
+    );
+    assert_eq!(
+        config_error(rule(json!({"agent": "y", "labels": {"a": "1", " ": "x"}}))),
+        "workloads[1].labels: keys must not be empty"
+    );
+    assert!(config_error(rule(json!({"agent": "y", "labels": {}})))
+        .starts_with("workloads[1].labels: must not be empty"));
+    assert!(config_error(rule(json!({"labels": {"a": 1}}))).contains("invalid type"));
+    assert!(config_error(rule(json!({"agent": ""}))).starts_with("workloads[1].agent"));
+    // The same agent, labels and service twice can never be reached.
+    let dup = json!({"workloads": [
+        {"agent": "*", "labels": {"a": "1", "b": "2"}, "service": "web", "access": "open"},
+        {"agent": "*", "labels": {"b": "2", "a": "1"}, "service": "web", "access": "open"},
+    ]});
+    assert!(config_error(dup).starts_with("workloads[1]: a rule for agent \"*\" with these labels"));
+    // Different labels, or the agent named, are different rules; an empty value is a value.
+    let fine = json!({"workloads": [
+        {"agent": "*", "labels": {"a": "1"}, "service": "web", "access": "open"},
+        {"agent": "*", "labels": {"a": "1", "b": ""}, "service": "web", "access": "open"},
+        {"agent": "x", "labels": {"a": "1"}, "service": "web", "access": "open"},
+        {"agent": "x", "service": "web", "access": "open"},
+    ]});
+    Policy::from_json(&fine.to_string()).unwrap();
+}
+
+#[test]
+fn admin_rules_matching_by_name_or_labels_override_managed_access() {
+    let managed = labels(&[("burrow.managed", "true"), ("burrow.owner", "alice"), ("team", "infra")]);
+    let alice = user("alice", &[]);
+    let json = serde_json::json!({
+        "workloads": [
+            {"agent": "*", "labels": {"team": "infra"}, "service": "ssh", "access": "token", "groups": ["infra"]},
+            {"agent": "ws-named", "service": "web", "access": "open"},
+            {"agent": "ws-cond", "labels": {"env": "prod"}, "service": "web", "access": "open"},
+        ],
+    });
+    let p = Policy::from_json(&json.to_string()).unwrap();
+    // A label rule the agent matches: the admin's rules decide, for every service.
+    assert_eq!(p.authorize_managed("ws-1", &managed, Some(&alice)), None);
+    assert_eq!(p.authorize("ws-1", &managed, "ssh", Some(&alice)), NOT_ALLOWED_403);
+    assert_eq!(p.authorize("ws-1", &managed, "web", Some(&alice)), DEFAULT_403);
+    // A rule naming the agent (as before).
+    let plain = labels(&[("burrow.managed", "true"), ("burrow.owner", "alice")]);
+    assert_eq!(p.authorize_managed("ws-named", &plain, Some(&alice)), None);
+    // Rules the agent does not match leave the managed access alone.
+    assert_eq!(p.authorize_managed("ws-2", &plain, Some(&alice)), Some(STRIPPED));
+    assert_eq!(p.authorize_managed("ws-cond", &plain, Some(&alice)), Some(STRIPPED));
 }
