@@ -411,6 +411,21 @@ pub async fn eventually<F: FnMut() -> bool>(limit: Duration, what: &str, mut che
 }
 
 /// Waits until the agent reports a connected session with its idle pool filled.
+/// An agent for `host` offering `workload`'s service `web`, with `connections` connections,
+/// started and connected.
+pub async fn agent_serving(
+    host: &TestHost,
+    token: &str,
+    workload: &workload::Workload,
+    connections: usize,
+) -> burrow_agent::AgentHandle {
+    let mut config = agent_config(&host.agent_url("grpc"), token, &[workload.service("web")]);
+    config.connections = connections;
+    let agent = burrow_agent::spawn(config);
+    wait_connected(&agent).await;
+    agent
+}
+
 pub async fn wait_connected(agent: &burrow_agent::AgentHandle) {
     let mut status = agent.status();
     let result = tokio::time::timeout(Duration::from_secs(20), async {

@@ -177,6 +177,22 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
             full(StatusCode::OK, serde_json::Value::Object(map).to_string())
         }
         "/echo" => Response::new(req.into_body().boxed()),
+        // Cookies of every kind a workload might set: its own, host-only and for its own
+        // name; the host's session cookie; and one for the parent domain of all workloads.
+        "/set-cookie" => {
+            let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            let host = host.rsplit_once(':').map_or(host, |(name, _)| name).to_owned();
+            let mut response = full(StatusCode::OK, "cookies set");
+            for value in [
+                "theme=dark; Path=/".to_owned(),
+                format!("own=1; Domain={host}; Path=/"),
+                "burrow_session=planted-by-the-workload; Path=/".to_owned(),
+                "wide=1; Domain=localhost; Path=/".to_owned(),
+            ] {
+                response.headers_mut().append(http::header::SET_COOKIE, value.parse().unwrap());
+            }
+            response
+        }
         "/upload" => {
             let mut body = req.into_body();
             let mut hasher = Sha256::new();

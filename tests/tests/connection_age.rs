@@ -20,10 +20,7 @@ async fn aged_connections_are_replaced_without_failing_requests_and_cut_after_th
     };
     let host = TestHost::start(parts.build()).await;
     let workload = Workload::start("w1").await;
-    let mut config = agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]);
-    config.connections = 1;
-    let agent = burrow_agent::spawn(config);
-    wait_connected(&agent).await;
+    let agent = agent_serving(&host, TOKEN, &workload, 1).await;
     let attempts_at_start = agent.status().borrow().connect_attempts;
 
     // A stream that outlives the grace period, opened on the first connection.

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use burrow_tests::workload::Workload;
-use burrow_tests::{agent_config, clients, wait_connected, ConfigParts, TestHost, TOKEN};
+use burrow_tests::{
+    agent_config, agent_serving, clients, metric, wait_connected, ConfigParts, TestHost, TOKEN,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads until the host closes the connection; fails the test after `limit`.
@@ -118,10 +120,7 @@ async fn bounded_connections_per_address_close_the_excess_at_once_and_serve_the_
     let parts = ConfigParts { agents: "max_connections_per_address = 3".into(), ..Default::default() };
     let host = TestHost::start(parts.build()).await;
     let workload = Workload::start("w1").await;
-    let mut config = agent_config(&host.agent_url("grpc"), TOKEN, &[workload.service("web")]);
-    config.connections = 1;
-    let agent = burrow_agent::spawn(config);
-    wait_connected(&agent).await;
+    let _agent = agent_serving(&host, TOKEN, &workload, 1).await;
     // The agent holds one connection from 127.0.0.1; two silent peers fill the cap.
     let first = tokio::net::TcpStream::connect(host.agent_addr).await.unwrap();
     let mut second = tokio::net::TcpStream::connect(host.agent_addr).await.unwrap();
@@ -145,6 +144,38 @@ async fn bounded_connections_per_address_close_the_excess_at_once_and_serve_the_
     let (status, _, _) = clients::get(host.ingress_addr, "web-a1.localhost", "/hello").await;
     assert_eq!(status.as_u16(), 200, "the agent kept serving");
     let _ = second.write_all(b"").await;
+}
+
+/// A TCP connection to `to` from loopback address `from` (any of 127.0.0.0/8).
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_connections_on_the_agent_port_close_the_excess_from_any_address() {
+    let parts = ConfigParts {
+        agents: "max_connections = 3\nmax_connections_per_address = 3".into(),
+        ..Default::default()
+    };
+    let host = TestHost::start(parts.build()).await;
+    let workload = Workload::start("w1").await;
+    let _agent = agent_serving(&host, TOKEN, &workload, 1).await;
+    // The agent holds one; silent peers from two other addresses fill the port's cap.
+    let _second = connect_from("127.0.0.2", host.agent_addr).await;
+    let _third = connect_from("127.0.0.3", host.agent_addr).await;
+    let mut excess = connect_from("127.0.0.4", host.agent_addr).await;
+    let took = closed_within(&mut excess, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the excess connection waited {took:?} (the preface timeout is 2 s)"
+    );
+    let (_, _, body) = clients::get(host.admin_addr, "localhost", "/metrics").await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(metric(&text, "burrow_agent_connections_total{result=\"port_limited\"}"), 1.0, "{text}");
+    let (status, _, _) = clients::get(host.ingress_addr, "web-a1.localhost", "/hello").await;
+    assert_eq!(status.as_u16(), 200, "the agent kept serving");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -576,4 +607,32 @@ async fn slowloris_http2_connections_without_a_complete_request_are_closed_while
         assert!(took < Duration::from_secs(5), "closed long after the 1 s header timeout: {took:?}");
     }
     assert_eq!(client.get("web-a1.localhost", "/hello").await.0.as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_on_the_control_api_is_closed_while_the_control_plane_is_served() {
+    use burrow_tests::lifecycle;
+    let dir = lifecycle::Dir::new("control-slowloris");
+    let mut parts = lifecycle::single_host(dir.path());
+    parts.extra = parts.extra.replace("[control]\n", "[control]\nhandshake_timeout = \"1s\"\n");
+    let host = TestHost::start(parts.build()).await;
+    let addr = host.control_addr.unwrap();
+    // One connection says nothing; another trickles part of the HTTP/2 preface.
+    let opened = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    trickle.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // Meanwhile the control plane is served.
+    let mut client = lifecycle::client(&host).await;
+    let token = lifecycle::create(&mut client, lifecycle::workspace("w-slow")).await;
+    assert!(!token.token.is_empty());
+    for stream in [&mut silent, &mut trickle] {
+        let took = closed_within(stream, Duration::from_secs(5)).await;
+        let since_open = opened.elapsed();
+        assert!(since_open >= Duration::from_millis(900), "closed before its deadline: {since_open:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+    // And still is, on a connection made after.
+    let mut client = lifecycle::client(&host).await;
+    assert_eq!(lifecycle::get(&mut client, "w-slow").await.id, "w-slow");
 }

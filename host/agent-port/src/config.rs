@@ -61,6 +61,10 @@ pub struct AgentListenerConfig {
     /// replica; more are refused with RESOURCE_EXHAUSTED and a retry-after. Default 16
     /// (an agent keeps 2, a few processes may share an identity). 0: no cap.
     pub max_sessions_per_agent: usize,
+    /// TCP connections the agent port holds open in all, counted from accept; more are
+    /// closed at once. Default 32768: 10,000 agents with their two connections each, and
+    /// room for reconnection storms. 0: no cap.
+    pub max_connections: usize,
     /// TCP connections one source address may hold open on the agent port, counted from
     /// accept (before any authentication); more are closed at once. Default 256. 0: no
     /// cap. Raise it when many agents share one NAT address.
@@ -98,6 +102,7 @@ impl Default for AgentListenerConfig {
             max_connection_age: Duration::from_secs(30 * 60),
             connection_age_grace: Duration::from_secs(3600),
             max_sessions_per_agent: 16,
+            max_connections: 32_768,
             max_connections_per_address: 256,
             max_parked_tunnels_per_agent: 256,
             max_streams_per_agent: 4096,
@@ -139,6 +144,9 @@ impl AgentListenerConfig {
             if !(65_535..=(1u32 << 31) - 1).contains(&value) {
                 return Err(format!("{key}: must be between 65535 and 2147483647"));
             }
+        }
+        if self.max_connections > 0 && self.max_connections_per_address > self.max_connections {
+            return Err("agents.max_connections_per_address: must not exceed agents.max_connections".into());
         }
         Ok(())
     }

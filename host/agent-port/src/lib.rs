@@ -89,7 +89,7 @@ pub async fn serve(
     };
     let (conns, incoming) = mpsc::channel(64);
     let acceptor = Arc::new(Acceptor { config: config.clone(), tls, conns });
-    let per_address = Arc::new(io::PerAddress::new(config.max_connections_per_address));
+    let limits = io::ConnectionLimits::new(config.max_connections, config.max_connections_per_address);
 
     let service = pb_server(ctx.clone(), rate_store, lifecycle, &config);
     let grpc = tonic::transport::Server::builder()
@@ -126,11 +126,20 @@ pub async fn serve(
                 Ok((stream, remote)) => {
                     // Counted from accept, before anything is read: a source that opens
                     // connections and says nothing cannot hold more than its share.
-                    let Some(slot) = per_address.acquire(remote.ip()) else {
-                        tracing::debug!(%remote, "agent port: too many connections from this address; closed");
-                        ctx.metrics.agent_connect("address_limited");
-                        drop(stream);
-                        continue;
+                    let slot = match limits.acquire(remote.ip()) {
+                        Ok(slot) => slot,
+                        Err(io::ConnectionRefused::Address) => {
+                            tracing::debug!(%remote, "agent port: too many connections from this address; closed");
+                            ctx.metrics.agent_connect("address_limited");
+                            drop(stream);
+                            continue;
+                        }
+                        Err(io::ConnectionRefused::Port) => {
+                            tracing::debug!(%remote, "agent port: at its connection cap; closed");
+                            ctx.metrics.agent_connect("port_limited");
+                            drop(stream);
+                            continue;
+                        }
                     };
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move { acceptor.handle(stream, remote, slot).await });
@@ -198,7 +207,7 @@ fn pb_server(
 }
 
 impl Acceptor {
-    async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, slot: io::AddressSlot) {
+    async fn handle(self: Arc<Self>, stream: TcpStream, remote: SocketAddr, slot: io::ConnectionSlot) {
         let _ = stream.set_nodelay(true);
         let result = match &self.tls {
             Some(tls) => self.handle_tls(tls.clone(), stream, remote, slot).await,
@@ -213,7 +222,7 @@ impl Acceptor {
         &self,
         mut stream: TcpStream,
         remote: SocketAddr,
-        slot: io::AddressSlot,
+        slot: io::ConnectionSlot,
     ) -> Result<(), String> {
         let mut buf = BytesMut::with_capacity(64);
         let sniffed = tokio::time::timeout(self.config.preface_timeout, async {
@@ -243,7 +252,7 @@ impl Acceptor {
         tls: tokio_rustls::TlsAcceptor,
         stream: TcpStream,
         remote: SocketAddr,
-        slot: io::AddressSlot,
+        slot: io::ConnectionSlot,
     ) -> Result<(), String> {
         let stream = tokio::time::timeout(self.config.preface_timeout, tls.accept(stream))
             .await
@@ -262,7 +271,7 @@ impl Acceptor {
         io: impl Io,
         remote: SocketAddr,
         transport: Transport,
-        slot: io::AddressSlot,
+        slot: io::ConnectionSlot,
     ) -> Result<(), String> {
         let conn = AgentConn::new(Box::new(io), remote, transport, self.config.handshake_timeout, slot);
         self.conns.send(Ok(conn)).await.map_err(|_| "host is shutting down".to_owned())
@@ -275,7 +284,7 @@ impl Acceptor {
         io: impl Io,
         remote: SocketAddr,
         transport: Transport,
-        slot: io::AddressSlot,
+        slot: io::ConnectionSlot,
     ) -> Result<(), String> {
         // The HTTP/1.1 connection holds the slot until it upgrades; the upgraded agent
         // connection then holds it (one slot per TCP connection either way).
@@ -326,7 +335,7 @@ fn websocket_upgrade(
     remote: SocketAddr,
     transport: Transport,
     deadline: Duration,
-    slot: Arc<std::sync::Mutex<Option<io::AddressSlot>>>,
+    slot: Arc<std::sync::Mutex<Option<io::ConnectionSlot>>>,
 ) -> Response<Full<bytes::Bytes>> {
     let path = req.uri().path();
     if path.trim_end_matches('/') != burrow_proto::WS_PATH {

@@ -7,7 +7,6 @@
 //! carries every forwarded stream, so a forward costs no handshake.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +35,7 @@ use super::token::TokenError;
 use super::{Cluster, ClusterError};
 use burrow_host_core::context::HostContext;
 use burrow_host_core::dial::OpenError;
+use burrow_host_core::limits::{h2_preface, ConnectionLimits, Counted};
 use burrow_host_core::registry::Session;
 use burrow_host_core::tunnel_io::TunnelStream;
 
@@ -512,7 +512,7 @@ pub async fn serve(
         None => None,
     };
     let handshake_timeout = cluster.config().handshake_timeout;
-    let connections = Arc::new(tokio::sync::Semaphore::new(cluster.config().max_connections));
+    let limits = ConnectionLimits::new(cluster.config().max_connections, 0);
     let service = ReplicaTunnelServer::new(ForwardService { ctx, cluster })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -534,7 +534,7 @@ pub async fn serve(
             let _ = tcp.set_nodelay(true);
             // Only other replicas dial this port: beyond the cap a connection is closed at
             // once instead of holding memory for whoever opened it.
-            let Ok(permit) = connections.clone().try_acquire_owned() else {
+            let Ok(slot) = limits.acquire(remote.ip()) else {
                 tracing::warn!(%remote, "replica API connection refused: cluster.max_connections reached");
                 continue;
             };
@@ -571,7 +571,7 @@ pub async fn serve(
                         }
                     }
                 };
-                let _ = conns.send(Ok(PeerConn { io, remote, _permit: permit })).await;
+                let _ = conns.send(Ok(Counted::new(io, remote, slot))).await;
             });
         }
     });
@@ -604,73 +604,5 @@ pub async fn serve(
     }
 }
 
-/// Waits until the HTTP/2 client preface has arrived on a cleartext connection (peeked,
-/// not consumed: the server reads it again).
-async fn h2_preface(tcp: &TcpStream) -> std::io::Result<()> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; PREFACE.len()];
-    loop {
-        tcp.readable().await?;
-        let n = tcp.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if buf[..n] != PREFACE[..n] {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP/2 preface"));
-        }
-        if n == PREFACE.len() {
-            return Ok(());
-        }
-        // A partial preface: wait for more bytes rather than spin on the same peek.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// An accepted replica connection (TCP or TLS), with its peer address for tonic.
-struct PeerConn {
-    io: Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>,
-    remote: SocketAddr,
-    /// Held for the connection's life: `cluster.max_connections`.
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for PeerConn {
-    type ConnectInfo = SocketAddr;
-    fn connect_info(&self) -> SocketAddr {
-        self.remote
-    }
-}
-
-impl tokio::io::AsyncRead for PeerConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for PeerConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+/// TCP or TLS-over-TCP from a calling replica, counted against `cluster.max_connections`.
+type PeerConn = Counted<Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>>;

@@ -49,6 +49,13 @@ pub struct ControlConfig {
     /// an end it missed. Default 10s.
     #[serde(with = "humantime_serde")]
     pub resync: Duration,
+    /// How long a new connection may take to send its HTTP/2 preface before it is closed.
+    /// Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections the control API holds at once (a control plane needs a few); more are
+    /// closed at accept. Default 256.
+    pub max_connections: usize,
 }
 
 impl Default for ControlConfig {
@@ -62,6 +69,8 @@ impl Default for ControlConfig {
             ended_retention: Duration::from_secs(24 * 3600),
             state_file: None,
             resync: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 256,
         }
     }
 }
@@ -84,6 +93,12 @@ impl ControlConfig {
         }
         if self.resync < Duration::from_secs(1) {
             return Err("control.resync: at least 1s".into());
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            return Err("control.handshake_timeout: at least 100ms".into());
+        }
+        if self.max_connections == 0 {
+            return Err("control.max_connections: at least 1".into());
         }
         Ok(())
     }

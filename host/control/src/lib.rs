@@ -61,7 +61,16 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST);
     // Small answers must leave at once: without TCP_NODELAY a reply's trailers wait ~40 ms
     // for the client's delayed ACK (Nagle), which the lifecycle bench showed on ListWork.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Counted from accept and closed unless the HTTP/2 preface arrives in time: tonic alone
+    // would hold a connection that never speaks for ever. The accept loop sets TCP_NODELAY.
+    let limits = burrow_host_core::limits::ConnectionLimits::new(config.max_connections, 0);
+    let incoming = burrow_host_core::limits::accept_h2(
+        listener,
+        limits,
+        config.handshake_timeout,
+        shutdown.clone(),
+        "control API",
+    );
     tracing::info!("control API listening");
     tonic::transport::Server::builder()
         // A control plane's call is short; a peer that sends nothing is cut.

@@ -1,9 +1,18 @@
 //! Counting what one source address holds open, with a cap: the agent port counts
-//! connections with it, the ingress connections and requests in progress.
+//! connections with it, the ingress connections and requests in progress; and
+//! [`ConnectionLimits`], a port's connection cap with a per-address share.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Things open per source address, shared by the counter and its slots.
 type OpenCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -66,6 +75,166 @@ impl Drop for AddressSlot {
     }
 }
 
+/// A port's caps on open connections: in all, and per source address. Counted from
+/// accept, before anything is read, so silent connections cannot pile up.
+pub struct ConnectionLimits {
+    port: Option<Arc<tokio::sync::Semaphore>>,
+    per_address: PerAddress,
+}
+
+/// Which connection cap refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefused {
+    /// The port holds its `max` connections.
+    Port,
+    /// The source address holds its share.
+    Address,
+}
+
+/// One open connection's places in the counts, given back on drop (the default counts
+/// nothing).
+#[derive(Default)]
+pub struct ConnectionSlot {
+    _port: Option<tokio::sync::OwnedSemaphorePermit>,
+    _address: AddressSlot,
+}
+
+impl ConnectionLimits {
+    /// At most `max` connections (0: no cap), and `per_address` from one address (0: none).
+    pub fn new(max: usize, per_address: usize) -> Self {
+        let port = (max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max)));
+        Self { port, per_address: PerAddress::new(per_address) }
+    }
+
+    /// Places for one more connection from `ip`.
+    pub fn acquire(&self, ip: IpAddr) -> Result<ConnectionSlot, ConnectionRefused> {
+        let port = match &self.port {
+            Some(port) => Some(port.clone().try_acquire_owned().map_err(|_| ConnectionRefused::Port)?),
+            None => None,
+        };
+        let address = self.per_address.acquire(ip).ok_or(ConnectionRefused::Address)?;
+        Ok(ConnectionSlot { _port: port, _address: address })
+    }
+}
+
+/// Waits until the HTTP/2 client preface has arrived on a cleartext connection (peeked,
+/// not consumed: the server reads it again). An HTTP/2 server waits for it forever; a
+/// deadline around this is what closes a connection that says nothing.
+pub async fn h2_preface(tcp: &TcpStream) -> std::io::Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        tcp.readable().await?;
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP/2 preface"));
+        }
+        if n == PREFACE.len() {
+            return Ok(());
+        }
+        // A partial preface stays readable: pause rather than spin on the same bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A connection with its places in a port's counts, given back when it closes; what a
+/// tonic server fed from an accept loop serves.
+pub struct Counted<T> {
+    io: T,
+    remote: SocketAddr,
+    _slot: ConnectionSlot,
+}
+
+impl<T> Counted<T> {
+    /// `io` from `remote`, holding `slot`.
+    pub fn new(io: T, remote: SocketAddr, slot: ConnectionSlot) -> Self {
+        Self { io, remote, _slot: slot }
+    }
+}
+
+impl<T> tonic::transport::server::Connected for Counted<T> {
+    type ConnectInfo = SocketAddr;
+    fn connect_info(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Accepts cleartext HTTP/2 connections on `listener` for a tonic server until
+/// `shutdown`: each counted against `limits` from accept (past a cap, closed at once) and
+/// handed on only once its HTTP/2 preface arrived within `deadline` (else closed), with
+/// TCP_NODELAY set. `name` labels the log lines.
+pub fn accept_h2(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    deadline: Duration,
+    shutdown: CancellationToken,
+    name: &'static str,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Counted<TcpStream>>> {
+    let (conns, incoming) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and friends: keep serving the connections there are.
+                        tracing::warn!(error = %e, "{name}: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let slot = match limits.acquire(remote.ip()) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    tracing::warn!(%remote, ?refused, "{name}: connection cap reached; closed");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(deadline, h2_preface(&tcp)).await {
+                    Ok(Ok(())) => {
+                        let _ = conns.send(Ok(Counted::new(tcp, remote, slot))).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "{name}: not an HTTP/2 client; closed")
+                    }
+                    Err(_) => tracing::debug!(%remote, "{name}: no HTTP/2 preface in time; closed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +251,17 @@ mod tests {
         drop((first, second));
         assert_eq!(limit.addresses(), 0);
         assert!(PerAddress::new(0).acquire(a).is_some());
+    }
+
+    #[test]
+    fn a_port_cap_counts_every_address_and_frees_on_drop() {
+        let limits = ConnectionLimits::new(2, 1);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let first = limits.acquire(a).unwrap();
+        assert_eq!(limits.acquire(a).err(), Some(ConnectionRefused::Address));
+        let _second = limits.acquire("10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(limits.acquire("10.0.0.3".parse().unwrap()).err(), Some(ConnectionRefused::Port));
+        drop(first);
+        assert!(limits.acquire("10.0.0.3".parse().unwrap()).is_ok());
     }
 }

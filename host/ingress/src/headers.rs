@@ -126,6 +126,41 @@ fn is_reg_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._".contains(&b)
 }
 
+/// Removes the `Set-Cookie` headers of a workload's response that could plant a session
+/// where it does not belong: any naming one of the host's own cookies (`reserved`, e.g.
+/// the session cookie), and any with a `Domain` attribute other than the workload's own
+/// host name (`host`, lowercase, no port). Workloads are sibling names under one parent;
+/// a cookie for the parent would reach every sibling, so one workload could fix a
+/// user's session or other state on another. A value that is not text is removed too:
+/// what cannot be read cannot be vetted. Returns how many were removed.
+pub fn strip_planted_cookies(headers: &mut HeaderMap, host: &str, reserved: &[&str]) -> usize {
+    let all: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+    if all.is_empty() {
+        return 0;
+    }
+    let planted = |value: &HeaderValue| {
+        let Ok(text) = value.to_str() else { return true };
+        let mut parts = text.split(';');
+        let name = parts.next().and_then(|pair| pair.split_once('=')).map_or("", |(name, _)| name.trim());
+        if reserved.contains(&name) {
+            return true;
+        }
+        parts.filter_map(|attribute| attribute.split_once('=')).any(|(key, value)| {
+            key.trim().eq_ignore_ascii_case("domain")
+                && !value.trim().trim_start_matches('.').eq_ignore_ascii_case(host)
+        })
+    };
+    let kept: Vec<HeaderValue> = all.iter().filter(|v| !planted(v)).cloned().collect();
+    let removed = all.len() - kept.len();
+    if removed > 0 {
+        headers.remove(header::SET_COOKIE);
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    removed
+}
+
 /// The token of an `Authorization: Bearer <token>` header, if any (scheme case-insensitive).
 pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
@@ -250,6 +285,35 @@ mod tests {
             headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         headers
+    }
+
+    #[test]
+    fn cookie_a_workload_cannot_plant_for_a_parent_domain_or_under_a_reserved_name() {
+        let mut headers = HeaderMap::new();
+        for value in [
+            "theme=dark; Path=/",
+            "own=1; Domain=web-a1.localhost; Path=/",
+            "own2=1; domain=.WEB-A1.localhost",
+            "burrow_session=forged; Path=/",
+            "wide=1; Path=/; Domain=localhost",
+            "wider=1; Domain=.localhost; HttpOnly",
+            "other=1; Domain=web-b1.localhost",
+        ] {
+            headers.append(header::SET_COOKIE, HeaderValue::from_static(value));
+        }
+        headers.append(header::SET_COOKIE, HeaderValue::from_bytes(b"bin=\xff").unwrap());
+        let removed = strip_planted_cookies(&mut headers, "web-a1.localhost", &["burrow_session"]);
+        let kept: Vec<&str> =
+            headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            kept,
+            [
+                "theme=dark; Path=/",
+                "own=1; Domain=web-a1.localhost; Path=/",
+                "own2=1; domain=.WEB-A1.localhost"
+            ]
+        );
+        assert_eq!(removed, 5);
     }
 
     #[test]

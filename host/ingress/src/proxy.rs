@@ -56,6 +56,12 @@ impl Proxy {
         self.config.upgrade_idle_timeout
     }
 
+    /// The session cookie users carry (`ingress.session_cookie`), which workloads may
+    /// neither read nor set.
+    pub(super) fn session_cookie(&self) -> Option<&str> {
+        self.config.session_cookie.as_deref()
+    }
+
     /// Builds the workload connection pool from `config`.
     pub fn new(
         config: Arc<IngressConfig>,
@@ -146,6 +152,8 @@ impl Proxy {
         let raw_host = named_host.map_err(ProxyError::BadHost)?;
         let raw_host = raw_host.as_str();
         let host = headers::parse_host(raw_host).map_err(ProxyError::BadHost)?;
+        // The workload's own name, against which the cookies it sets are vetted.
+        let cookie_host = host.clone();
         // Only HTTP/1.1 can upgrade; h2 clients would need extended CONNECT, which is not offered.
         let upgrade = if request.version() == Version::HTTP_11 {
             headers::upgrade_protocol(request.headers())
@@ -171,7 +179,7 @@ impl Proxy {
         if request.headers().get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
             return Err(ProxyError::BadRequest("more than one Authorization header".into()));
         }
-        let (credential, cookie) = self.credential(request.headers());
+        let credential = self.credential(request.headers());
         let path =
             request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
         let admitted = self
@@ -204,9 +212,11 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         if admitted.strip_credentials {
             parts.headers.remove(header::AUTHORIZATION);
-            if let Some(name) = &cookie {
-                headers::remove_cookie(&mut parts.headers, name);
-            }
+        }
+        // The session cookie is the host's, never the workload's: an open workload must not
+        // read a user's session either (it could replay it against a workload they may use).
+        if let Some(name) = self.session_cookie() {
+            headers::remove_cookie(&mut parts.headers, name);
         }
         let proto = if conn.tls { "https" } else { "http" };
         let forwarded = ForwardedInfo { client_ip: conn.peer.ip(), proto, host: raw_host };
@@ -223,7 +233,8 @@ impl Proxy {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, protocol);
             let request = Request::from_parts(parts, body);
-            return upgrade::forward(self, &admitted, request, client_upgrade, request_id).await;
+            return upgrade::forward(self, &admitted, request, client_upgrade, request_id, &cookie_host)
+                .await;
         }
 
         let request = Request::from_parts(parts, body);
@@ -239,23 +250,18 @@ impl Proxy {
                 message: "answered 101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         }
-        Ok(relay_response(response))
+        Ok(relay_response(response, &cookie_host, self.config.session_cookie.as_deref(), request_id))
     }
 
-    /// The user's credential: a bearer token, else the configured session cookie (whose
-    /// name is returned too, so it can be stripped).
-    fn credential(&self, headers: &http::HeaderMap) -> (Credential, Option<String>) {
+    /// The user's credential: a bearer token, else the configured session cookie.
+    fn credential(&self, headers: &http::HeaderMap) -> Credential {
         if let Some(token) = headers::bearer_token(headers) {
-            return (Credential::Bearer(token), None);
+            return Credential::Bearer(token);
         }
-        match self
-            .config
-            .session_cookie
-            .as_deref()
-            .and_then(|name| headers::cookie(headers, name).map(|value| (name.to_owned(), value)))
+        match self.session_cookie().and_then(|name| headers::cookie(headers, name).map(|value| (name, value)))
         {
-            Some((name, value)) => (Credential::Cookie { name: name.clone(), value }, Some(name)),
-            None => (Credential::None, None),
+            Some((name, value)) => Credential::Cookie { name: name.to_owned(), value },
+            None => Credential::None,
         }
     }
 }
@@ -331,10 +337,22 @@ pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The workload's response with hop-by-hop headers removed and its body streamed as is.
-pub(super) fn relay_response(response: Response<Incoming>) -> Response<ResponseBody> {
+/// The workload's response with hop-by-hop headers removed, cookies it may not set
+/// removed (see [`headers::strip_planted_cookies`]; `host` is the workload's host name),
+/// and its body streamed as is.
+pub(super) fn relay_response(
+    response: Response<Incoming>,
+    host: &str,
+    session_cookie: Option<&str>,
+    request_id: &str,
+) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    let reserved: Vec<&str> = session_cookie.into_iter().collect();
+    let removed = headers::strip_planted_cookies(&mut parts.headers, host, &reserved);
+    if removed > 0 {
+        tracing::info!(%request_id, host, removed, "removed Set-Cookie headers naming a parent domain or the session cookie");
+    }
     Response::from_parts(parts, body.boxed_unsync())
 }
 
