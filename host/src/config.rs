@@ -33,6 +33,8 @@ pub struct Config {
     /// `[control]`: the workload lifecycle and its control API. Absent: agents are only
     /// those the authorizer knows.
     pub control: Option<burrow_host_control::ControlConfig>,
+    /// `[sign_in]`: browser sign-in with OpenID Connect. Absent: users bring tokens.
+    pub sign_in: Option<burrow_host_signin::SignInConfig>,
     /// `[admin]`: health, readiness and metrics.
     pub admin: AdminConfig,
     /// `[shutdown]`: how the host stops.
@@ -150,6 +152,9 @@ impl Config {
         }
         if let Some(ssh) = &self.ssh {
             ssh.validate().map_err(ConfigError::Invalid)?;
+        }
+        if let Some(sign_in) = &self.sign_in {
+            sign_in.validate().map_err(ConfigError::Invalid)?;
         }
         if let Some(control) = &self.control {
             control.validate().map_err(ConfigError::Invalid)?;

@@ -333,12 +333,20 @@ pub async fn run_with_control(
         token.clone(),
         grace,
     ));
+    let sign_in = match &config.sign_in {
+        Some(c) => Some(Arc::new(
+            burrow_host_signin::SignIn::new(c.clone())
+                .map_err(|e| HostError::Task(format!("sign_in: {e}")))?,
+        )),
+        None => None,
+    };
     let mut ingress = tokio::spawn(ingress::serve(
         listeners.ingress,
         Arc::new(config.ingress.clone()),
         ctx.clone(),
         token.clone(),
         grace,
+        sign_in,
     ));
     let mut ssh_server = match (&config.ssh, listeners.ssh) {
         (Some(c), Some(l)) => {

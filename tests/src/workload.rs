@@ -187,6 +187,7 @@ async fn handle(mut req: Request<Incoming>, s: Arc<Shared>) -> Result<Response<B
                 "theme=dark; Path=/".to_owned(),
                 format!("own=1; Domain={host}; Path=/"),
                 "burrow_session=planted-by-the-workload; Path=/".to_owned(),
+                "burrow_sign_in=planted-by-the-workload; Path=/".to_owned(),
                 "wide=1; Domain=localhost; Path=/".to_owned(),
             ] {
                 response.headers_mut().append(http::header::SET_COOKIE, value.parse().unwrap());

@@ -14,9 +14,6 @@
 //! request once. The audience stops replay against another replica; the short lifetime
 //! bounds how long a nonce must be remembered.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -25,7 +22,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use burrow_host_time::now_ms;
+use burrow_host_time::{now_ms, Expiring, NotInserted};
 
 const DOMAIN: &[u8] = b"burrow-replica-token.v1.";
 /// Clock difference between replicas that is tolerated.
@@ -223,56 +220,33 @@ impl TokenKey {
 /// reopen a replay window. Only tokens with a valid signature reach it, so only a replica
 /// holding the secret can fill it.
 pub struct ReplayGuard {
-    capacity: usize,
-    inner: Mutex<Seen>,
-}
-
-#[derive(Default)]
-struct Seen {
-    nonces: HashSet<[u8; 16]>,
-    /// The same nonces by expiry, earliest first, to drop them when they expire.
-    by_expiry: BinaryHeap<Reverse<(u64, [u8; 16])>>,
+    seen: Expiring<[u8; 16]>,
 }
 
 impl ReplayGuard {
     /// A guard remembering at most `capacity` live nonces.
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, inner: Mutex::new(Seen::default()) }
+        Self { seen: Expiring::new(capacity) }
     }
 
-    /// Admits `claims`' nonce if it was not seen before; remembers it until expiry.
+    /// Admits `claims`' nonce if it was not seen before; remembers it until the token
+    /// could no longer verify (its expiry plus the skew allowed).
     pub fn admit(&self, claims: &BoundClaims) -> Result<(), TokenError> {
-        let now = now_ms();
-        let mut seen = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Seen { nonces, by_expiry } = &mut *seen;
-        while let Some(Reverse((exp, nonce))) = by_expiry.peek().copied() {
-            // A token is refused once `exp + SKEW` has passed, so its nonce is no longer
-            // needed after that.
-            if exp + (SKEW.as_millis() as u64) >= now {
-                break;
-            }
-            by_expiry.pop();
-            nonces.remove(&nonce);
+        match self.seen.insert(claims.nonce, claims.exp + SKEW.as_millis() as u64) {
+            Ok(()) => Ok(()),
+            Err(NotInserted::Known) => Err(TokenError::Replayed),
+            Err(NotInserted::Full) => Err(TokenError::Busy),
         }
-        if nonces.contains(&claims.nonce) {
-            return Err(TokenError::Replayed);
-        }
-        if nonces.len() >= self.capacity {
-            return Err(TokenError::Busy);
-        }
-        nonces.insert(claims.nonce);
-        by_expiry.push(Reverse((claims.exp, claims.nonce)));
-        Ok(())
     }
 
     /// How many nonces are remembered now.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).nonces.len()
+        self.seen.len()
     }
 
     /// Whether no nonce is remembered.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.seen.is_empty()
     }
 }
 

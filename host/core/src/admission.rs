@@ -20,7 +20,7 @@ use burrow_host_plugins::types::{
     Action, AuthorizeRequest, Credential, Decision, Principal, ResolveRequest, Target, UserAuthOutcome,
     UserAuthRequest,
 };
-use burrow_host_plugins::Plugins;
+use burrow_host_plugins::{PluginError, Plugins, UserVerdict};
 
 /// What a user connection asks for, in no protocol's terms.
 #[derive(Debug, Clone)]
@@ -39,6 +39,9 @@ pub struct AdmissionRequest {
     pub port: u16,
     /// The user's credential (masked in `Debug`).
     pub credential: Credential,
+    /// Who the user is when the host itself signed them in (browser sign-in with
+    /// OpenID Connect): the authorizer is then asked only to authorize this principal.
+    pub signed_in: Option<Principal>,
     /// The user's address.
     pub peer: SocketAddr,
     /// The request id, for logs.
@@ -186,8 +189,18 @@ impl Admission {
     }
 
     async fn decide(&self, request: AdmissionRequest) -> Result<Admitted, Refusal> {
-        let AdmissionRequest { action, host, ssh_user, method, path, port, credential, peer, request_id: _ } =
-            request;
+        let AdmissionRequest {
+            action,
+            host,
+            ssh_user,
+            method,
+            path,
+            port,
+            credential,
+            signed_in,
+            peer,
+            request_id: _,
+        } = request;
         let resolve = ResolveRequest {
             action,
             host: host.clone(),
@@ -252,11 +265,17 @@ impl Admission {
             path,
             agent_labels,
         };
-        let verdict = self
-            .plugins
-            .authorize_user(&user, make)
-            .await
-            .map_err(|error| Refusal::Plugin { stage: "authorizer", message: error.to_string() })?;
+        let plugin_failed =
+            |error: PluginError| Refusal::Plugin { stage: "authorizer", message: error.to_string() };
+        let verdict = match signed_in {
+            // The host signed the user in: who they are is settled; only access is asked.
+            Some(principal) => {
+                let decision =
+                    self.plugins.authorize(&make(Some(&principal))).await.map_err(plugin_failed)?;
+                UserVerdict { who: UserAuthOutcome::Authenticated(principal), decision: Some(decision) }
+            }
+            None => self.plugins.authorize_user(&user, make).await.map_err(plugin_failed)?,
+        };
         let principal = match verdict.who {
             UserAuthOutcome::Rejected(reason) => return Err(Refusal::Unauthenticated { reason }),
             UserAuthOutcome::Anonymous => None,
@@ -352,6 +371,7 @@ mod tests {
             path: if host.is_empty() { String::new() } else { "/".into() },
             port: 0,
             credential,
+            signed_in: None,
             // An IPv4 user seen through a dual-stack socket.
             peer: SocketAddr::new(IpAddr::V6(Ipv6Addr::from([0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0001])), 50000),
             request_id: "req-1".into(),

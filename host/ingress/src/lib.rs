@@ -25,6 +25,7 @@ mod overload;
 mod pool;
 mod proxy;
 mod reserved;
+mod sign_in;
 mod upgrade;
 mod websocket;
 
@@ -73,6 +74,7 @@ pub async fn serve(
     ctx: Arc<HostContext>,
     shutdown: CancellationToken,
     grace: Duration,
+    sign_in: Option<Arc<burrow_host_signin::SignIn>>,
 ) -> Result<(), IngressError> {
     config.validate()?;
     let tls = match &config.tls {
@@ -83,8 +85,14 @@ pub async fn serve(
     let in_flight = Arc::new(InFlight::default());
     let force_close = CancellationToken::new();
     let metrics = ctx.metrics.clone();
-    let proxy =
-        Arc::new(Proxy::new(config.clone(), ctx, in_flight.clone(), force_close.clone(), shutdown.clone()));
+    let proxy = Arc::new(Proxy::new(
+        config.clone(),
+        ctx,
+        in_flight.clone(),
+        force_close.clone(),
+        shutdown.clone(),
+        sign_in,
+    ));
     let requests = Arc::new(RequestLimits::new(config.max_requests, config.max_requests_per_address));
     let per_address = PerAddress::new(config.max_connections_per_address);
     let mut builder = auto::Builder::new(TokioExecutor::new());

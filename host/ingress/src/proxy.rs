@@ -19,11 +19,13 @@ use super::errors::{wants_json, ProxyError};
 use super::headers::{self, ForwardedInfo, X_REQUEST_ID};
 use super::pool::{SendError, WorkloadPool};
 use super::reserved::{self, Endpoint};
+use super::sign_in;
 use super::upgrade;
 use super::InFlight;
-use burrow_host_core::admission::AdmissionRequest;
+use burrow_host_core::admission::{AdmissionRequest, Refusal};
 use burrow_host_core::context::HostContext;
 use burrow_host_plugins::types::{Action, Credential, Target};
+use burrow_host_signin::SignIn;
 
 /// Body of every response the ingress sends: the workload's streamed body or a small error page.
 pub type ResponseBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -48,6 +50,11 @@ pub struct Proxy {
     pub(super) force_close: CancellationToken,
     /// Cancelled when the host starts shutting down: web terminals tell their users.
     pub(super) shutdown: CancellationToken,
+    /// Browser sign-in with OpenID Connect (`[sign_in]`), if configured.
+    pub(super) sign_in: Option<Arc<SignIn>>,
+    /// The host's own cookies (the session cookie, the sign-in's): never passed to a
+    /// workload, never set by one.
+    reserved_cookies: Vec<String>,
 }
 
 impl Proxy {
@@ -56,10 +63,14 @@ impl Proxy {
         self.config.upgrade_idle_timeout
     }
 
-    /// The session cookie users carry (`ingress.session_cookie`), which workloads may
-    /// neither read nor set.
-    pub(super) fn session_cookie(&self) -> Option<&str> {
+    /// The session cookie users carry (`ingress.session_cookie`).
+    fn session_cookie(&self) -> Option<&str> {
         self.config.session_cookie.as_deref()
+    }
+
+    /// The host's own cookies, which workloads may neither read nor set.
+    pub(super) fn reserved_cookies(&self) -> Vec<&str> {
+        self.reserved_cookies.iter().map(String::as_str).collect()
     }
 
     /// Builds the workload connection pool from `config`.
@@ -69,6 +80,7 @@ impl Proxy {
         in_flight: Arc<InFlight>,
         force_close: CancellationToken,
         shutdown: CancellationToken,
+        sign_in: Option<Arc<SignIn>>,
     ) -> Self {
         let pool = WorkloadPool::new(
             ctx.clone(),
@@ -76,7 +88,11 @@ impl Proxy {
             config.max_idle_per_workload,
             config.idle_connection_timeout,
         );
-        Self { config, ctx, pool, in_flight, force_close, shutdown }
+        let mut reserved_cookies: Vec<String> = config.session_cookie.iter().cloned().collect();
+        if let Some(sign_in) = &sign_in {
+            reserved_cookies.extend(sign_in.cookie_names());
+        }
+        Self { config, ctx, pool, in_flight, force_close, shutdown, sign_in, reserved_cookies }
     }
 
     /// How long a request waits for a tunnel of its agent.
@@ -160,6 +176,11 @@ impl Proxy {
         } else {
             None
         };
+        if let Some(sign_in) = &self.sign_in {
+            if let Some(answer) = sign_in::route(sign_in, &request, raw_host).await {
+                return Ok(sign_in::respond(answer, request_id));
+            }
+        }
         if let Some(asset) = reserved::asset(&request) {
             return asset;
         }
@@ -180,9 +201,21 @@ impl Proxy {
             return Err(ProxyError::BadRequest("more than one Authorization header".into()));
         }
         let credential = self.credential(request.headers());
+        // A bearer token speaks for itself (non-browser clients); otherwise a browser may
+        // carry this host's sign-in.
+        let signed_in = match (&self.sign_in, &credential) {
+            (Some(sign_in), Credential::None | Credential::Cookie { .. }) => {
+                sign_in::principal(sign_in, request.headers(), raw_host)
+            }
+            _ => None,
+        };
+        let may_sign_in = self.sign_in.is_some()
+            && signed_in.is_none()
+            && matches!(credential, Credential::None)
+            && sign_in::browser_navigation(&request);
         let path =
             request.uri().path_and_query().map_or_else(|| request.uri().path(), |pq| pq.as_str()).to_owned();
-        let admitted = self
+        let admission = self
             .ctx
             .admission
             .admit(AdmissionRequest {
@@ -190,13 +223,22 @@ impl Proxy {
                 host,
                 ssh_user: String::new(),
                 method: request.method().as_str().to_owned(),
-                path,
+                path: path.clone(),
                 port: 0,
                 credential,
+                signed_in,
                 peer: conn.peer,
                 request_id: request_id.to_owned(),
             })
-            .await?;
+            .await;
+        let admitted = match (admission, &self.sign_in) {
+            (Ok(admitted), _) => admitted,
+            // Not signed in, and a browser that can be: off to sign in, and back here.
+            (Err(Refusal::Unauthenticated { .. }), Some(sign_in)) if may_sign_in => {
+                return Ok(sign_in::respond(sign_in.sign_in_redirect(raw_host, &path), request_id));
+            }
+            (Err(refusal), _) => return Err(refusal.into()),
+        };
         let route = &admitted.target;
         tracing::debug!(request_id, agent_id = %route.agent_id, service = %route.service, principal = admitted.principal_id(), "admitted");
         if let Some(endpoint) = endpoint {
@@ -213,9 +255,9 @@ impl Proxy {
         if admitted.strip_credentials {
             parts.headers.remove(header::AUTHORIZATION);
         }
-        // The session cookie is the host's, never the workload's: an open workload must not
-        // read a user's session either (it could replay it against a workload they may use).
-        if let Some(name) = self.session_cookie() {
+        // The host's cookies are never the workload's: an open workload must not read a
+        // user's session either (it could replay it against a workload they may use).
+        for name in self.reserved_cookies() {
             headers::remove_cookie(&mut parts.headers, name);
         }
         let proto = if conn.tls { "https" } else { "http" };
@@ -250,7 +292,7 @@ impl Proxy {
                 message: "answered 101 Switching Protocols to a request that asked for no upgrade".into(),
             });
         }
-        Ok(relay_response(response, &cookie_host, self.config.session_cookie.as_deref(), request_id))
+        Ok(relay_response(response, &cookie_host, &self.reserved_cookies(), request_id))
     }
 
     /// The user's credential: a bearer token, else the configured session cookie.
@@ -343,13 +385,12 @@ pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub(super) fn relay_response(
     response: Response<Incoming>,
     host: &str,
-    session_cookie: Option<&str>,
+    reserved_cookies: &[&str],
     request_id: &str,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let reserved: Vec<&str> = session_cookie.into_iter().collect();
-    let removed = headers::strip_planted_cookies(&mut parts.headers, host, &reserved);
+    let removed = headers::strip_planted_cookies(&mut parts.headers, host, reserved_cookies);
     if removed > 0 {
         tracing::info!(%request_id, host, removed, "removed Set-Cookie headers naming a parent domain or the session cookie");
     }

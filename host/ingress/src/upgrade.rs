@@ -54,15 +54,14 @@ pub(super) async fn forward(
     // a non-101 response has been read.
     drop(sender);
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(relay_response(response, host, proxy.session_cookie(), request_id));
+        return Ok(relay_response(response, host, &proxy.reserved_cookies(), request_id));
     }
 
     let workload_upgrade = hyper::upgrade::on(&mut response);
     let protocol = response.headers().get(header::UPGRADE).cloned();
     let (mut parts, _empty) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let reserved: Vec<&str> = proxy.session_cookie().into_iter().collect();
-    headers::strip_planted_cookies(&mut parts.headers, host, &reserved);
+    headers::strip_planted_cookies(&mut parts.headers, host, &proxy.reserved_cookies());
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(protocol) = protocol {
         parts.headers.insert(header::UPGRADE, protocol);

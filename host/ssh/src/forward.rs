@@ -44,6 +44,7 @@ impl ForwardTask {
             path: String::new(),
             port: self.port,
             credential: self.login.credential.clone(),
+            signed_in: None,
             peer: self.peer,
             request_id: self.id.clone(),
         };

@@ -105,6 +105,7 @@ impl ConnHandler {
             path: String::new(),
             port: 0,
             credential: credential.clone(),
+            signed_in: None,
             peer: self.parts.peer,
             request_id: self.parts.conn_id.clone(),
         };
