@@ -334,10 +334,16 @@ pub async fn run_with_control(
         grace,
     ));
     let sign_in = match &config.sign_in {
-        Some(c) => Some(Arc::new(
-            burrow_host_signin::SignIn::new(c.clone())
-                .map_err(|e| HostError::Task(format!("sign_in: {e}")))?,
-        )),
+        Some(c) => {
+            // In a cluster, a logout (or a redeemed ticket) on one replica counts on all.
+            let shared = cluster.as_ref().map(|c| {
+                Arc::new(SharedSignInMarks(c.store().clone())) as Arc<dyn burrow_host_signin::SharedMarks>
+            });
+            let sign_in = burrow_host_signin::SignIn::new(c.clone())
+                .map_err(|e| HostError::Task(format!("sign_in: {e}")))?
+                .with_shared(shared);
+            Some(Arc::new(sign_in))
+        }
         None => None,
     };
     let mut ingress = tokio::spawn(ingress::serve(
@@ -459,4 +465,22 @@ pub async fn run_with_control(
 
 fn addr_of(listener: Option<&TcpListener>) -> String {
     listener.and_then(|l| l.local_addr().ok()).map_or_else(|| "off".into(), |a| a.to_string())
+}
+
+/// The sign-in's shared marks in the cluster's Redis.
+struct SharedSignInMarks(Arc<cluster::store::Store>);
+
+impl burrow_host_signin::SharedMarks for SharedSignInMarks {
+    fn mark_once<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> burrow_host_signin::MarkFuture<'a, bool> {
+        Box::pin(async move { self.0.mark_once(namespace, key, ttl).await.map_err(|e| e.to_string()) })
+    }
+
+    fn marked<'a>(&'a self, namespace: &'a str, key: &'a str) -> burrow_host_signin::MarkFuture<'a, bool> {
+        Box::pin(async move { self.0.marked(namespace, key).await.map_err(|e| e.to_string()) })
+    }
 }

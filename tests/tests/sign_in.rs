@@ -22,6 +22,8 @@ const PAGE: &str = "waiting for the page";
 struct Setup {
     provider: OidcProvider,
     host: TestHost,
+    /// Other replicas of a cluster (with `start_cluster`), agents on none of them.
+    others: Vec<TestHost>,
     port: u16,
     _workload: Workload,
     _agents: Vec<burrow_agent::AgentHandle>,
@@ -30,6 +32,15 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Self::start_with(None).await
+    }
+
+    /// `replicas` sharing `redis`, agents on the first only.
+    async fn start_cluster(redis: &burrow_tests::redis::RedisServer, replicas: usize) -> Setup {
+        Self::start_with(Some((redis, replicas))).await
+    }
+
+    async fn start_with(cluster: Option<(&burrow_tests::redis::RedisServer, usize)>) -> Setup {
         let agents_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = ingress.local_addr().unwrap().port();
@@ -55,23 +66,34 @@ impl Setup {
             sha256_hex(&agent_token_of("a1")),
             sha256_hex(&agent_token_of("a2")),
         );
-        let parts = ConfigParts {
-            authorizer,
-            extra: format!(
-                "[sign_in]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
-                 url = \"{sign_in_url}\"\ncookie_secret_files = [{:?}]\nscopes = [\"openid\", \"profile\", \"groups\"]\n",
-                provider.issuer(),
-                secret.display().to_string()
-            ),
-            ..Default::default()
+        let sign_in = format!(
+            "\n[sign_in]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
+             url = \"{sign_in_url}\"\ncookie_secret_files = [{:?}]\nscopes = [\"openid\", \"profile\", \"groups\"]\n",
+            provider.issuer(),
+            secret.display().to_string()
+        );
+        let parts = |replica: usize| {
+            let mut parts = match cluster {
+                Some((redis, _)) => cluster_parts(&format!("r{replica}"), &redis.url(), ""),
+                None => ConfigParts::default(),
+            };
+            parts.authorizer = authorizer.clone();
+            parts.extra.push_str(&sign_in);
+            parts
         };
-        let host = TestHost::start_on(parts.build(), agents_listener, ingress).await;
+        let host = TestHost::start_on(parts(0).build(), agents_listener, ingress).await;
+        let mut others = Vec::new();
+        for replica in 1..cluster.map_or(1, |(_, n)| n) {
+            let other = TestHost::start(parts(replica).build()).await;
+            other.wait_ready().await;
+            others.push(other);
+        }
         let workload = Workload::start("w1").await;
         let mut agents = Vec::new();
         for agent in ["a1", "a2"] {
             agents.push(agent_serving(&host, &agent_token_of(agent), &workload, 1).await);
         }
-        Setup { provider, host, port, _workload: workload, _agents: agents, _dir: dir }
+        Setup { provider, host, others, port, _workload: workload, _agents: agents, _dir: dir }
     }
 
     fn url(&self, host: &str, path: &str) -> String {
@@ -109,7 +131,18 @@ impl Setup {
     /// A request for `path` on `host` with cookie `burrow_sign_in=<cookie>`, as a browser
     /// loading a page sends it.
     async fn get_with(&self, host: &str, path: &str, cookie: &str) -> (StatusCode, http::HeaderMap, String) {
-        let mut client = clients::connect(self.host.ingress_addr, &Mode::h1()).await;
+        self.get_via(&self.host, host, path, cookie).await
+    }
+
+    /// [`Setup::get_with`] through replica `via`'s ingress.
+    async fn get_via(
+        &self,
+        via: &TestHost,
+        host: &str,
+        path: &str,
+        cookie: &str,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let mut client = clients::connect(via.ingress_addr, &Mode::h1()).await;
         let cookie = format!("burrow_sign_in={cookie}");
         let response = client
             .request(
@@ -256,4 +289,33 @@ async fn sign_in_leaves_non_browser_clients_to_bearer_tokens() {
         s.get_with("web-a1.localhost", "/_burrow/sign-in/session?t=v1.bogus", "x").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(headers.get(http::header::SET_COOKIE).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_logout_on_one_replica_ends_the_session_on_every_replica() {
+    let redis = burrow_tests::redis::RedisServer::start();
+    let s = Setup::start_cluster(&redis, 2).await;
+    let mut browser = Browser::start(900, 700).await;
+    browser.navigate(&s.url("web-a1.localhost", "/hello")).await;
+    s.sign_in_as(&mut browser, "alice").await;
+    browser.wait_for("document.body && document.body.innerText.includes('hello from w1')", PAGE).await;
+    let kept = s.cookie(&mut browser, "web-a1.localhost").await;
+    // The sign-in holds on the other replica too (the request is forwarded to the agent).
+    let r1 = &s.others[0];
+    assert_eq!(s.get_via(r1, "web-a1.localhost", "/hello", &kept).await.0, StatusCode::OK);
+    // Logout through r0 (the browser's replica).
+    browser.navigate(&s.url("web-a1.localhost", "/_burrow/sign-in/logout")).await;
+    browser.wait_for("document.body && document.body.innerText.includes('signed out')", PAGE).await;
+    // r1 learns of it through Redis within its recheck interval (2 s): wait for it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, headers, _) = s.get_via(r1, "web-a1.localhost", "/hello", &kept).await;
+        if status == StatusCode::SEE_OTHER {
+            assert!(location(&headers).contains("/_burrow/sign-in/start"), "{headers:?}");
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(tokio::time::Instant::now() < deadline, "r1 still accepts the ended sign-in");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

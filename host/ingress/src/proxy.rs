@@ -205,7 +205,7 @@ impl Proxy {
         // carry this host's sign-in.
         let signed_in = match (&self.sign_in, &credential) {
             (Some(sign_in), Credential::None | Credential::Cookie { .. }) => {
-                sign_in::principal(sign_in, request.headers(), raw_host)
+                sign_in::principal(sign_in, request.headers(), raw_host).await
             }
             _ => None,
         };

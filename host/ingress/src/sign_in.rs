@@ -31,10 +31,10 @@ pub(super) async fn route(sign_in: &SignIn, request: &Request<Incoming>, host: &
     }
     let cookies = cookie_headers(request.headers());
     Some(match (on_sign_in_host, path) {
-        (_, LOGOUT_PATH) => sign_in.logout(host, &cookies),
+        (_, LOGOUT_PATH) => sign_in.logout(host, &cookies).await,
         (true, START_PATH) => sign_in.start(query, &cookies).await,
         (true, CALLBACK_PATH) => sign_in.callback(query, &cookies).await,
-        (false, REDEEM_PATH) => sign_in.redeem(host, query),
+        (false, REDEEM_PATH) => sign_in.redeem(host, query).await,
         _ => Answer::Page { status: 404, message: "there is nothing here".into(), cookies: vec![] },
     })
 }
@@ -44,8 +44,8 @@ fn cookie_headers(headers: &HeaderMap) -> Vec<&str> {
 }
 
 /// The principal a browser signed in as on this host, if any.
-pub(super) fn principal(sign_in: &SignIn, headers: &HeaderMap, host: &str) -> Option<Principal> {
-    let identity = sign_in.identity(host, &cookie_headers(headers))?;
+pub(super) async fn principal(sign_in: &SignIn, headers: &HeaderMap, host: &str) -> Option<Principal> {
+    let identity = sign_in.identity(host, &cookie_headers(headers)).await?;
     let mut labels = vec![
         ("authenticated-by".to_owned(), "oidc".to_owned()),
         ("oidc.issuer".to_owned(), identity.issuer),

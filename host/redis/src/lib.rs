@@ -11,11 +11,14 @@
 //! | `P:connect-rate:{<token hash>}:<minute>` | string | connection attempts in that minute |
 //! | channel `P:agent-online` | pub/sub | JSON `{agent, replica, addr}` when a replica gains an agent |
 //! | `P:plugin-kv:{<plugin>}:<key>` | string | a plugin's key-value entry (`kv` host import); own TTL |
+//! | `P:agent-labels:{<agent>}` | string | JSON labels of a registered agent; TTL `agent_ttl` |
+//! | `P:mark:{<use>}:<key>` | string | a mark every replica sees (a sign-in ticket redeemed, a sign-in ended); own TTL |
 //!
 //! Braces are Redis Cluster hash tags: all keys of one agent (or one token) share a slot,
 //! so the Lua scripts below stay single-slot. Every operation runs under `redis.timeout`;
-//! nothing here is awaited on a request path except [`Store::lookup`], which a request
-//! needs only when the agent has no stream on the replica it landed on.
+//! on a request path only [`Store::lookup`] and [`Store::agent_labels`] are awaited (when
+//! the agent has no stream on the replica the request landed on; labels cached a
+//! heartbeat), and [`Store::marked`] for a signed-in browser at most every few seconds.
 //!
 //! # Layout
 //!
@@ -24,6 +27,7 @@
 //!   and client certificates; reconnects; the per-operation deadline). Every concern below reaches Redis through it.
 //! - `membership`: replica records, agent registrations, agent-online announcements.
 //! - `kv`: plugin key-value entries.
+//! - `marks`: marks shared by every replica, each expiring on its own.
 //! - `rate`: connection-rate counters.
 //! - `workloads`: control-plane workload records, work queues and the lifecycle channel
 //!   (its own key table).
@@ -31,6 +35,7 @@
 pub mod config;
 mod connection;
 mod kv;
+mod marks;
 mod membership;
 mod rate;
 mod workloads;

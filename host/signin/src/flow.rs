@@ -44,6 +44,31 @@ const TICKET_MS: u64 = 60 * 1000;
 /// Tickets redeemed and sign-ins ended that one replica remembers at once.
 const MEMORY: usize = 100_000;
 
+/// A boxed future of a shared-marks call.
+pub type MarkFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Where replicas share what one of them learned of a sign-in (a ticket redeemed, a
+/// sign-in ended), so a logout on one replica ends the session on all (Redis in a
+/// cluster). Without it, each replica knows only its own.
+pub trait SharedMarks: Send + Sync {
+    /// Sets `key` of `namespace` for `ttl` unless set: true when this call set it.
+    fn mark_once<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        ttl: std::time::Duration,
+    ) -> MarkFuture<'a, bool>;
+    /// Whether `key` of `namespace` is set.
+    fn marked<'a>(&'a self, namespace: &'a str, key: &'a str) -> MarkFuture<'a, bool>;
+}
+
+const TICKETS: &str = "sign-in-ticket";
+const ENDED: &str = "sign-in-ended";
+/// A session found live in the shared marks is trusted this long before it is asked
+/// again: a logout on another replica takes effect here within it.
+const LIVE_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -63,6 +88,9 @@ pub struct SignIn {
     scheme: &'static str,
     redeemed: Expiring<String>,
     ended: Expiring<String>,
+    shared: Option<Arc<dyn SharedMarks>>,
+    /// Session ids the shared marks showed live, and when (bounded by `MEMORY`).
+    live: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     rng: SystemRandom,
 }
 
@@ -126,6 +154,8 @@ impl SignIn {
             scheme,
             redeemed: Expiring::new(MEMORY),
             ended: Expiring::new(MEMORY),
+            shared: None,
+            live: Default::default(),
             rng: SystemRandom::new(),
         })
     }
@@ -138,6 +168,49 @@ impl SignIn {
             format!("__Host-{}", self.config.cookie_name)
         } else {
             self.config.cookie_name.clone()
+        }
+    }
+
+    /// Shares redeemed tickets and ended sign-ins with the other replicas through `shared`.
+    pub fn with_shared(mut self, shared: Option<Arc<dyn SharedMarks>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Whether the sign-in `sid` (ending at `expires_at`) was ended, here or on another
+    /// replica. The shared marks unreachable: what this replica knows (a logout elsewhere
+    /// then takes effect once they answer again; logged).
+    async fn has_ended(&self, sid: &str, expires_at: u64) -> bool {
+        if self.ended.contains(&sid.to_owned()) {
+            return true;
+        }
+        let Some(shared) = &self.shared else { return false };
+        {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if live.get(sid).is_some_and(|at| at.elapsed() < LIVE_RECHECK) {
+                return false;
+            }
+        }
+        match shared.marked(ENDED, sid).await {
+            Ok(true) => {
+                let _ = self.ended.insert(sid.to_owned(), expires_at);
+                true
+            }
+            Ok(false) => {
+                let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+                if live.len() >= MEMORY {
+                    live.retain(|_, at| at.elapsed() < LIVE_RECHECK);
+                    if live.len() >= MEMORY {
+                        live.clear();
+                    }
+                }
+                live.insert(sid.to_owned(), std::time::Instant::now());
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sign-in: cannot reach the shared marks; logouts on other replicas are not seen");
+                false
+            }
         }
     }
 
@@ -170,14 +243,21 @@ impl SignIn {
     /// Who is signed in on workload host `host` (`Host` as sent), from its session
     /// cookie among `cookies` (the `Cookie` header values). A cookie sealed for another
     /// host, forged, expired or of an ended sign-in counts as none.
-    pub fn identity(&self, host: &str, cookies: &[&str]) -> Option<Identity> {
+    pub async fn identity(&self, host: &str, cookies: &[&str]) -> Option<Identity> {
         let name = self.cookie_name();
         let host = host_name(host);
-        cookie_values(cookies, &name).into_iter().find_map(|value| {
-            let session: WorkloadSession = self.sealer.open(Purpose::WorkloadSession, value).ok()?;
-            (session.host == host && !self.ended.contains(&session.session.sid))
-                .then_some(session.session.identity)
-        })
+        let sessions: Vec<RootSession> = cookie_values(cookies, &name)
+            .into_iter()
+            .filter_map(|value| self.sealer.open::<WorkloadSession>(Purpose::WorkloadSession, value).ok())
+            .filter(|session| session.host == host)
+            .map(|session| session.session)
+            .collect();
+        for session in sessions {
+            if !self.has_ended(&session.sid, session.expires_at).await {
+                return Some(session.identity);
+            }
+        }
+        None
     }
 
     /// Where to send a browser that must sign in to see `path` on `host`.
@@ -200,12 +280,14 @@ impl SignIn {
             return page(400, "this sign-in link is invalid or has expired; open the page again");
         };
         // Already signed in here: straight on to the workload.
-        let root = cookie_values(cookies, &self.cookie_name())
+        let roots: Vec<RootSession> = cookie_values(cookies, &self.cookie_name())
             .into_iter()
-            .find_map(|v| self.sealer.open::<RootSession>(Purpose::RootSession, v).ok())
-            .filter(|root| !self.ended.contains(&root.sid));
-        if let Some(root) = root {
-            return self.ticket_redirect(root, &back, Vec::new());
+            .filter_map(|v| self.sealer.open::<RootSession>(Purpose::RootSession, v).ok())
+            .collect();
+        for root in roots {
+            if !self.has_ended(&root.sid, root.expires_at).await {
+                return self.ticket_redirect(root, &back, Vec::new());
+            }
         }
         let authorization = match self.party.authorize().await {
             Ok(a) => a,
@@ -321,7 +403,7 @@ impl SignIn {
 
     /// `REDEEM_PATH` on workload host `host` (`Host` as sent): the ticket becomes this
     /// host's session cookie, once.
-    pub fn redeem(&self, host: &str, query: &str) -> Answer {
+    pub async fn redeem(&self, host: &str, query: &str) -> Answer {
         let Some(ticket) =
             query_param(query, "t").and_then(|t| self.sealer.open::<Ticket>(Purpose::Ticket, &t).ok())
         else {
@@ -330,15 +412,34 @@ impl SignIn {
         if ticket.host != host_name(host) {
             return page(400, "this sign-in link is for another address");
         }
-        if self.ended.contains(&ticket.session.sid) {
+        if self.has_ended(&ticket.session.sid, ticket.session.expires_at).await {
             return page(400, "this sign-in has ended; open the page again");
         }
+        let used = page(400, "this sign-in link was already used; open the page again");
         if self.redeemed.insert(ticket.nonce.clone(), now_ms() + TICKET_MS + 1000).is_err() {
-            return page(400, "this sign-in link was already used; open the page again");
+            return used;
+        }
+        if let Some(shared) = &self.shared {
+            match shared
+                .mark_once(TICKETS, &ticket.nonce, std::time::Duration::from_millis(TICKET_MS + 1000))
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return used,
+                // A replay would need the link itself, within its minute, on another
+                // replica, while the marks are down: accepted on this replica's memory.
+                Err(e) => {
+                    tracing::warn!(error = %e, "sign-in: cannot reach the shared marks to redeem a ticket once")
+                }
+            }
         }
         let remaining = ticket.session.expires_at.saturating_sub(now_ms());
         let session = WorkloadSession { host: ticket.host, session: ticket.session };
-        let path = if ticket.path.starts_with('/') && !ticket.path.starts_with("//") {
+        // Only a path on this host: browsers read `//x` and `/\x` as another site.
+        let path = if ticket.path.starts_with('/')
+            && !ticket.path.starts_with("//")
+            && !ticket.path.starts_with("/\\")
+        {
             ticket.path
         } else {
             "/".into()
@@ -354,7 +455,7 @@ impl SignIn {
 
     /// `LOGOUT_PATH` on any host: ends the sign-in the request's cookie belongs to
     /// (every workload session made from it) and clears this host's cookie.
-    pub fn logout(&self, host: &str, cookies: &[&str]) -> Answer {
+    pub async fn logout(&self, host: &str, cookies: &[&str]) -> Answer {
         let name = self.cookie_name();
         let host_only = host_name(host);
         let sessions = cookie_values(cookies, &name).into_iter().filter_map(|value| {
@@ -365,9 +466,16 @@ impl SignIn {
                 .map(|s| s.session)
                 .or_else(|| self.sealer.open::<RootSession>(Purpose::RootSession, value).ok())
         });
+        let sessions: Vec<RootSession> = sessions.collect();
         for session in sessions {
             if let Err(NotInserted::Full) = self.ended.insert(session.sid.clone(), session.expires_at) {
                 tracing::warn!("sign-in logout memory is full; the session ends when its cookie expires");
+            }
+            if let Some(shared) = &self.shared {
+                let left = std::time::Duration::from_millis(session.expires_at.saturating_sub(now_ms()));
+                if let Err(e) = shared.mark_once(ENDED, &session.sid, left).await {
+                    tracing::warn!(error = %e, "sign-in: cannot tell the other replicas of a logout");
+                }
             }
             tracing::info!(user = %session.identity.username, "signed out");
         }
@@ -427,40 +535,42 @@ mod tests {
         cookie.split(';').next().unwrap().to_owned()
     }
 
-    #[test]
-    fn sign_in_a_ticket_opens_one_session_on_its_own_host_once() {
+    #[tokio::test]
+    async fn sign_in_a_ticket_opens_one_session_on_its_own_host_once() {
         let s = sign_in();
         let query = ticket_for(&s, "web-a1.localhost:8080");
-        let answer = s.redeem("web-a1.localhost:8080", &query);
+        let answer = s.redeem("web-a1.localhost:8080", &query).await;
         let Answer::Redirect { location, .. } = &answer else { panic!("{answer:?}") };
         assert_eq!(location, "/page?x=1");
         let cookie = session_cookie(&answer);
-        let identity = s.identity("web-a1.localhost:8080", &[cookie.as_str()]).unwrap();
+        let identity = s.identity("web-a1.localhost:8080", &[cookie.as_str()]).await.unwrap();
         assert_eq!(identity.username, "alice");
         // Once only, and on its own host only.
-        assert!(matches!(s.redeem("web-a1.localhost:8080", &query), Answer::Page { status: 400, .. }));
+        assert!(matches!(s.redeem("web-a1.localhost:8080", &query).await, Answer::Page { status: 400, .. }));
         let other = ticket_for(&s, "web-a1.localhost:8080");
-        assert!(matches!(s.redeem("web-a2.localhost:8080", &other), Answer::Page { status: 400, .. }));
+        assert!(matches!(s.redeem("web-a2.localhost:8080", &other).await, Answer::Page { status: 400, .. }));
         // The session cookie of one workload is nobody on another.
-        assert!(s.identity("web-a2.localhost:8080", &[cookie.as_str()]).is_none());
+        assert!(s.identity("web-a2.localhost:8080", &[cookie.as_str()]).await.is_none());
     }
 
-    #[test]
-    fn sign_in_logout_ends_every_session_of_the_sign_in() {
+    #[tokio::test]
+    async fn sign_in_logout_ends_every_session_of_the_sign_in() {
         let s = sign_in();
-        let a1 = session_cookie(&s.redeem("web-a1.localhost", &ticket_for(&s, "web-a1.localhost")));
-        let a2 = session_cookie(&s.redeem("web-a2.localhost", &ticket_for(&s, "web-a2.localhost")));
-        assert!(s.identity("web-a2.localhost", &[a2.as_str()]).is_some());
-        let Answer::Page { cookies, .. } = s.logout("web-a1.localhost", &[a1.as_str()]) else { panic!() };
+        let a1 = session_cookie(&s.redeem("web-a1.localhost", &ticket_for(&s, "web-a1.localhost")).await);
+        let a2 = session_cookie(&s.redeem("web-a2.localhost", &ticket_for(&s, "web-a2.localhost")).await);
+        assert!(s.identity("web-a2.localhost", &[a2.as_str()]).await.is_some());
+        let Answer::Page { cookies, .. } = s.logout("web-a1.localhost", &[a1.as_str()]).await else {
+            panic!()
+        };
         assert!(cookies[0].contains("Max-Age=0"));
-        assert!(s.identity("web-a1.localhost", &[a1.as_str()]).is_none());
+        assert!(s.identity("web-a1.localhost", &[a1.as_str()]).await.is_none());
         assert!(
-            s.identity("web-a2.localhost", &[a2.as_str()]).is_none(),
+            s.identity("web-a2.localhost", &[a2.as_str()]).await.is_none(),
             "the same sign-in on another workload"
         );
         // A ticket of the ended sign-in no longer opens a session either.
         assert!(matches!(
-            s.redeem("web-a2.localhost", &ticket_for(&s, "web-a2.localhost")),
+            s.redeem("web-a2.localhost", &ticket_for(&s, "web-a2.localhost")).await,
             Answer::Page { status: 400, .. }
         ));
     }

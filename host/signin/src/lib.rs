@@ -18,7 +18,7 @@ pub mod seal;
 pub mod session;
 
 pub use config::SignInConfig;
-pub use flow::{Answer, SignIn, LOGOUT_PATH, REDEEM_PATH, START_PATH};
+pub use flow::{Answer, MarkFuture, SharedMarks, SignIn, LOGOUT_PATH, REDEEM_PATH, START_PATH};
 pub use seal::{Purpose, SealError, Sealer};
 pub use session::{Identity, LoginState, ReturnTo, RootSession, Ticket, WorkloadSession};
 
