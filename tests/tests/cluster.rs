@@ -41,13 +41,9 @@ async fn start(parts: ConfigParts) -> TestHost {
     host
 }
 
+/// Agent `agent` (by its [`agent_token_of`] token) on `host` with one connection.
 async fn agent_on(host: &TestHost, agent: &str, workload: &Workload) -> burrow_agent::AgentHandle {
-    let mut config =
-        agent_config(&host.agent_url("grpc"), &agent_token_of(agent), &[workload.service("web")]);
-    config.connections = 1;
-    let handle = burrow_agent::spawn(config);
-    wait_connected(&handle).await;
-    handle
+    agent_serving(host, &agent_token_of(agent), workload, 1).await
 }
 
 async fn admin(host: &TestHost, path: &str) -> (StatusCode, String) {
@@ -652,16 +648,17 @@ async fn a_busy_replica_keeps_its_registration() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     // ...but r0 is still registered: busy is not gone.
     assert!(redis.cli(&["HKEYS", "burrow:agent:{a1}"]).contains("r0"));
-    // The user leaves first, then the workload may finish: the other order lets the whole
-    // response reach r1 before the user leaves when the machine is loaded, and r1 then
-    // keeps the finished connection (and the agent's only stream) in its keep-alive pool.
+    // The user leaves, and the agent's stream is freed by that alone (r1 resets the
+    // forward, r0 the tunnel) before the workload may finish: released earlier, a loaded
+    // machine can let the whole response reach r1 before it notices the user left, and r1
+    // then keeps the finished connection (and the agent's only stream) in its pool.
     drop(sse);
     drop(long);
-    workload.release_event();
     eventually(Duration::from_secs(10), "the stream is free again", || {
         agent.status().borrow().active_streams == 0
     })
     .await;
+    workload.release_event();
     assert_eq!(clients::get(hosts[1].ingress_addr, HOST, "/hello").await.0, StatusCode::OK);
 }
 

@@ -33,13 +33,9 @@ async fn start(parts: ConfigParts) -> TestHost {
     host
 }
 
+/// Agent `agent` (by its [`agent_token_of`] token) on `host` with one connection.
 async fn agent_on(host: &TestHost, agent: &str, workload: &Workload) -> burrow_agent::AgentHandle {
-    let mut config =
-        agent_config(&host.agent_url("grpc"), &agent_token_of(agent), &[workload.service("web")]);
-    config.connections = 1;
-    let handle = burrow_agent::spawn(config);
-    wait_connected(&handle).await;
-    handle
+    agent_serving(host, &agent_token_of(agent), workload, 1).await
 }
 
 async fn metrics(host: &TestHost) -> String {

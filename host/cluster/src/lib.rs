@@ -21,12 +21,15 @@
 //! - [`policy`]: the order candidates are tried in.
 //! - [`token`]: the short-lived, request-bound tokens replicas present to each other,
 //!   and the [`token::ReplayGuard`] that lets each open one request.
+//! - `labels`: agents' labels carried in the registry ([`Cluster::attach`] registers them;
+//!   the cluster answers admission's `AgentLabelSource` for agents held elsewhere).
 //! - [`mtls`]: mutual TLS between replicas (certificates from the cluster CA).
 //! - [`pki`]: the quick-start CA and replica certificates (`burrow-host cluster-certs`).
 
 pub mod config;
 pub mod dialer;
 pub mod forward;
+mod labels;
 pub mod mtls;
 pub mod pki;
 pub mod policy;
@@ -47,7 +50,6 @@ use policy::{Candidate, PreferLocalLeastLoaded, RoutingPolicy};
 use store::{now_ms, Online, ReplicaRecord, Store, StoreError};
 use token::{ReplayGuard, TokenKey};
 
-use burrow_host_core::admission::{AgentLabelSource, AgentLabelsFuture};
 use burrow_host_core::context::ReadinessCheck;
 use burrow_host_core::sessions::{AgentPresence, AgentSessions};
 use burrow_host_metrics::Metrics;
@@ -170,8 +172,6 @@ fn is_live(record: &ReplicaRecord, now: u64) -> bool {
 /// the skew allowed): about 16 MiB at most, and far above the forwards a replica serves
 /// in a token's lifetime.
 const MAX_LIVE_TOKENS: usize = 262_144;
-/// Remote agents whose labels a replica keeps at once; beyond it the cache starts over.
-const MAX_REMOTE_LABELS: usize = 16_384;
 
 impl Cluster {
     /// Sets up cluster membership; nothing touches Redis until [`Cluster::start`].
@@ -282,24 +282,6 @@ impl Cluster {
         self.metrics.redis_error(op);
         tracing::debug!(op, %error, "Redis operation failed");
         self.set_redis_up(false);
-    }
-
-    /// Hears of this replica's agent sessions: registers their agents (with their labels)
-    /// as they come and go.
-    pub fn attach(self: &Arc<Self>, sessions: &Arc<AgentSessions>) {
-        let _ = self.sessions.set(sessions.clone());
-        sessions.observe(self.clone());
-    }
-
-    /// `agents` with the labels of their sessions here.
-    fn labelled(&self, agents: &[String]) -> Vec<(String, store::AgentLabels)> {
-        agents
-            .iter()
-            .map(|agent| {
-                let labels = self.sessions.get().map(|s| s.agent_labels(agent)).unwrap_or_default();
-                (agent.clone(), labels.into())
-            })
-            .collect()
     }
 
     /// The agent's first session on this replica began: register it. Repeats are no-ops.
@@ -796,39 +778,5 @@ impl AgentPresence for Cluster {
 impl ReadinessCheck for Cluster {
     fn not_ready(&self) -> Option<String> {
         (!self.redis_up()).then(|| "Redis is unreachable".to_owned())
-    }
-}
-
-impl AgentLabelSource for Cluster {
-    /// From Redis, where the replicas holding the agent registered its labels, cached for
-    /// one heartbeat (labels change only when an agent reconnects with another identity).
-    /// Redis unreachable: no labels, as for an agent connected nowhere.
-    fn agent_labels<'a>(&'a self, agent_id: &'a str) -> AgentLabelsFuture<'a> {
-        Box::pin(async move {
-            let now = tokio::time::Instant::now();
-            if let Some((at, labels)) =
-                self.remote_labels.lock().unwrap_or_else(|p| p.into_inner()).get(agent_id)
-            {
-                if now.duration_since(*at) < self.config.heartbeat {
-                    return labels.to_vec();
-                }
-            }
-            let labels = match self.store.agent_labels(agent_id).await {
-                Ok(labels) => labels.unwrap_or_else(|| Vec::new().into()),
-                Err(e) => {
-                    self.redis_failed("agent_labels", &e);
-                    return Vec::new();
-                }
-            };
-            let mut cache = self.remote_labels.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= MAX_REMOTE_LABELS {
-                cache.retain(|_, (at, _)| now.duration_since(*at) < self.config.heartbeat);
-                if cache.len() >= MAX_REMOTE_LABELS {
-                    cache.clear();
-                }
-            }
-            cache.insert(agent_id.to_owned(), (now, labels.clone()));
-            labels.to_vec()
-        })
     }
 }
