@@ -382,3 +382,37 @@ fn installed_version(dir: &Path) -> Option<String> {
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["version"].as_str().map(str::to_owned)
 }
+
+/// The client id a host's sign-in uses against a test provider.
+pub const HOST_CLIENT_ID: &str = "burrow";
+/// Its client secret.
+pub const HOST_CLIENT_SECRET: &str = "burrow-client-secret-0123456789";
+
+/// A provider for a host whose sign-in pages are at `sign_in_url` (its callback is the
+/// one redirect URI), knowing `accounts`.
+pub fn provider_for_host(sign_in_url: &str, accounts: Vec<Account>) -> OidcProvider {
+    let mut config = ProviderConfig::new().client(
+        Client::confidential(HOST_CLIENT_ID, HOST_CLIENT_SECRET)
+            .redirect_uri(&format!("{sign_in_url}/_burrow/sign-in/callback")),
+    );
+    for account in accounts {
+        config = config.account(account);
+    }
+    OidcProvider::start(&config)
+}
+
+/// The `[sign_in]` table of a host at `sign_in_url` against `provider`, sealing its
+/// cookies with the secret in file `cookie_secret`, asking for `scopes`.
+pub fn sign_in_table(
+    provider: &OidcProvider,
+    sign_in_url: &str,
+    cookie_secret: &Path,
+    scopes: &[&str],
+) -> String {
+    format!(
+        "\n[sign_in]\nissuer = \"{}\"\nclient_id = \"{HOST_CLIENT_ID}\"\nclient_secret = \"{HOST_CLIENT_SECRET}\"\n\
+         url = \"{sign_in_url}\"\ncookie_secret_files = [{:?}]\nscopes = {scopes:?}\n",
+        provider.issuer(),
+        cookie_secret.display().to_string()
+    )
+}

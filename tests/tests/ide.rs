@@ -13,15 +13,13 @@ use std::time::Duration;
 
 use burrow_tests::browser::{artifacts_dir, Browser};
 use burrow_tests::lifecycle::{client, control_table, create, users_only, workspace, Dir};
-use burrow_tests::oidc::{Account, Client, OidcProvider, ProviderConfig};
+use burrow_tests::oidc::{provider_for_host, sign_in_table, Account};
 use burrow_tests::process::ChildLog;
 use burrow_tests::{agent_config, wait_connected, ConfigParts, TestHost};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const CLIENT_ID: &str = "burrow";
-const CLIENT_SECRET: &str = "burrow-client-secret-0123456789";
 const COOKIE_SECRET: &[u8] = b"ide-sign-in-cookie-secret-0123456789abcdef";
 /// The workload and its one service: the editor is at `ide-ws-ide.localhost`.
 const WORKLOAD: &str = "ws-ide";
@@ -309,23 +307,14 @@ async fn ide_code_server_loads_through_the_tunnel_for_a_signed_in_user() {
     let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = ingress.local_addr().unwrap().port();
     let sign_in_url = format!("http://burrow.localhost:{port}");
-    let provider = OidcProvider::start(
-        &ProviderConfig::new()
-            .client(
-                Client::confidential(CLIENT_ID, CLIENT_SECRET)
-                    .redirect_uri(&format!("{sign_in_url}/_burrow/sign-in/callback")),
-            )
-            .account(Account::new("u-alice", "alice").name("Alice")),
-    );
+    let provider = provider_for_host(&sign_in_url, vec![Account::new("u-alice", "alice").name("Alice")]);
     let secret = dir.path().join("cookie.key");
     std::fs::write(&secret, COOKIE_SECRET).unwrap();
     let parts = ConfigParts {
         authorizer: users_only(),
         extra: format!(
-            "[sign_in]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
-             url = \"{sign_in_url}\"\ncookie_secret_files = [{:?}]\nscopes = [\"openid\", \"profile\"]\n{}",
-            provider.issuer(),
-            secret.display().to_string(),
+            "{}{}",
+            sign_in_table(&provider, &sign_in_url, &secret, &["openid", "profile"]),
             control_table(dir.path(), "")
         ),
         ..Default::default()

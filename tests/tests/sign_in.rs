@@ -6,14 +6,12 @@ use burrow_host::time::now_ms;
 use burrow_host_signin::{Purpose, Sealer, WorkloadSession};
 use burrow_tests::browser::Browser;
 use burrow_tests::clients::{self, Mode};
-use burrow_tests::oidc::{Account, Client, OidcProvider, ProviderConfig};
+use burrow_tests::oidc::{provider_for_host, sign_in_table, Account, OidcProvider};
 use burrow_tests::workload::Workload;
 use burrow_tests::*;
 use http::StatusCode;
 use tokio::net::TcpListener;
 
-const CLIENT_ID: &str = "burrow";
-const CLIENT_SECRET: &str = "burrow-client-secret-0123456789";
 const COOKIE_SECRET: &[u8] = b"sign-in-cookie-secret-0123456789abcdef";
 const PAGE: &str = "waiting for the page";
 
@@ -45,14 +43,12 @@ impl Setup {
         let ingress = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = ingress.local_addr().unwrap().port();
         let sign_in_url = format!("http://burrow.localhost:{port}");
-        let provider = OidcProvider::start(
-            &ProviderConfig::new()
-                .client(
-                    Client::confidential(CLIENT_ID, CLIENT_SECRET)
-                        .redirect_uri(&format!("{sign_in_url}/_burrow/sign-in/callback")),
-                )
-                .account(Account::new("u-alice", "alice").name("Alice").groups(["dev"]))
-                .account(Account::new("u-bob", "bob").groups(["ops"])),
+        let provider = provider_for_host(
+            &sign_in_url,
+            vec![
+                Account::new("u-alice", "alice").name("Alice").groups(["dev"]),
+                Account::new("u-bob", "bob").groups(["ops"]),
+            ],
         );
         let dir = burrow_tests::lifecycle::Dir::new("sign-in");
         let secret = dir.path().join("cookie.key");
@@ -66,12 +62,7 @@ impl Setup {
             sha256_hex(&agent_token_of("a1")),
             sha256_hex(&agent_token_of("a2")),
         );
-        let sign_in = format!(
-            "\n[sign_in]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
-             url = \"{sign_in_url}\"\ncookie_secret_files = [{:?}]\nscopes = [\"openid\", \"profile\", \"groups\"]\n",
-            provider.issuer(),
-            secret.display().to_string()
-        );
+        let sign_in = sign_in_table(&provider, &sign_in_url, &secret, &["openid", "profile", "groups"]);
         let parts = |replica: usize| {
             let mut parts = match cluster {
                 Some((redis, _)) => cluster_parts(&format!("r{replica}"), &redis.url(), ""),
