@@ -189,7 +189,11 @@ mod tests {
     use super::*;
 
     fn secret_file(tag: &str, bytes: &[u8]) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("burrow-signin-{tag}-{}", std::process::id()));
+        // One file per call: tests run in parallel, and one test rewriting a file another
+        // is reading would show it a truncated secret.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("burrow-signin-{tag}-{}-{n}", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
         path
     }

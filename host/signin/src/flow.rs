@@ -492,7 +492,11 @@ mod tests {
     use super::*;
 
     fn sign_in() -> SignIn {
-        let secret = std::env::temp_dir().join(format!("burrow-signin-flow-{}", std::process::id()));
+        // One file per call: tests run in parallel, and rewriting a file another test is
+        // reading would show it a truncated secret.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let secret = std::env::temp_dir().join(format!("burrow-signin-flow-{}-{n}", std::process::id()));
         std::fs::write(&secret, [9u8; 32]).unwrap();
         let config: SignInConfig = toml::from_str(&format!(
             "issuer = \"http://127.0.0.1:9\"\nclient_id = \"burrow\"\nurl = \"http://burrow.localhost:8080\"\n\
