@@ -443,6 +443,7 @@ pub async fn run_with_control(
     }
     let (a, i, s) = tokio::join!(agents, ingress, ssh_server);
     replica_api.abort();
+    let _ = (&mut replica_api).await;
     // Aborted, then awaited: the listener is closed when the task is dropped, so a host
     // started right after on the same port (a restart) can bind it.
     control_api_task.abort();

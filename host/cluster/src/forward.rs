@@ -35,7 +35,7 @@ use super::token::TokenError;
 use super::{Cluster, ClusterError};
 use burrow_host_core::context::HostContext;
 use burrow_host_core::dial::OpenError;
-use burrow_host_core::limits::{h2_preface, ConnectionLimits, Counted};
+use burrow_host_core::limits::{h2_preface, ConnectionLimits, Incoming};
 use burrow_host_core::registry::Session;
 use burrow_host_core::tunnel_io::TunnelStream;
 
@@ -516,65 +516,36 @@ pub async fn serve(
     let service = ReplicaTunnelServer::new(ForwardService { ctx, cluster })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let (conns, incoming) = mpsc::channel::<Result<PeerConn, std::io::Error>>(64);
-    let accept_shutdown = shutdown.clone();
-    let acceptor = tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = accept_shutdown.cancelled() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "replica API accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            // Only other replicas dial this port: beyond the cap a connection is closed at
-            // once instead of holding memory for whoever opened it.
-            let Ok(slot) = limits.acquire(remote.ip()) else {
-                tracing::warn!(%remote, "replica API connection refused: cluster.max_connections reached");
-                continue;
-            };
-            let conns = conns.clone();
+    // Until the peer has proved itself (its TLS handshake with a replica certificate, or
+    // in cleartext at least the HTTP/2 preface) it gets `handshake_timeout`, so a slow or
+    // silent connection cannot sit here; only other replicas dial this port, so beyond
+    // `cluster.max_connections` a connection is closed at once.
+    let incoming: Incoming<CallerIo> = Incoming::new(
+        listener,
+        limits,
+        handshake_timeout,
+        shutdown.clone(),
+        "replica API",
+        move |tcp: TcpStream| {
             let tls = tls.clone();
-            tokio::spawn(async move {
-                // Until the peer has proved itself (its TLS handshake with a replica
-                // certificate, or in cleartext at least the HTTP/2 preface) it gets
-                // `handshake_timeout`, so a slow or silent connection cannot sit here.
-                let io = match tls {
-                    None => match tokio::time::timeout(handshake_timeout, h2_preface(&tcp)).await {
-                        Ok(Ok(())) => Either::Left(tcp),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "replica API connection without an HTTP/2 preface");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "replica API connection closed: no HTTP/2 preface in time");
-                            return;
+            async move {
+                match tls {
+                    None => {
+                        h2_preface(&tcp).await.map_err(|e| format!("no HTTP/2 preface: {e}"))?;
+                        Ok(Either::Left(tcp))
+                    }
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(tls) => Ok(Either::Right(Box::new(tls))),
+                        Err(e) => {
+                            // A caller without a certificate from the cluster CA ends here.
+                            tracing::warn!(error = %e, "replica API TLS handshake failed");
+                            Err(format!("TLS handshake: {e}"))
                         }
                     },
-                    Some(acceptor) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => Either::Right(Box::new(tls)),
-                            Ok(Err(e)) => {
-                                // A caller without a certificate from the cluster CA ends here.
-                                tracing::warn!(%remote, error = %e, "replica API TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "replica API connection closed: no TLS handshake in time");
-                                return;
-                            }
-                        }
-                    }
-                };
-                let _ = conns.send(Ok(Counted::new(io, remote, slot))).await;
-            });
-        }
-    });
+                }
+            }
+        },
+    );
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(1024 * 1024)
@@ -582,27 +553,19 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service);
-    let stop = shutdown.clone();
-    let mut task = tokio::spawn(async move {
-        server.serve_with_incoming_shutdown(ReceiverStream::new(incoming), stop.cancelled_owned()).await
-    });
+    // Polled here, not spawned: dropping this future (the host aborting it) drops the
+    // listener with it.
+    let served = server.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    tokio::pin!(served);
     tokio::select! {
-        r = &mut task => {
-            acceptor.abort();
-            return r.map_err(|e| ClusterError::Tls(format!("replica API task failed: {e}")))?.map_err(ClusterError::from);
-        }
+        r = &mut served => return r.map_err(ClusterError::from),
         _ = shutdown.cancelled() => {}
     }
-    acceptor.abort();
-    match tokio::time::timeout(grace, &mut task).await {
-        Ok(Ok(r)) => r.map_err(ClusterError::from),
-        Ok(Err(e)) => Err(ClusterError::Tls(format!("replica API task failed: {e}"))),
-        Err(_) => {
-            task.abort();
-            Ok(())
-        }
+    match tokio::time::timeout(grace, &mut served).await {
+        Ok(r) => r.map_err(ClusterError::from),
+        Err(_) => Ok(()),
     }
 }
 
-/// TCP or TLS-over-TCP from a calling replica, counted against `cluster.max_connections`.
-type PeerConn = Counted<Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>>;
+/// TCP or TLS-over-TCP from a calling replica.
+type CallerIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;

@@ -3,6 +3,7 @@
 //! [`ConnectionLimits`], a port's connection cap with a per-address share.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Things open per source address, shared by the counter and its slots.
@@ -194,23 +194,83 @@ pub fn accept_h2(
     deadline: Duration,
     shutdown: CancellationToken,
     name: &'static str,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Counted<TcpStream>>> {
-    let (conns, incoming) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // EMFILE and friends: keep serving the connections there are.
-                        tracing::warn!(error = %e, "{name}: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+) -> Incoming<TcpStream> {
+    Incoming::new(listener, limits, deadline, shutdown, name, |tcp: TcpStream| async move {
+        h2_preface(&tcp).await.map_err(|e| format!("not an HTTP/2 client: {e}"))?;
+        Ok(tcp)
+    })
+}
+
+/// What a connection's handshake makes of it, or why it was closed.
+type Handshake<IO> = Pin<Box<dyn Future<Output = Result<IO, String>> + Send>>;
+
+/// The connections accepted on a listener that finished their handshake in time, as a
+/// stream for `serve_with_incoming_shutdown`.
+///
+/// The stream owns the listener and runs the accept itself, so the port closes the moment
+/// the stream ends (at `shutdown`) or is dropped with the server's future; a detached
+/// accept task would close it at some later point, and a host restarted on the same port
+/// raced it (the queue restart test saw `AddrInUse`). Handshakes run on their own tasks in
+/// a `JoinSet`, in parallel and aborted with the stream.
+pub struct Incoming<IO> {
+    listener: Option<TcpListener>,
+    limits: ConnectionLimits,
+    deadline: Duration,
+    name: &'static str,
+    handshake: Box<dyn Fn(TcpStream) -> Handshake<IO> + Send>,
+    handshakes: tokio::task::JoinSet<Option<Counted<IO>>>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<IO: Send + 'static> Incoming<IO> {
+    /// Accepts on `listener` until `shutdown`; each connection counted against `limits`
+    /// from accept, given TCP_NODELAY, and handed on once `handshake` made it into `IO`
+    /// within `deadline` (else closed; the error is logged at debug under `name`).
+    pub fn new<F, Fut>(
+        listener: TcpListener,
+        limits: ConnectionLimits,
+        deadline: Duration,
+        shutdown: CancellationToken,
+        name: &'static str,
+        handshake: F,
+    ) -> Self
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<IO, String>> + Send + 'static,
+    {
+        Self {
+            listener: Some(listener),
+            limits,
+            deadline,
+            name,
+            handshake: Box::new(move |tcp| Box::pin(handshake(tcp))),
+            handshakes: tokio::task::JoinSet::new(),
+            backoff: None,
+            shutdown: Box::pin(shutdown.cancelled_owned()),
+        }
+    }
+
+    fn accept(&mut self, cx: &mut Context<'_>) {
+        let name = self.name;
+        while let Some(listener) = &self.listener {
+            if let Some(backoff) = &mut self.backoff {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return;
+                }
+                self.backoff = None;
+            }
+            let (tcp, remote) = match listener.poll_accept(cx) {
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(e)) => {
+                    // EMFILE and friends: keep serving the connections there are.
+                    tracing::warn!(error = %e, "{name}: accept failed");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                    continue;
+                }
+                Poll::Pending => return,
             };
-            let slot = match limits.acquire(remote.ip()) {
+            let slot = match self.limits.acquire(remote.ip()) {
                 Ok(slot) => slot,
                 Err(refused) => {
                     tracing::warn!(%remote, ?refused, "{name}: connection cap reached; closed");
@@ -218,21 +278,52 @@ pub fn accept_h2(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let conns = conns.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(deadline, h2_preface(&tcp)).await {
-                    Ok(Ok(())) => {
-                        let _ = conns.send(Ok(Counted::new(tcp, remote, slot))).await;
-                    }
+            let handshake = (self.handshake)(tcp);
+            let deadline = self.deadline;
+            self.handshakes.spawn(async move {
+                match tokio::time::timeout(deadline, handshake).await {
+                    Ok(Ok(io)) => Some(Counted::new(io, remote, slot)),
                     Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "{name}: not an HTTP/2 client; closed")
+                        tracing::debug!(%remote, error = %e, "{name}: handshake failed; closed");
+                        None
                     }
-                    Err(_) => tracing::debug!(%remote, "{name}: no HTTP/2 preface in time; closed"),
+                    Err(_) => {
+                        tracing::debug!(%remote, "{name}: no handshake in time; closed");
+                        None
+                    }
                 }
             });
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(incoming)
+    }
+}
+
+impl<IO: Send + 'static> futures_util::Stream for Incoming<IO> {
+    type Item = std::io::Result<Counted<IO>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.listener.is_none() {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            // The port closes now, not when the server has drained.
+            this.listener = None;
+            this.handshakes.abort_all();
+            return Poll::Ready(None);
+        }
+        this.accept(cx);
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                Poll::Ready(Some(Ok(None))) => continue,
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "{}: handshake task failed", this.name);
+                    continue;
+                }
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -263,5 +354,46 @@ mod tests {
         assert_eq!(limits.acquire("10.0.0.3".parse().unwrap()).err(), Some(ConnectionRefused::Port));
         drop(first);
         assert!(limits.acquire("10.0.0.3".parse().unwrap()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn incoming_hands_on_a_preface_and_closes_a_silent_connection_at_the_deadline() {
+        use futures_util::StreamExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tonic::transport::server::Connected;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = ConnectionLimits::new(4, 0);
+        let mut incoming = accept_h2(listener, limits, Duration::from_millis(200), shutdown.clone(), "test");
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut speaker = TcpStream::connect(addr).await.unwrap();
+        speaker.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let conn = incoming.next().await.expect("a connection").expect("accepted");
+        assert_eq!(conn.connect_info(), speaker.local_addr().unwrap());
+        // The silent one is closed by the host: its read ends (EOF or reset).
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn incoming_closes_the_port_when_shutdown_fires() {
+        use futures_util::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let mut incoming = accept_h2(
+            listener,
+            ConnectionLimits::new(0, 0),
+            Duration::from_secs(5),
+            shutdown.clone(),
+            "test",
+        );
+        shutdown.cancel();
+        assert!(incoming.next().await.is_none(), "the stream ends at shutdown");
+        // The stream is still alive (a draining server holds it); the port is free anyway.
+        TcpListener::bind(addr).await.expect("the port was closed at shutdown");
+        assert!(incoming.next().await.is_none());
     }
 }
