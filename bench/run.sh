@@ -20,6 +20,8 @@
 #       on Redis side by side: CreateWorkload → agent connected, EnqueueWork → the agent's
 #       work hook started and → SUCCEEDED; needs redis-server and redis-cli on PATH and
 #       bash 5; raw samples and a summary go to bench/results/<date>-lifecycle/
+# The peers suite (Burrow vs rathole and bore, as release processes in front of nginx) has
+# its own script, which installs its tools first: bench/peers.sh [--quick].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --release -q -p burrow-bench -- "$@"

@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Data frames are handed between sockets without copying.
         .bytes(".burrow.tunnel.v1")
+        // Parked tunnels are idle streams: small initial buffers (src/codec.rs).
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_protos(&["proto/burrow/tunnel/v1/tunnel.proto"], &["proto"])?;
     // Own directory: generating it next to the tunnel code would overwrite that with an
     // empty module for the extern package.
@@ -16,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The cluster API relays tunnel frames: reuse the tunnel types rather than generate copies.
     tonic_prost_build::configure()
         .extern_path(".burrow.tunnel.v1", "crate::pb")
+        .codec_path("crate::codec::SmallBufferCodec")
         .out_dir(&cluster_out)
         .compile_protos(&["proto/burrow/cluster/v1/cluster.proto"], &["proto"])?;
     // The control API stands alone (no tunnel types); its own directory for the same reason.

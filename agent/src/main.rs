@@ -9,6 +9,12 @@ use burrow_agent::{AgentConfig, AgentError, HostUrl, ServiceSpec, WorkHook};
 use clap::{Parser, ValueEnum};
 use tracing::{info, warn};
 
+// mimalloc instead of glibc malloc, as in the host: every tunnelled request allocates
+// (frames, buffers), and glibc's malloc/free showed in the agent's profile too
+// (BENCHMARKS.md, "Peers").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOKEN_ENV: &str = "BURROW_AGENT_TOKEN";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -9,17 +9,25 @@
 //! throughput, keystroke echo latency, new-session time (`--suite ssh`, see [`ssh`]); or
 //! how long the workload lifecycle takes through the control API: create to agent
 //! connected, enqueue to the agent's hook running, on one host and across two replicas
-//! (`--suite lifecycle`, see [`lifecycle`]).
+//! (`--suite lifecycle`, see [`lifecycle`]); or Burrow next to the tunnels a user would
+//! pick instead (rathole, bore), as separate release processes in front of the same nginx,
+//! driven by wrk and curl: requests/s, latency and CPU per request over a concurrency
+//! sweep, and a single-stream download (`--suite peers`, see [`peers`]); or agents at
+//! scale against a release host process: memory per idle agent at 10,000, and 10,000
+//! agents reconnecting after a restart (`--suite agents`, see [`agents`]).
 //!
 //! Every figure is the median of `--runs` runs; ratios compare against a baseline
 //! measured in the same run. Run it with `bench/run.sh` (release build).
 
+mod agents;
 mod cluster;
 mod lifecycle;
+mod peers;
 mod plugins;
 mod procfs;
 mod ssh;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +38,7 @@ use burrow_host::plugins::{Plugins, PluginsOptions};
 use burrow_tests::clients::{self, Client, Mode};
 use burrow_tests::workload::Workload;
 use burrow_tests::{agent_config, default_config, wait_connected, TestHost, TOKEN};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use http_body_util::BodyExt;
 
 #[derive(Parser, Debug)]
@@ -39,12 +47,19 @@ struct Args {
     /// (forwarded vs local, wake-up delay, Redis registry cost), `plugins` (plugin
     /// call cost vs native, throughput, swap time) or `ssh` (Burrow's SSH path vs a
     /// local sshd: scp, keystroke echo, session setup) or `lifecycle` (control API:
-    /// create to connected, enqueue to delivery, one host and two replicas).
-    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins", "ssh", "lifecycle"])]
+    /// create to connected, enqueue to delivery, one host and two replicas) or `peers`
+    /// (Burrow vs rathole and bore as processes: wrk sweep, CPU per request, download) or
+    /// `agents` (10,000 agents on a release host process: memory per idle agent,
+    /// reconnect after a restart).
+    #[arg(long, default_value = "tunnel", value_parser = ["tunnel", "cluster", "plugins", "ssh", "lifecycle", "peers", "agents"])]
     suite: String,
-    /// Repetitions of each measurement; the median is reported.
+    /// Repetitions of each measurement; the median is reported (peers suite: default 3,
+    /// with --quick 1; agents suite: default 3).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Whether --runs was given (the peers and agents suites have their own default).
+    #[arg(skip)]
+    runs_given: bool,
     /// Sequential small requests per latency run.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
@@ -65,7 +80,8 @@ struct Args {
     /// Cluster suite: wake-ups measured per run and per kind (forwarded, local).
     #[arg(long, default_value_t = 10)]
     wakeups: usize,
-    /// Cluster suite: agents registered in Redis for the registry-cost runs.
+    /// Cluster suite: agents registered in Redis for the registry-cost runs. Agents
+    /// suite: agents connected to the host (the second memory step, and the restarts).
     #[arg(long, default_value_t = 10_000)]
     agents: usize,
     /// Plugins suite: decisions per throughput run and path, shared by `--tasks` tasks.
@@ -95,6 +111,62 @@ struct Args {
     /// Lifecycle suite: work items enqueued per enqueue-to-delivery run and path.
     #[arg(long, default_value_t = 100)]
     items: usize,
+    /// Peers suite: the short version, under 5 minutes: wrk 2 s, connections 1,64,256,
+    /// a 256 MiB download, 1 run (explicit flags still win).
+    #[arg(long)]
+    quick: bool,
+    /// Peers suite: paths to measure, comma-separated; `direct` (nginx itself, the
+    /// baseline of every ratio) is always measured.
+    #[arg(long, value_delimiter = ',', default_value = "direct,burrow-grpc,burrow-ws,burrow-grpcs,burrow-2rep,rathole,bore",
+          value_parser = ["direct", "burrow-grpc", "burrow-ws", "burrow-grpcs", "burrow-2rep", "rathole", "bore"])]
+    paths: Vec<String>,
+    /// Peers suite: wrk connection counts, comma-separated (default 1,8,32,64,128,256;
+    /// with --quick 1,64,256).
+    #[arg(long, value_delimiter = ',')]
+    connections: Vec<u32>,
+    /// Peers suite: seconds per wrk run (default 5; with --quick 2).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Peers suite: size of the single-stream download in bytes (default 1 GiB; with
+    /// --quick 256 MiB).
+    #[arg(long)]
+    download_bytes: Option<u64>,
+    /// Peers suite: the burrow-host binary (default: beside burrow-bench, so
+    /// target/release with bench/peers.sh). Agents suite: default
+    /// target/release/burrow-host of this workspace.
+    #[arg(long)]
+    host_bin: Option<PathBuf>,
+    /// Peers suite: the burrow-agent binary (default: beside burrow-bench).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+    /// Peers suite: the `cargo install --root` folder holding bin/rathole and bin/bore.
+    #[arg(long, env = "BURROW_BENCH_TOOLS", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools"))]
+    tools: PathBuf,
+    /// Peers suite: where raw.csv, summary.md and the plots go (default
+    /// bench/results/<date>-peers, or <date>-peers-quick with --quick). Agents suite:
+    /// default bench/results/<date>-agents.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Agents suite: the first memory step (the per-agent figure is the slope from it
+    /// to --agents).
+    #[arg(long, default_value_t = 1000)]
+    agents_small: usize,
+    /// Agents suite: how the host is stopped before each restart, comma-separated
+    /// (`term`: SIGTERM, graceful; `kill`: SIGKILL; `none`: memory only).
+    #[arg(long, value_delimiter = ',', default_value = "term,kill", value_parser = ["term", "kill", "none"])]
+    restarts: Vec<String>,
+    /// Agents suite: connections per agent (default: the agent's own, 2). With one host
+    /// both land on it; in a cluster each replica holds one per agent.
+    #[arg(long)]
+    agent_connections: Option<usize>,
+    /// Agents suite: parked tunnels per connection (default: the agent's own, 4); set it
+    /// to split a session's memory from a tunnel's.
+    #[arg(long)]
+    agent_min_idle: Option<usize>,
+    /// Agents suite: agents started at once while connecting the memory steps, each
+    /// batch fully up before the next (0: a whole step at once, a connect storm).
+    #[arg(long, default_value_t = 1000)]
+    agents_batch: usize,
 }
 
 const HOST: &str = "web-a1.localhost";
@@ -221,9 +293,16 @@ async fn plugin_run(plugins: &Arc<Plugins>, calls: usize) -> PluginFigures {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches)?;
+    args.runs_given = matches.value_source("runs") == Some(clap::parser::ValueSource::CommandLine);
     anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
     match args.suite.as_str() {
+        // Process orchestration with blocking waits (wrk, curl, polls): off the async
+        // workers, on this thread, which outlives every child it starts (they get a
+        // parent-death signal tied to the thread that spawned them).
+        "peers" => tokio::task::block_in_place(|| peers::run(&args)),
+        "agents" => agents::run(&args).await,
         "cluster" => cluster::run(&args).await,
         "lifecycle" => lifecycle::run(&args).await,
         "plugins" => plugins::run(&args).await,

@@ -50,6 +50,22 @@ fn process_jiffies(pid: u32) -> anyhow::Result<u64> {
     fields.get(11..15).context("/proc/PID/stat too short")?.iter().map(|v| Ok(v.parse::<u64>()?)).sum()
 }
 
+/// CPU time process `pid` itself used, all its threads (utime + stime, without reaped
+/// children), in seconds. The peers suite reads it for each tunnel process around a run.
+pub(crate) fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat (has the process exited?)"))?;
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("/proc/PID/stat too short")?
+        .iter()
+        .map(|v| Ok(v.parse::<u64>()?))
+        .sum::<anyhow::Result<u64>>()?;
+    // USER_HZ, fixed at 100 for user space.
+    Ok(ticks as f64 / 100.0)
+}
+
 /// Machine-wide CPU use over a run, split into the bench's (itself, its children, and the
 /// servers it started: sshd, redis-server) and everyone else's, in % of both cores.
 pub(crate) struct CpuMeter {

@@ -75,7 +75,7 @@ impl Listeners {
     /// Binds the addresses named in the config.
     pub async fn bind(config: &Config) -> Result<Self, HostError> {
         let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|source| HostError::Bind { what, addr, source })
+            listen(addr).map_err(|source| HostError::Bind { what, addr, source })
         };
         Ok(Self {
             agents: bind(config.agents.listen, "agents.listen").await?,
@@ -462,6 +462,24 @@ pub async fn run_with_control(
     }
     tracing::info!("burrow host stopped");
     Ok(())
+}
+
+/// Backlog of every listening port. tokio's `TcpListener::bind` asks for 1024; when a
+/// replica restarts, its agents (10,000 in the agents bench) redial at once, the queue
+/// overflowed (tens of thousands of `ListenOverflows`, SYN cookies) and agents waited for
+/// SYN retransmits (1 s, 3 s). The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` with SO_REUSEADDR (as `TcpListener::bind` does, so a restarted host
+/// rebinds at once) and listens with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn addr_of(listener: Option<&TcpListener>) -> String {

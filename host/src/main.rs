@@ -7,6 +7,11 @@ use burrow_host::config::{Config, LogConfig, LogFormat};
 use burrow_host::plugins::{PluginKind, PluginSlotConfig};
 use clap::{Parser, Subcommand};
 
+// mimalloc instead of glibc malloc: the request path allocates per request and glibc's
+// malloc/free were 12% of the host's CPU at 64 connections (BENCHMARKS.md, "Peers").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Burrow host: reach workloads behind NAT through reverse tunnels their agents open.
 #[derive(Debug, Parser)]
 #[command(name = "burrow-host", version, about)]

@@ -6,9 +6,11 @@
 //!   their sockets and consult it before acting on each frame.
 //! - [`ws`]: a WebSocket as a byte stream, so HTTP/2 can ride inside it (`ws://`, `wss://`).
 //! - [`session`]: limits on what a session may ask for, checked by host and agent.
+//! - [`codec`]: the gRPC codec of the tunnel and replica services (small stream buffers).
 //! - [`Secret`]: a configured credential that `Debug` masks, shared by agent and host config.
 //! - Constants both sides must agree on.
 
+pub mod codec;
 pub mod secret;
 pub mod session;
 pub mod tunnel;

@@ -147,14 +147,57 @@ async fn warm_instances_are_reused_and_discarded_after_a_trap() {
     assert!(ids[2].starts_with("calls=3;"), "{ids:?}");
     assert!(ids[2].ends_with("instance=3"), "the warm instance kept its state: {ids:?}");
 
-    // Fresh instances (the default) share nothing but the kv store.
-    let fresh = load(&authorizer_config(&artifact("test_http.wasm"), "config = { mode = \"kv\" }", "")).await;
+    // Fresh instances share nothing but the kv store.
+    let slot = "instances = \"fresh\"\nconfig = { mode = \"kv\" }";
+    let fresh = load(&authorizer_config(&artifact("test_http.wasm"), slot, "")).await;
     for expected in ["calls=1;instance=1", "calls=2;instance=1"] {
         match fresh.authenticate_user(&user(Credential::Bearer("t".into()))).await.unwrap() {
             UserAuthOutcome::Authenticated(p) => assert_eq!(p.id, expected),
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// `authenticate-user` of the leaky `remember` mode: the principal id it returns.
+async fn remembered(plugins: &Plugins, token: &str) -> String {
+    match plugins.authenticate_user(&user(Credential::Bearer(token.into()))).await.unwrap() {
+        UserAuthOutcome::Authenticated(p) => p.id,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn by_default_an_instance_never_serves_a_second_users_credential() {
+    // test_http in `remember` mode keeps every token it sees in its globals and reports
+    // them: the worst a plugin can do with instance state. Default slot config.
+    let config = authorizer_config(&artifact("test_http.wasm"), "config = { mode = \"remember\" }", "");
+    let plugins = load(&config).await;
+    assert_eq!(remembered(&plugins, "alice-token").await, "me=alice-token;seen=-");
+    assert_eq!(
+        remembered(&plugins, "bob-token").await,
+        "me=bob-token;seen=-",
+        "bob never sees alice's token"
+    );
+    // Instances are reused (that is what makes the default fast), but only for the same
+    // credential.
+    assert_eq!(remembered(&plugins, "alice-token").await, "me=alice-token;seen=alice-token");
+    assert_eq!(remembered(&plugins, "bob-token").await, "me=bob-token;seen=bob-token");
+    // Many users at once, more than the pool holds: still nobody sees anyone else.
+    let calls = (0..64).map(|i| {
+        let plugins = plugins.clone();
+        tokio::spawn(async move { (i % 24, remembered(&plugins, &format!("user{}", i % 24)).await) })
+    });
+    for call in calls {
+        let (user, id) = call.await.unwrap();
+        let seen = id.split_once(";seen=").expect("the principal format").1;
+        assert!(seen == "-" || seen.split(',').all(|t| t == format!("user{user}")), "user{user} saw: {id}");
+    }
+
+    // With `instances = "warm"` the same plugin does leak: the opt-in the docs warn about.
+    let slot = "instances = \"warm\"\nwarm_pool = 1\nmax_concurrent = 1\nconfig = { mode = \"remember\" }";
+    let warm = load(&authorizer_config(&artifact("test_http.wasm"), slot, "")).await;
+    remembered(&warm, "alice-token").await;
+    assert_eq!(remembered(&warm, "bob-token").await, "me=bob-token;seen=alice-token");
 }
 
 /// A plain HTTP server on 127.0.0.1:0 answering every request with "alice"; counts hits.

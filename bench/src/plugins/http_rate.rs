@@ -1,5 +1,5 @@
 //! HTTP requests per second straight to the workload and through a real host with
-//! fresh and with warm plugin instances.
+//! fresh and with per-user (default) plugin instances.
 
 use std::time::Instant;
 
@@ -60,7 +60,7 @@ pub(super) async fn connect_all(addr: std::net::SocketAddr, n: usize) -> Vec<Cli
 pub(super) async fn http_requests_per_second(args: &Args) -> anyhow::Result<HttpFigures> {
     let workload = Workload::start("bench").await;
     let mut hosts = Vec::new();
-    for instances in [InstancePolicy::Fresh, InstancePolicy::Warm] {
+    for instances in [InstancePolicy::Fresh, InstancePolicy::PerUser] {
         let mut config = ConfigParts::default().build();
         config.plugins = plugins_config(instances)?;
         let host = TestHost::start(config).await;

@@ -7,7 +7,8 @@
 //!    authenticate-user and authorize in one instance), for a bearer-token user allowed by
 //!    a group rule. Timed per host call and per decision, `--calls` sequential decisions
 //!    per run on one task, with every slot `instances = "fresh"`, with every slot
-//!    `instances = "warm"`, and natively; then the router call (built-in
+//!    `instances = "per-user"` (the default; one user, so every call finds an instance
+//!    that served that user: `warm` plus a SHA-256 of the credential), and natively; then the router call (built-in
 //!    router-prefer-local, 3 candidates) the same three ways.
 //! 2. **Native baseline**: the built-in plugins' own policy code (`policy.rs` of
 //!    authorizer-static, `scheme.rs` of workload-workspace) compiled into this binary and
@@ -99,6 +100,7 @@ const WORKLOAD_CONFIG: &str = r#"root_domains = ["localhost"]"#;
 fn policy_name(policy: InstancePolicy) -> &'static str {
     match policy {
         InstancePolicy::Fresh => "fresh",
+        InstancePolicy::PerUser => "per-user",
         InstancePolicy::Warm => "warm",
     }
 }
@@ -156,7 +158,7 @@ fn rotated<T: Copy>(order: &[T], run: usize) -> Vec<T> {
 const NATIVE: usize = 0;
 const WARM: usize = 1;
 const FRESH: usize = 2;
-const PATH_NAMES: [&str; 3] = ["native", "warm", "fresh"];
+const PATH_NAMES: [&str; 3] = ["native", "per-user", "fresh"];
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
@@ -177,7 +179,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     // ---- decisions: latency, native parse cost, throughput ------------------------
     let native = Native::new(&config_json(&authorizer_config())?, &config_json(WORKLOAD_CONFIG)?)
         .map_err(anyhow::Error::msg)?;
-    let warm = Plugins::load(&plugins_config(InstancePolicy::Warm)?, PluginsOptions::default()).await?;
+    // The default policy (`per-user`): for one user it is `warm` plus a SHA-256 of the
+    // credential per call, so it is the figure users get.
+    let warm = Plugins::load(&plugins_config(InstancePolicy::PerUser)?, PluginsOptions::default()).await?;
     let fresh = Plugins::load(&plugins_config(InstancePolicy::Fresh)?, PluginsOptions::default()).await?;
     for status in fresh.status() {
         println!("  {} {} sha256 {}", status.kind, status.source, &status.sha256[..12]);

@@ -26,7 +26,7 @@ pub(super) fn print_report(
         args.calls
     );
     println!();
-    println!("| call | percentile | native | warm | fresh | warm / native | fresh / native |");
+    println!("| call | percentile | native | per-user | fresh | per-user / native | fresh / native |");
     println!("|---|---|---|---|---|---|---|");
     let rows: [(&str, Column); 6] = [
         ("`resolve` (workload-workspace)", |l| &l.resolve),
@@ -120,5 +120,9 @@ pub(super) fn print_report(
     println!("|---|---|---|");
     println!("| direct to the workload | {:.0} | 1.00× |", http.direct);
     println!("| through the host, plugins fresh | {:.0} | {:.2}× |", http.fresh, http.fresh / http.direct);
-    println!("| through the host, plugins warm | {:.0} | {:.2}× |", http.warm, http.warm / http.direct);
+    println!(
+        "| through the host, plugins per-user (default) | {:.0} | {:.2}× |",
+        http.warm,
+        http.warm / http.direct
+    );
 }

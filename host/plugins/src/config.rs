@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Every slot takes the same keys: `source`, `name`, limits (`call_timeout`,
-//! `max_memory_mb`, `fuel`, `max_concurrent`), `instances` (`fresh` or `warm`),
+//! `max_memory_mb`, `fuel`, `max_concurrent`), `instances` (`per-user`, `fresh` or `warm`),
 //! `warm_pool`, `failure`, `config` and `[...http]` (outbound HTTP allowlist).
 
 use std::collections::HashSet;
@@ -53,7 +53,7 @@ pub const MAX_MEMORY_MB: u32 = 4096;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_MEMORY_MB: u32 = 64;
 const DEFAULT_MAX_CONCURRENT: u32 = 64;
-const DEFAULT_WARM_POOL: u32 = 8;
+const DEFAULT_WARM_POOL: u32 = 16;
 
 /// The kinds of plugin, as the contract crate defines them (configs, manifests and the
 /// admin API spell them alike).
@@ -107,12 +107,21 @@ impl fmt::Display for PluginSource {
 
 /// Instance policy of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum InstancePolicy {
-    /// A new instance for every call: nothing leaks between users (default).
-    #[default]
+    /// A new instance for every call: nothing survives a call.
     Fresh,
-    /// Reuse up to `warm_pool` initialised instances; one that traps is discarded.
+    /// Initialised instances reused, each only for calls carrying the same credential
+    /// (one user's, one agent token's) or for calls that carry none (workload `resolve`,
+    /// routing, expiry), never across credentials: up to `warm_pool` kept, least
+    /// recently used dropped first; one that traps is discarded (the default for
+    /// plugins loaded from files).
+    #[default]
+    PerUser,
+    /// Up to `warm_pool` initialised instances reused for any call, whoever it is for;
+    /// one that traps is discarded. For plugins that keep nothing of a user's between
+    /// calls: the default for the built-ins, which keep no state in their instances
+    /// (authorizer-callout caches in `kv`, keyed by credential hash).
     Warm,
 }
 
@@ -163,9 +172,10 @@ pub struct PluginSlotConfig {
     pub fuel: Option<u64>,
     /// Calls running at once; more wait up to `call_timeout` for a turn. Default 64.
     pub max_concurrent: u32,
-    /// `fresh` (default) or `warm`.
-    pub instances: InstancePolicy,
-    /// Warm instances kept between calls (with `instances = "warm"`). Default 8.
+    /// `per-user` (the default for plugins from files), `warm` (the default for the
+    /// built-ins) or `fresh`; see [`PluginSlotConfig::instance_policy`].
+    pub instances: Option<InstancePolicy>,
+    /// Initialised instances kept between calls (`per-user` and `warm`). Default 16.
     pub warm_pool: u32,
     /// `closed`, `skip` (workloads) or `fallback` (routers). Default: `closed` for
     /// authorizers and workloads, `fallback` for routers.
@@ -185,7 +195,7 @@ impl Default for PluginSlotConfig {
             max_memory_mb: DEFAULT_MAX_MEMORY_MB,
             fuel: None,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
-            instances: InstancePolicy::Fresh,
+            instances: None,
             warm_pool: DEFAULT_WARM_POOL,
             failure: None,
             http: OutboundHttpConfig::default(),
@@ -238,6 +248,18 @@ impl PluginSlotConfig {
     }
 
     /// The configured source, or the kind's default.
+    /// The instance policy the slot runs with: `instances` if set; otherwise `warm` for a
+    /// built-in (Burrow's own code, which keeps nothing per user in an instance, and whose
+    /// `init` may parse a large config: the static agent list at 10,000 entries takes
+    /// ~89 ms, which `per-user` would pay once per agent token) and `per-user` for a plugin
+    /// from a file, whose code the host cannot vouch for.
+    pub fn instance_policy(&self, kind: PluginKind) -> InstancePolicy {
+        self.instances.unwrap_or(match self.source_or_default(kind) {
+            Some(PluginSource::Builtin(_)) => InstancePolicy::Warm,
+            _ => InstancePolicy::PerUser,
+        })
+    }
+
     pub fn source_or_default(&self, kind: PluginKind) -> Option<PluginSource> {
         self.source.clone().or_else(|| match kind {
             PluginKind::Authorizer => Some(PluginSource::Builtin("authorizer-static".into())),
@@ -353,7 +375,7 @@ impl PluginSlotConfig {
                 ),
             );
         }
-        if self.instances == InstancePolicy::Warm
+        if self.instance_policy(kind) != InstancePolicy::Fresh
             && (self.warm_pool == 0 || self.warm_pool > self.max_concurrent)
         {
             return err(

@@ -1,7 +1,8 @@
 //! One loaded version of one plugin, and how a call into it runs.
 //!
 //! A call: the breaker admits it (a quarantined plugin is refused at once), a permit of
-//! `max_concurrent` bounds it, an instance is taken (warm pool) or made (fresh), the
+//! `max_concurrent` bounds it, an instance is taken from the warm pool (`per-user`: only
+//! one that served the same credential, see [`Isolation`]; `warm`: any) or made, the
 //! epoch deadline and fuel are set, and the whole call — instantiation and host calls
 //! such as outbound HTTP included — runs under `call_timeout`. A failed call is mapped
 //! to a [`PluginError`] naming the plugin, its version (sha256) and the limit hit; a
@@ -23,6 +24,8 @@ use super::config::{FailurePolicy, InstancePolicy, PluginKind};
 use super::convert;
 use super::engine::PluginEngine;
 use super::host_api::{http, kv, CallState, ClockSource, PluginEnv};
+pub(crate) use super::isolation::Isolation;
+use super::isolation::WarmPool;
 use super::types::{
     AgentAuthOutcome, AgentEvent, AgentHello, AuthorizeRequest, Decision, ExpiryRequest, Principal,
     ResolveRequest, Resolved, RouteRequest, UserAuthOutcome, UserAuthRequest,
@@ -221,7 +224,7 @@ pub(crate) struct Version {
     http: Arc<http::OutboundPolicy>,
     permits: Semaphore,
     max_concurrent: usize,
-    warm: Mutex<Vec<Warm>>,
+    warm: Mutex<WarmPool<Warm>>,
     pub breaker: SharedBreaker,
     metrics: Option<PluginMetrics>,
     /// Authorizers whose agents the host can enumerate (the embedded static list): the
@@ -253,7 +256,7 @@ impl Version {
             http: parts.http,
             permits: Semaphore::new(parts.max_concurrent),
             max_concurrent: parts.max_concurrent,
-            warm: Mutex::new(Vec::new()),
+            warm: Mutex::new(WarmPool::default()),
             breaker: parts.breaker,
             metrics: parts.metrics,
             listed_agents: None,
@@ -313,9 +316,7 @@ impl Version {
     pub(crate) async fn canary_init(&self, clock: ClockSource) -> Result<(), PluginError> {
         let run = async {
             let warm = self.instantiate(clock, true).await?;
-            if self.limits.instances == InstancePolicy::Warm {
-                self.put_back(warm);
-            }
+            self.put_back(Isolation::Shared, warm);
             Ok(())
         };
         match tokio::time::timeout(self.limits.call_timeout, run).await {
@@ -324,23 +325,32 @@ impl Version {
         }
     }
 
-    fn take_warm(&self) -> Option<Warm> {
-        if self.limits.instances != InstancePolicy::Warm {
-            return None;
+    /// The pool key of a call with `isolation`: `warm` instances serve anyone.
+    fn pool_key(&self, isolation: Isolation) -> Isolation {
+        match self.limits.instances {
+            InstancePolicy::Warm => Isolation::Shared,
+            _ => isolation,
         }
-        self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
-    fn put_back(&self, warm: Warm) {
-        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < self.limits.warm_pool {
-            pool.push(warm);
+    fn take_warm(&self, isolation: Isolation) -> Option<Warm> {
+        if self.limits.instances == InstancePolicy::Fresh {
+            return None;
         }
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).take(self.pool_key(isolation))
+    }
+
+    fn put_back(&self, isolation: Isolation, warm: Warm) {
+        if self.limits.instances == InstancePolicy::Fresh {
+            return;
+        }
+        let key = self.pool_key(isolation);
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).put(key, warm, self.limits.warm_pool);
     }
 
     /// Drops every warm instance (their pool slots return to the engine).
     pub(crate) fn drain_warm(&self) {
-        self.warm.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).idle.clear();
     }
 
     /// Runs one call. `op` names the export for metrics; `body` calls it.
@@ -348,6 +358,7 @@ impl Version {
         &self,
         op: &'static str,
         clock: ClockSource,
+        isolation: Isolation,
         body: F,
     ) -> Result<R, PluginError>
     where
@@ -355,14 +366,19 @@ impl Version {
         F: for<'a> FnOnce(&'a Bound, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
     {
         let started = Instant::now();
-        let result = self.call_inner(clock, body).await;
+        let result = self.call_inner(clock, isolation, body).await;
         if let Some(metrics) = &self.metrics {
             metrics.call(&self.info.name, self.info.kind, op, started.elapsed(), result.as_ref().err());
         }
         result
     }
 
-    async fn call_inner<R, F>(&self, clock: ClockSource, body: F) -> Result<R, PluginError>
+    async fn call_inner<R, F>(
+        &self,
+        clock: ClockSource,
+        isolation: Isolation,
+        body: F,
+    ) -> Result<R, PluginError>
     where
         R: Send,
         F: for<'a> FnOnce(&'a Bound, &'a mut Store<CallState>) -> CallFuture<'a, R> + Send,
@@ -393,9 +409,9 @@ impl Version {
             }
         };
         let run = async {
-            let mut instance = match self.take_warm() {
+            let mut instance = match self.take_warm(isolation) {
                 Some(warm) => warm,
-                None => self.instantiate(clock, self.limits.instances == InstancePolicy::Warm).await?,
+                None => self.instantiate(clock, self.limits.instances != InstancePolicy::Fresh).await?,
             };
             instance.store.data_mut().begin_call(clock);
             self.arm(&mut instance.store);
@@ -418,9 +434,7 @@ impl Version {
                         metrics.set_quarantined(&self.info.name, false);
                     }
                 }
-                if self.limits.instances == InstancePolicy::Warm {
-                    self.put_back(instance);
-                }
+                self.put_back(isolation, instance);
                 Ok(value)
             }
             Err(err) => {
@@ -548,7 +562,7 @@ impl Version {
     ) -> Result<AgentAuthOutcome, PluginError> {
         let wit_req = wit::AgentHello::from(req);
         let out = self
-            .call("authenticate-agent", clock, move |b, s| {
+            .call("authenticate-agent", clock, Isolation::of_agent_token(&req.token), move |b, s| {
                 Box::pin(async move { b.authorizer()?.call_authenticate_agent(s, &wit_req).await })
             })
             .await?;
@@ -564,7 +578,7 @@ impl Version {
     ) -> Result<UserAuthOutcome, PluginError> {
         let wit_req = wit::UserAuthRequest::from(req);
         let out = self
-            .call("authenticate-user", clock, move |b, s| {
+            .call("authenticate-user", clock, Isolation::of_credential(&req.credential), move |b, s| {
                 Box::pin(async move { b.authorizer()?.call_authenticate_user(s, &wit_req).await })
             })
             .await?;
@@ -578,9 +592,10 @@ impl Version {
         req: &AuthorizeRequest,
         clock: ClockSource,
     ) -> Result<Decision, PluginError> {
+        let isolation = req.principal.as_ref().map_or(Isolation::Shared, Isolation::of_principal);
         let wit_req = wit::AuthorizeRequest::from(req);
         let out = self
-            .call("authorize", clock, move |b, s| {
+            .call("authorize", clock, isolation, move |b, s| {
                 Box::pin(async move { b.authorizer()?.call_authorize(s, &wit_req).await })
             })
             .await?;
@@ -604,20 +619,25 @@ impl Version {
     {
         let wit_req = wit::UserAuthRequest::from(req);
         let (who, decision) = self
-            .call("authenticate-user+authorize", clock, move |b, s| {
-                Box::pin(async move {
-                    let a = b.authorizer()?;
-                    let who = a.call_authenticate_user(&mut *s, &wit_req).await?;
-                    let principal = match &who {
-                        wit::UserAuthOutcome::Rejected(_) => return Ok((who, None)),
-                        wit::UserAuthOutcome::Anonymous => None,
-                        wit::UserAuthOutcome::Authenticated(p) => Some(Principal::from(p.clone())),
-                    };
-                    let authz = wit::AuthorizeRequest::from(&make(principal.as_ref()));
-                    let decision = a.call_authorize(&mut *s, &authz).await?;
-                    Ok((who, Some(decision)))
-                })
-            })
+            .call(
+                "authenticate-user+authorize",
+                clock,
+                Isolation::of_credential(&req.credential),
+                move |b, s| {
+                    Box::pin(async move {
+                        let a = b.authorizer()?;
+                        let who = a.call_authenticate_user(&mut *s, &wit_req).await?;
+                        let principal = match &who {
+                            wit::UserAuthOutcome::Rejected(_) => return Ok((who, None)),
+                            wit::UserAuthOutcome::Anonymous => None,
+                            wit::UserAuthOutcome::Authenticated(p) => Some(Principal::from(p.clone())),
+                        };
+                        let authz = wit::AuthorizeRequest::from(&make(principal.as_ref()));
+                        let decision = a.call_authorize(&mut *s, &authz).await?;
+                        Ok((who, Some(decision)))
+                    })
+                },
+            )
             .await?;
         let who = convert::user_outcome(who).map_err(|e| self.invalid(e))?;
         let decision = decision.map(convert::decision).transpose().map_err(|e| self.invalid(e))?;
@@ -629,7 +649,9 @@ impl Version {
     }
 
     pub(crate) async fn kind_name(&self, clock: ClockSource) -> Result<String, PluginError> {
-        let kind = self.call("kind", clock, |b, s| Box::pin(async move { b.workload_kind(s).await })).await?;
+        let kind = self
+            .call("kind", clock, Isolation::Shared, |b, s| Box::pin(async move { b.workload_kind(s).await }))
+            .await?;
         validate::kind(&kind).map_err(|e| self.invalid(e))?;
         Ok(kind)
     }
@@ -641,7 +663,7 @@ impl Version {
     ) -> Result<Option<Resolved>, PluginError> {
         let wit_req = wit::ResolveRequest::from(req);
         let out = self
-            .call("resolve", clock, move |b, s| {
+            .call("resolve", clock, Isolation::Shared, move |b, s| {
                 Box::pin(async move { b.workload_resolve(s, &wit_req).await })
             })
             .await?;
@@ -653,7 +675,7 @@ impl Version {
     pub(crate) async fn expired(&self, req: &ExpiryRequest, clock: ClockSource) -> Result<bool, PluginError> {
         let wit_req = wit::ExpiryRequest::from(req);
         let expired = self
-            .call("expired", clock, move |b, s| {
+            .call("expired", clock, Isolation::Shared, move |b, s| {
                 Box::pin(async move { b.workload_expired(s, &wit_req).await })
             })
             .await?;
@@ -674,7 +696,7 @@ impl Version {
         }
         let wit_event = wit::AgentEvent::from(event);
         let op = if connected { "agent-connected" } else { "agent-disconnected" };
-        self.call(op, clock, move |b, s| {
+        self.call(op, clock, Isolation::Shared, move |b, s| {
             Box::pin(async move {
                 let Some(hooks) = b.lifecycle() else { return Ok(()) };
                 match connected {
@@ -694,7 +716,7 @@ impl Version {
         let wit_req = wit::RouteRequest::from(req);
         let candidates = req.candidates.len();
         let out = self
-            .call("route", clock, move |b, s| {
+            .call("route", clock, Isolation::Shared, move |b, s| {
                 Box::pin(async move { b.router()?.call_route(s, &wit_req).await })
             })
             .await?;

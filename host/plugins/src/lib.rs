@@ -31,6 +31,7 @@ mod convert;
 mod engine;
 pub mod host_api;
 mod instance;
+mod isolation;
 mod loader;
 mod manager;
 mod reload;

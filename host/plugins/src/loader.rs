@@ -210,7 +210,7 @@ impl Loader<'_> {
             call_timeout: slot.call_timeout,
             max_memory_bytes: slot.max_memory_bytes(),
             fuel: slot.fuel,
-            instances: slot.instances,
+            instances: slot.instance_policy(spec.kind),
             warm_pool: slot.warm_pool as usize,
             failure: slot.failure_policy(spec.kind),
         };

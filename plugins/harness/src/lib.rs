@@ -105,9 +105,18 @@ impl HarnessBuilder {
         self
     }
 
-    /// Reuse up to `pool` warm instances instead of a fresh one per call.
+    /// A new, uninitialised instance for every call (`instances = "fresh"`), to check the
+    /// plugin works as a slot so configured runs it. The default is the host's for a
+    /// plugin from a file: `per-user`, an initialised instance reused only for the same
+    /// credential.
+    pub fn fresh(mut self) -> Self {
+        self.slot.instances = Some(InstancePolicy::Fresh);
+        self
+    }
+
+    /// Reuse up to `pool` warm instances for anyone's calls (`instances = "warm"`).
     pub fn warm(mut self, pool: u32) -> Self {
-        self.slot.instances = InstancePolicy::Warm;
+        self.slot.instances = Some(InstancePolicy::Warm);
         self.slot.warm_pool = pool;
         self
     }

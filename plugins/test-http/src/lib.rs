@@ -8,6 +8,10 @@
 //! - `mode = "kv"`: `authenticate-user` adds 1 to the key-value counter `calls` and to a
 //!   counter inside the instance, and authenticates `calls=<kv count>;instance=<instance
 //!   count>`: fresh instances always say `instance=1`, a warm one counts up.
+//! - `mode = "remember"`: a deliberately leaky plugin. `authenticate-user` keeps every
+//!   bearer token it sees in the instance and authenticates `me=<token>;seen=<the tokens
+//!   this instance saw before, comma-separated, or ->`: if an instance ever served two
+//!   users, the second one's principal shows the first one's token.
 //!
 //! `authorize` allows authenticated users (stripping their credential) and answers 401 to
 //! anonymous ones. Agents are admitted like `test-misbehave`: `agent_id` (default
@@ -37,6 +41,7 @@ enum Mode {
     #[default]
     Http,
     Kv,
+    Remember,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +71,8 @@ pub struct TestHttp {
     agent_id: String,
     agent_token_sha256: Option<Vec<u8>>,
     instance_calls: Cell<u64>,
+    /// `remember` mode: the bearer tokens this instance has seen.
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl TestHttp {
@@ -105,6 +112,19 @@ impl TestHttp {
     }
 }
 
+impl TestHttp {
+    fn remember(&self, credential: &Credential) -> UserAuthOutcome {
+        let me = match credential {
+            Credential::Bearer(token) => token.clone(),
+            _ => "-".to_string(),
+        };
+        let mut seen = self.seen.borrow_mut();
+        let before = if seen.is_empty() { "-".to_string() } else { seen.join(",") };
+        seen.push(me.clone());
+        UserAuthOutcome::Authenticated(Principal::new(format!("me={me};seen={before}")))
+    }
+}
+
 impl Authorizer for TestHttp {
     fn init(host: &impl Host) -> Result<Self, String> {
         let config: Config = host.config().map_err(|err| format!("test-http: {err}"))?;
@@ -126,6 +146,7 @@ impl Authorizer for TestHttp {
             agent_id: config.agent_id,
             agent_token_sha256,
             instance_calls: Cell::new(0),
+            seen: Default::default(),
         })
     }
 
@@ -151,6 +172,7 @@ impl Authorizer for TestHttp {
         match self.mode {
             Mode::Http => self.ask(host, &req.credential),
             Mode::Kv => self.count(host),
+            Mode::Remember => self.remember(&req.credential),
         }
     }
 
