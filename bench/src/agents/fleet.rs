@@ -99,10 +99,12 @@ impl Board {
         self.attempts.iter().map(|a| a.load(Ordering::SeqCst)).collect()
     }
 
-    /// The agent at position `k` (mod the count) of those back on the current host.
-    pub(super) fn pick_back(&self, k: u64) -> Option<u32> {
+    /// The agent at position `k` (mod the count) of the first `limit` back on the
+    /// current host.
+    pub(super) fn pick_back(&self, k: u64, limit: usize) -> Option<u32> {
         let list = self.back_list.lock().unwrap_or_else(|p| p.into_inner());
-        (!list.is_empty()).then(|| list[(k % list.len() as u64) as usize])
+        let n = list.len().min(limit) as u64;
+        (n > 0).then(|| list[(k % n) as usize])
     }
 
     fn observe(&self, i: usize, status: &AgentStatus, full_idle: usize) {

@@ -144,7 +144,9 @@ pub(super) fn config(ports: Ports, gen: u32, agents: &[Identity], connections: u
          [plugins.agents]\nsource = \"builtin:authorizer-static\"\nname = \"agent-list\"\n",
         ports.ingress, ports.admin
     ));
-    for (key, value, _) in agent_list_overrides() {
+    for (key, value, _) in
+        agent_list_overrides().into_iter().filter(|_| std::env::var_os("AGENTS_EXP_DEFAULTS").is_none())
+    {
         text.push_str(&format!("{key} = {value}\n"));
     }
     for agent in agents {

@@ -33,9 +33,11 @@ pub(super) struct Point {
     pub(super) settled: bool,
     /// Every agent came up fully within the patience.
     pub(super) complete: bool,
-    /// Host CPU seconds and handshakes accepted while the step's agents came up.
+    /// Host CPU seconds and handshakes accepted while the step's agents came up, and
+    /// the seconds the agent authenticator's calls took meanwhile.
     pub(super) host_cpu: f64,
     pub(super) handshakes: f64,
+    pub(super) auth_seconds: f64,
 }
 
 /// Waits until the host's RSS stops changing; the last reading, how long it took and
@@ -82,7 +84,7 @@ pub(super) async fn step(
 ) -> anyhow::Result<Point> {
     let ports = launch.ports;
     let cpu_before = crate::procfs::process_cpu_seconds(host.pid)?;
-    let accepted_before = metrics::gauges(Ports::addr(ports.admin)).await?.accepted;
+    let before = metrics::gauges(Ports::addr(ports.admin)).await?;
     let start = Instant::now();
     let (mut gauges, mut complete) = (HostGauges::default(), true);
     while complete && fleet.len() < upto {
@@ -92,12 +94,24 @@ pub(super) async fn step(
     }
     let connect = start.elapsed();
     let host_cpu = crate::procfs::process_cpu_seconds(host.pid)? - cpu_before;
-    let handshakes = gauges.accepted - accepted_before;
+    let handshakes = gauges.accepted - before.accepted;
+    let auth_seconds = gauges.auth_seconds - before.auth_seconds;
     let (memory, settle, settled) = settle_rss(host).await?;
     // What the host holds at the reading (the duplicate connections' re-dials may still
     // have moved a session meanwhile).
     let gauges = metrics::gauges(Ports::addr(ports.admin)).await.unwrap_or(gauges);
-    Ok(Point { agents: upto, memory, gauges, connect, settle, settled, complete, host_cpu, handshakes })
+    Ok(Point {
+        agents: upto,
+        memory,
+        gauges,
+        connect,
+        settle,
+        settled,
+        complete,
+        host_cpu,
+        handshakes,
+        auth_seconds,
+    })
 }
 
 /// Waits until the host holds `upto` agents with all their connections and parked

@@ -24,6 +24,10 @@ pub(super) struct HostGauges {
     pub(super) refused: f64,
     /// `burrow_limit_refusals_total`, all limits summed (parked-tunnel and stream caps).
     pub(super) limit_refusals: f64,
+    /// Plugin calls `authenticate-agent` (every agent handshake asks the agent
+    /// authenticator) and the seconds they took, from `burrow_plugin_call_duration_seconds`.
+    pub(super) auth_calls: f64,
+    pub(super) auth_seconds: f64,
 }
 
 impl HostGauges {
@@ -36,6 +40,12 @@ impl HostGauges {
             .filter(|(l, _)| label(l, "result") == Some("accepted"))
             .map(|(_, v)| *v));
         let all = sum(&mut connects.iter().map(|(_, v)| *v));
+        let auth = |name: &str| {
+            family(text, name)
+                .into_iter()
+                .filter(|(l, _)| label(l, "op") == Some("authenticate-agent"))
+                .map(|(_, v)| v)
+        };
         HostGauges {
             agents: sample(text, "burrow_agents_connected").unwrap_or(0.0),
             sessions: sample(text, "burrow_agent_sessions").unwrap_or(0.0),
@@ -43,6 +53,8 @@ impl HostGauges {
             accepted,
             refused: all - accepted,
             limit_refusals: sum(&mut family(text, "burrow_limit_refusals_total").into_iter().map(|(_, v)| v)),
+            auth_calls: sum(&mut auth("burrow_plugin_call_duration_seconds_count")),
+            auth_seconds: sum(&mut auth("burrow_plugin_call_duration_seconds_sum")),
         }
     }
 }
@@ -178,6 +190,9 @@ burrow_agent_connections_total{result=\"rate_limited\"} 3
 burrow_agent_connections_total{result=\"address_limited\"} 2
 burrow_limit_refusals_total{limit=\"agent_parked_tunnels\"} 5
 burrow_limit_refusals_total{limit=\"agent_streams\"} 1
+burrow_plugin_call_duration_seconds_sum{plugin=\"agent-list\",kind=\"authorizer\",op=\"authenticate-agent\"} 8.5
+burrow_plugin_call_duration_seconds_count{plugin=\"agent-list\",kind=\"authorizer\",op=\"authenticate-agent\"} 10000
+burrow_plugin_call_duration_seconds_sum{plugin=\"workload-workspace\",kind=\"workload\",op=\"expired\"} 0.5
 burrow_agents_connected_extra 7
 # EOF
 ";
@@ -191,6 +206,7 @@ burrow_agents_connected_extra 7
         assert_eq!(g.accepted, 40012.0);
         assert_eq!(g.refused, 5.0);
         assert_eq!(g.limit_refusals, 6.0);
+        assert_eq!((g.auth_calls, g.auth_seconds), (10000.0, 8.5));
     }
 
     #[test]

@@ -47,9 +47,10 @@ use crate::Args;
 /// Open files the bench and the host each need for `agents` agents of `connections`
 /// connections: one socket per connection (an agent re-dials only after closing, and
 /// its duplicate-replica dials take the place of the connection they would become),
-/// 5% for diversify probes and clients, and 1024 for everything else.
+/// 5% for diversify probes, two per agent the clients ask (its pooled connection to
+/// the workload, both ends in the bench), and 1024 for everything else.
 fn files_needed(agents: usize, connections: usize) -> u64 {
-    (agents * connections + agents / 20 + 1024) as u64
+    (agents * connections + agents / 20 + 2 * traffic::TARGETS.min(agents) + 1024) as u64
 }
 
 /// Raises this process's open-files limit: the soft limit to the hard one, and the hard
@@ -64,7 +65,8 @@ fn raise_nofile(agents: usize, connections: usize) -> anyhow::Result<(u64, Strin
         .context("raising the open-files soft limit to the hard limit")?;
     if hard < need {
         if let Err(e) = setrlimit(Resource::Nofile, Rlimit { current: Some(need), maximum: Some(need) }) {
-            let fits = (hard.saturating_sub(1024) as usize * 20) / (20 * connections + 1);
+            let fixed = 1024 + 2 * traffic::TARGETS as u64;
+            let fits = (hard.saturating_sub(fixed) as usize * 20) / (20 * connections + 1);
             bail!(
                 "--suite agents with {agents} agents of {connections} connection(s) needs {need} open files in \
                  the bench and in the host (a socket per connection on each side); the hard limit is {hard} and \

@@ -91,6 +91,8 @@ pub(super) struct Restart {
     pub(super) others: f64,
     /// Per agent: connection attempts (dials) from the signal until all were back.
     pub(super) dials: Vec<u64>,
+    /// The first failed requests' answers, a few per client.
+    pub(super) failures: Vec<String>,
 }
 
 /// The host's agents-connected gauge at `t` after listening (the last poll at or before).
@@ -190,9 +192,11 @@ pub(super) async fn restart(
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let mut samples = Vec::new();
+    let (mut samples, mut failures) = (Vec::new(), Vec::new());
     for c in clients {
-        samples.extend(c.await?);
+        let out = c.await?;
+        samples.extend(out.samples);
+        failures.extend(out.failures);
     }
     let since =
         |t: Instant| (t.saturating_duration_since(listening).as_secs_f64() * 1e3) - before_ms(t, listening);
@@ -225,6 +229,7 @@ pub(super) async fn restart(
         machine_busy,
         others,
         dials,
+        failures,
     };
     Ok((host, result))
 }

@@ -283,6 +283,7 @@ impl Suite<'_> {
                 figures.push("connect_s", col, p.connect.as_secs_f64());
                 figures.push("connect_cpu", col, p.host_cpu);
                 figures.push("cpu_per_handshake", col, p.host_cpu / p.handshakes.max(1.0) * 1e3);
+                figures.push("auth_per_handshake", col, p.auth_seconds / p.handshakes.max(1.0) * 1e3);
                 figures.push("per_agent_base", col, (p.memory.rss_kib - base.rss_kib) / upto as f64);
                 figures.push("per_agent_base_anon", col, (p.memory.anon_kib - base.anon_kib) / upto as f64);
                 let _ = writeln!(
@@ -397,6 +398,8 @@ impl Suite<'_> {
         figures.push("dials_p99", v, percentile(&dials, 0.99));
         figures.push("dials_max", v, dials.last().copied().unwrap_or(f64::NAN));
         figures.push("accepted", v, last.accepted);
+        figures.push("auth_seconds", v, last.auth_seconds);
+        figures.push("auth_per_call", v, last.auth_seconds / last.auth_calls.max(1.0) * 1e3);
         figures.push("refused", v, last.refused);
         for (phase, samples) in [("storm", &r.storm), ("settled", &r.settled)] {
             let (count, ok, p50, p99) = request_stats(samples);
@@ -457,6 +460,9 @@ impl Suite<'_> {
             status_counts(&r.storm),
             status_counts(&r.settled)
         );
+        for f in &r.failures {
+            println!("    failed request: {}", f.replace('\n', " "));
+        }
         if r.all_host.is_none() || r.all_bench.is_none() {
             notes.push(format!(
                 "run {run}, SIG{}: not every agent came back within the bound",

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::report::Figures;
 use super::run::Suite;
-use super::traffic::{CLIENTS, PACE};
+use super::traffic::{CLIENTS, PACE, TARGETS};
 
 /// The issue's targets.
 const TARGET_KIB_PER_AGENT: f64 = 16.0;
@@ -41,6 +41,11 @@ impl Suite<'_> {
                 ("connect_s", "spawn → every agent of the step fully up (s)".into(), 1),
                 ("connect_cpu", "… host CPU meanwhile (s)".into(), 2),
                 ("cpu_per_handshake", "… host CPU per accepted handshake (ms)".into(), 2),
+                (
+                    "auth_per_handshake",
+                    "… `authenticate-agent` plugin call per handshake, wall (ms)".into(),
+                    2,
+                ),
             ],
             &columns,
         ));
@@ -87,8 +92,8 @@ impl Suite<'_> {
                  plugins; \"serving\" is its first `/metrics` answer). Connected = `burrow_agents_connected` of the \
                  new host (polled every 50 ms); back = the agent's own status shows a connection to the new host \
                  with a parked tunnel. Requests: {CLIENTS} keep-alive HTTP/1.1 clients, one `GET /hello` each \
-                 every {PACE:?}, each to an agent already back; \"during\" = sent before all {n} were back, \
-                 \"after\" = the next 1000.\n"
+                 every {PACE:?}, each to one of the first {TARGETS} agents back; \"during\" = sent before all {n} were \
+                 back, \"after\" = the next 1000.\n"
             );
             let mut rows: Vec<(String, String, usize)> = vec![
                 ("signal_to_exit".into(), "signal → old process exited (ms)".into(), 0),
@@ -123,6 +128,8 @@ impl Suite<'_> {
                 ("dials_p99".into(), "… dials per agent, p99".into(), 0),
                 ("dials_max".into(), "… dials per agent, max".into(), 0),
                 ("accepted".into(), "handshakes accepted by the new host (until the end)".into(), 0),
+                ("auth_seconds".into(), "… `authenticate-agent` plugin calls, total wall (s)".into(), 2),
+                ("auth_per_call".into(), "… per call (ms; wall, includes waiting for a CPU)".into(), 2),
                 ("refused".into(), "handshakes refused (rate limit, caps, shutting down)".into(), 0),
                 ("storm_count".into(), "requests during the storm".into(), 0),
                 ("storm_ok".into(), "… answered 200 (%)".into(), 2),

@@ -20,6 +20,12 @@ pub(super) const CLIENTS: usize = 4;
 /// Pause between two requests of one client: 4 clients × 50/s = 200 requests/s at most,
 /// enough for percentiles without adding much load to the storm it measures.
 pub(super) const PACE: Duration = Duration::from_millis(20);
+/// Requests go to the first this many agents back. After a request the host keeps the
+/// tunnel pooled, and with it the agent's connection to the workload: two file
+/// descriptors in this process (agent and workload side) per agent ever asked, which
+/// the open-files budget counts (spread over all 9,000 agents of a 2-connection run,
+/// they ran the bench out of descriptors and the agents' dials to the workload failed).
+pub(super) const TARGETS: usize = 1000;
 /// A request slower than this counts as failed (the host's own `stream_wait` is 20 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The workload's answer to `GET /hello` (`burrow_tests::workload`).
@@ -102,9 +108,20 @@ impl Conn {
     }
 }
 
-/// One client: every [`PACE`], a request to an agent back on the current host (the
-/// next in the order they came back, spread over clients), until `stop`; `done` counts
-/// the requests answered (or failed) by all clients.
+/// What one client saw: every request, and the first failures' answers (status and the
+/// start of the body, or the error), to say why.
+#[derive(Default)]
+pub(super) struct Outcome {
+    pub(super) samples: Vec<Sample>,
+    pub(super) failures: Vec<String>,
+}
+
+/// Failures kept verbatim per client.
+const FAILURES_KEPT: usize = 3;
+
+/// One client: every [`PACE`], a request to an agent back on the current host (one of
+/// the first [`TARGETS`] back, visited in a scattered order), until `stop`; `done`
+/// counts the requests answered (or failed) by all clients.
 pub(super) async fn client(
     index: usize,
     ingress: SocketAddr,
@@ -112,8 +129,8 @@ pub(super) async fn client(
     identities: Arc<Vec<Identity>>,
     stop: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
-) -> Vec<Sample> {
-    let mut samples = Vec::new();
+) -> Outcome {
+    let mut out = Outcome::default();
     let mut conn: Option<Conn> = None;
     let mut k = index as u64;
     let mut tick = tokio::time::interval(PACE);
@@ -121,7 +138,7 @@ pub(super) async fn client(
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         // Nothing to ask until an agent is back.
-        let Some(agent) = board.pick_back(k) else { continue };
+        let Some(agent) = board.pick_back(k, TARGETS) else { continue };
         // A prime stride visits the agents back so far in a scattered order.
         k = k.wrapping_add(7919);
         let host = identities[agent as usize].host_name();
@@ -133,24 +150,32 @@ pub(super) async fn client(
             let c = conn.as_mut().expect("just opened");
             c.get(&host).await
         };
-        let status = match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+        let (status, failure) = match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
             Ok(Ok((status, body, keep))) => {
                 if !keep {
                     conn = None;
                 }
-                if status == 200 && body != BODY {
-                    0
-                } else {
-                    status
+                let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                match status {
+                    200 if body == BODY => (200, None),
+                    200 => (0, Some(format!("200 with another body: {text}"))),
+                    _ => (status, Some(format!("{status}: {text}"))),
                 }
             }
-            _ => {
+            Ok(Err(e)) => {
                 conn = None;
-                0
+                (0, Some(format!("error: {e:#}")))
+            }
+            Err(_) => {
+                conn = None;
+                (0, Some(format!("no answer within {REQUEST_TIMEOUT:?}")))
             }
         };
-        samples.push(Sample { sent, latency: sent.elapsed(), status, agent });
+        if let Some(f) = failure.filter(|_| out.failures.len() < FAILURES_KEPT) {
+            out.failures.push(format!("{host}: {f}"));
+        }
+        out.samples.push(Sample { sent, latency: sent.elapsed(), status, agent });
         done.fetch_add(1, Ordering::Relaxed);
     }
-    samples
+    out
 }
