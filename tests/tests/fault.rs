@@ -68,17 +68,24 @@ async fn start_replica(parts: &ConfigParts) -> ReplicaProcess {
 enum Outcome {
     /// Every byte announced arrived: this many, with this hash.
     Complete { bytes: u64, sha256: String },
-    /// The client got an error (a status other than 200 counts, with its body).
+    /// A download's client got an error after this many bytes of the body.
     Failed { bytes: u64, error: String },
+    /// An upload's client got an error answer (a status other than 200, with its body, or
+    /// a broken connection) after sending this many bytes. What it sent says nothing about
+    /// what arrived: the host's and the tunnel's buffers may take the whole body before
+    /// the fault is noticed (the workload's own record says what reached it).
+    Refused { sent: u64, error: String },
 }
 
 impl Outcome {
-    /// A fault in flight must show: the client got an error and never all the bytes.
+    /// A fault in flight must show: a download's client got an error and never all the
+    /// bytes; an upload's client got an error answer, never a 200.
     fn assert_failed_loudly(&self, what: &str) {
         match self {
             Outcome::Failed { bytes, error } => {
                 assert!(*bytes < TOTAL, "{what}: failed after all {bytes} bytes arrived: {error}")
             }
+            Outcome::Refused { .. } => {}
             Outcome::Complete { bytes, sha256 } => panic!(
                 "{what}: the transfer cut by the fault looked complete ({bytes} bytes, sha256 {sha256}; \
                  expected {TOTAL} bytes, sha256 {})",
@@ -95,6 +102,7 @@ impl Outcome {
                 assert_eq!(*sha256, payload_sha256(TOTAL), "{what}: SHA-256");
             }
             Outcome::Failed { bytes, error } => panic!("{what}: failed after {bytes} bytes: {error}"),
+            Outcome::Refused { sent, error } => panic!("{what}: refused after sending {sent} bytes: {error}"),
         }
     }
 }
@@ -232,8 +240,8 @@ impl Upload {
                 let (bytes, sha256) = text.split_once(' ').expect("`<bytes> <sha256>`");
                 Outcome::Complete { bytes: bytes.parse().unwrap(), sha256: sha256.to_owned() }
             }
-            Ok((status, text)) => Outcome::Failed { bytes: sent, error: format!("{status}: {text}") },
-            Err(error) => Outcome::Failed { bytes: sent, error },
+            Ok((status, text)) => Outcome::Refused { sent, error: format!("{status}: {text}") },
+            Err(error) => Outcome::Refused { sent, error },
         }
     }
 }
