@@ -77,7 +77,9 @@ async fn every_limit_is_a_typed_error_naming_plugin_and_version() {
 
     let plugins = misbehaving("loop", "call_timeout = \"50ms\"", "").await;
     match call_fails(&plugins).await {
-        PluginError::Timeout { limit, .. } => assert_eq!(limit, Duration::from_millis(50)),
+        PluginError::Timeout { key, limit, .. } => {
+            assert_eq!((key, limit), ("call_timeout", Duration::from_millis(50)))
+        }
         other => panic!("infinite loop: {other}"),
     }
 
@@ -104,6 +106,57 @@ async fn every_limit_is_a_typed_error_naming_plugin_and_version() {
     // Sleeping blocks in the host, out of the epoch's reach: the call deadline still ends it.
     let plugins = misbehaving("sleep", "call_timeout = \"100ms\"", "").await;
     assert!(matches!(call_fails(&plugins).await, PluginError::Timeout { .. }));
+}
+
+/// test-misbehave allowing everyone, whose `init` keeps a CPU busy for `init_ms`, with a
+/// 50 ms `call_timeout` and the given `init_timeout`.
+fn slow_init(init_ms: u64, init_timeout: &str) -> PluginsConfig {
+    let slot = format!(
+        "call_timeout = \"50ms\"\ninit_timeout = \"{init_timeout}\"\nconfig = {{ mode = \"ok\", agent_id = \"a1\", \
+         agent_token_sha256 = \"00\", init_ms = {init_ms} }}"
+    );
+    authorizer_config(&artifact("test_misbehave.wasm"), &slot, "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_longer_than_call_timeout_is_bounded_by_init_timeout_and_calls_still_get_their_own_time() {
+    // The canary's init (300 ms, six call timeouts) passes under init_timeout.
+    let plugins = load(&slow_init(300, "10s")).await;
+    // Four users at once (per-user: none may take another's instance, nor the canary's):
+    // each call waits for its own 300 ms init, then runs within its 50 ms.
+    let requests: Vec<_> = (0..4).map(|i| user(Credential::Bearer(format!("user-{i}")))).collect();
+    let calls = requests.iter().map(|request| plugins.authenticate_user(request));
+    for (i, outcome) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        match outcome {
+            Ok(UserAuthOutcome::Authenticated(_)) => {}
+            other => panic!("user-{i}: {other:?}"),
+        }
+    }
+
+    // An init that never ends is stopped at init_timeout: the canary fails, naming it.
+    let Err(err) = Plugins::load(&slow_init(3_600_000, "200ms"), PluginsOptions::default()).await else {
+        panic!("an endless init must refuse the plugin");
+    };
+    let PluginError::Canary { step: "init", error, .. } = &err else { panic!("{err}") };
+    match &**error {
+        PluginError::Timeout { key: "init_timeout", limit, .. } => {
+            assert_eq!(*limit, Duration::from_millis(200))
+        }
+        other => panic!("{other}"),
+    }
+    assert!(err.to_string().contains("exceeded its init_timeout of 200ms"), "{err}");
+}
+
+#[test]
+fn call_and_init_timeouts_out_of_range_are_refused_naming_the_key() {
+    for (key, value) in
+        [("call_timeout", "0s"), ("call_timeout", "2m"), ("init_timeout", "0s"), ("init_timeout", "2m")]
+    {
+        let text = format!("[authorizer]\nsource = \"builtin:authorizer-static\"\n{key} = \"{value}\"\n");
+        let cfg: PluginsConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let err = cfg.validate().expect_err(&text).to_string();
+        assert!(err.contains(key) && err.contains("must be between 1ms and 1m"), "{key} = {value}: {err}");
+    }
 }
 
 #[tokio::test]

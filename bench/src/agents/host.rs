@@ -93,38 +93,6 @@ pub(super) fn agent_port_overrides(
     keys
 }
 
-/// The `[plugins.agents]` keys this suite changes from their defaults, with why. The
-/// built-in static list initialises an instance by parsing the whole list, and checks
-/// every entry against every other one (a linear scan per entry); measured on this
-/// machine with fresh instances: 2.6 ms per handshake at 1,000 entries, 89 ms at 10,000.
-pub(super) fn agent_list_overrides() -> Vec<(&'static str, String, String)> {
-    vec![
-        (
-            "instances",
-            "\"warm\"".into(),
-            "default \"per-user\": a new instance, initialised from the whole list, for every agent token, so every \
-             handshake pays the list's parse (~89 ms at 10,000 entries); the static list keeps nothing per agent, \
-             so its instances may serve any agent (what examples/host.toml says `warm` is for)"
-                .into(),
-        ),
-        (
-            "max_concurrent",
-            "16".into(),
-            "default 64, above warm_pool (16): calls past 16 at once would initialise instances that are then \
-             dropped; equal, every instance in use stays warm"
-                .into(),
-        ),
-        (
-            "call_timeout",
-            "\"2s\"".into(),
-            "default 100ms covers instantiation and init: the first burst initialises up to 16 instances at once on \
-             2 cores, well over 100 ms each; 5 timeouts within 30 s quarantine the list and every agent is refused \
-             (fail closed), which is what happens with the defaults"
-                .into(),
-        ),
-    ]
-}
-
 /// The config file of host generation `gen` (its `replica_id` names the generation, so
 /// an agent's status says which host process it is connected to).
 pub(super) fn config(ports: Ports, gen: u32, agents: &[Identity], connections: usize) -> String {
@@ -144,11 +112,6 @@ pub(super) fn config(ports: Ports, gen: u32, agents: &[Identity], connections: u
          [plugins.agents]\nsource = \"builtin:authorizer-static\"\nname = \"agent-list\"\n",
         ports.ingress, ports.admin
     ));
-    for (key, value, _) in
-        agent_list_overrides().into_iter().filter(|_| std::env::var_os("AGENTS_EXP_DEFAULTS").is_none())
-    {
-        text.push_str(&format!("{key} = {value}\n"));
-    }
     for agent in agents {
         text.push_str(&format!(
             "\n[[plugins.agents.config.agents]]\nid = \"{}\"\ntoken_sha256 = \"{}\"\n",

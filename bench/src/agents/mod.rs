@@ -3,8 +3,8 @@
 //!
 //! 1. **Host memory per idle connected agent.** One host process per run, default config
 //!    except listen addresses, the static agent list (`[plugins.agents]`, one identity
-//!    and token per agent, with the slot settings 10,000 entries need, see
-//!    [`host::agent_list_overrides`]) and the per-address caps N agents on one address
+//!    and token per agent, the slot's limits at their defaults) and the per-address caps
+//!    N agents on one address
 //!    need ([`host::agent_port_overrides`]). Its VmRSS (and RssAnon) once settled with no
 //!    agent, then with `--agents-small` and with `--agents` agents connected, each agent a
 //!    `burrow_agent::spawn` in this process at the library's defaults (2 connections, 4
@@ -32,6 +32,7 @@ mod host;
 mod memory;
 mod metrics;
 mod reconnect;
+mod record;
 mod report;
 mod run;
 mod summary;

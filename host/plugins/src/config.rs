@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Every slot takes the same keys: `source`, `name`, limits (`call_timeout`,
-//! `max_memory_mb`, `fuel`, `max_concurrent`), `instances` (`per-user`, `fresh` or `warm`),
+//! `init_timeout`, `max_memory_mb`, `fuel`, `max_concurrent`), `instances` (`per-user`,
+//! `fresh` or `warm`),
 //! `warm_pool`, `failure`, `config` and `[...http]` (outbound HTTP allowlist).
 
 use std::collections::HashSet;
@@ -51,6 +52,10 @@ pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_MEMORY_MB: u32 = 4096;
 
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Making a reusable instance (instantiation and `plugin.init`) happens once per pool
+/// slot, not per call, and an `init` may parse a large config (the static agent list at
+/// 10,000 entries), so it gets its own, longer bound than a call.
+const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_MAX_MEMORY_MB: u32 = 64;
 const DEFAULT_MAX_CONCURRENT: u32 = 64;
 const DEFAULT_WARM_POOL: u32 = 16;
@@ -163,9 +168,15 @@ pub struct PluginSlotConfig {
     /// Required for workloads and the router; the authorizer defaults to
     /// `builtin:authorizer-static`.
     pub source: Option<PluginSource>,
-    /// Wall time per call, instantiation and host calls included. Default 100ms.
+    /// Wall time per call, host calls included (and, under `instances = "fresh"`,
+    /// instantiation). Default 100ms.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// Wall time to make an instance that will be reused (`per-user`, `warm`):
+    /// instantiation and `plugin.init`, also at load and in canaries. The call that
+    /// needed it then gets its own `call_timeout`. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub init_timeout: Duration,
     /// Linear memory per instance, in MiB. Default 64.
     pub max_memory_mb: u32,
     /// Optional fuel (wasm instructions, roughly) per call; needs `[plugins.runtime] fuel = true`.
@@ -192,6 +203,7 @@ impl Default for PluginSlotConfig {
             name: None,
             source: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            init_timeout: DEFAULT_INIT_TIMEOUT,
             max_memory_mb: DEFAULT_MAX_MEMORY_MB,
             fuel: None,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
@@ -211,6 +223,7 @@ impl fmt::Debug for PluginSlotConfig {
             .field("name", &self.name)
             .field("source", &self.source)
             .field("call_timeout", &self.call_timeout)
+            .field("init_timeout", &self.init_timeout)
             .field("max_memory_mb", &self.max_memory_mb)
             .field("fuel", &self.fuel)
             .field("max_concurrent", &self.max_concurrent)
@@ -230,6 +243,7 @@ impl PartialEq for PluginSlotConfig {
         self.name == other.name
             && self.source == other.source
             && self.call_timeout == other.call_timeout
+            && self.init_timeout == other.init_timeout
             && self.max_memory_mb == other.max_memory_mb
             && self.fuel == other.fuel
             && self.max_concurrent == other.max_concurrent
@@ -339,16 +353,18 @@ impl PluginSlotConfig {
             },
             Some(PluginSource::File(_)) => {}
         }
-        if !(MIN_CALL_TIMEOUT..=MAX_CALL_TIMEOUT).contains(&self.call_timeout) {
-            return err(
-                "call_timeout",
-                format!(
-                    "must be between {} and {}, got {}",
-                    humantime::format_duration(MIN_CALL_TIMEOUT),
-                    humantime::format_duration(MAX_CALL_TIMEOUT),
-                    humantime::format_duration(self.call_timeout)
-                ),
-            );
+        for (key, value) in [("call_timeout", self.call_timeout), ("init_timeout", self.init_timeout)] {
+            if !(MIN_CALL_TIMEOUT..=MAX_CALL_TIMEOUT).contains(&value) {
+                return err(
+                    key,
+                    format!(
+                        "must be between {} and {}, got {}",
+                        humantime::format_duration(MIN_CALL_TIMEOUT),
+                        humantime::format_duration(MAX_CALL_TIMEOUT),
+                        humantime::format_duration(value)
+                    ),
+                );
+            }
         }
         if !(1..=runtime.max_memory_mb).contains(&self.max_memory_mb) {
             return err(

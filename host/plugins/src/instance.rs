@@ -3,8 +3,12 @@
 //! A call: the breaker admits it (a quarantined plugin is refused at once), a permit of
 //! `max_concurrent` bounds it, an instance is taken from the warm pool (`per-user`: only
 //! one that served the same credential, see [`Isolation`]; `warm`: any) or made, the
-//! epoch deadline and fuel are set, and the whole call — instantiation and host calls
-//! such as outbound HTTP included — runs under `call_timeout`. A failed call is mapped
+//! epoch deadline and fuel are set, and the call — host calls such as outbound HTTP
+//! included — runs under `call_timeout`. Making an instance that will be reused
+//! (instantiation and `plugin.init`) is bounded apart, by `init_timeout`: it is paid once
+//! per pool slot, an `init` may parse a large config, and a burst of first calls on 2
+//! cores would otherwise time out together and quarantine a healthy plugin. Under
+//! `fresh`, instantiation is part of every call and of its `call_timeout`. A failed call is mapped
 //! to a [`PluginError`] naming the plugin, its version (sha256) and the limit hit; a
 //! warm instance that failed is discarded, never reused.
 
@@ -201,6 +205,7 @@ impl VersionInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub call_timeout: Duration,
+    pub init_timeout: Duration,
     pub max_memory_bytes: u64,
     pub fuel: Option<u64>,
     pub instances: InstancePolicy,
@@ -211,6 +216,15 @@ pub(crate) struct Limits {
 struct Warm {
     store: Store<CallState>,
     bound: Bound,
+}
+
+/// Which time limit a piece of guest work runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// A call (`call_timeout`).
+    Call,
+    /// Making a reusable instance (`init_timeout`).
+    Init,
 }
 
 /// One loaded version of a plugin. Cheap to share; calls are independent.
@@ -285,44 +299,56 @@ impl Version {
         store
     }
 
-    fn arm(&self, store: &mut Store<CallState>) {
-        store.set_epoch_deadline(PluginEngine::deadline_ticks(self.limits.call_timeout));
+    /// The config key and value of `budget`'s limit.
+    fn limit(&self, budget: Budget) -> (&'static str, Duration) {
+        match budget {
+            Budget::Call => ("call_timeout", self.limits.call_timeout),
+            Budget::Init => ("init_timeout", self.limits.init_timeout),
+        }
+    }
+
+    fn arm(&self, store: &mut Store<CallState>, budget: Budget) {
+        store.set_epoch_deadline(PluginEngine::deadline_ticks(self.limit(budget).1));
         if self.engine.fuel {
             // With metering on engine-wide, a slot without a limit still needs fuel.
             let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
         }
     }
 
-    /// Makes an instance; warm ones are initialised (`plugin.init`) first.
-    async fn instantiate(&self, clock: ClockSource, init: bool) -> Result<Warm, PluginError> {
+    /// Makes an instance under `budget`'s epoch deadline (the caller bounds the wall
+    /// time alike); `Budget::Init` makes one to reuse, initialised (`plugin.init`) first.
+    async fn instantiate(&self, clock: ClockSource, budget: Budget) -> Result<Warm, PluginError> {
         let mut store = self.new_store(clock);
-        self.arm(&mut store);
+        self.arm(&mut store, budget);
         let bound = match self.pre.instantiate(&mut store).await {
             Ok(bound) => bound,
-            Err(err) if is_guest_failure(&store, &err) => return Err(self.classify(&store, err)),
+            Err(err) if is_guest_failure(&store, &err) => return Err(self.classify(&store, err, budget)),
             Err(err) => return Err(self.unavailable(format!("cannot instantiate: {err:#}"))),
         };
-        if init {
+        if budget == Budget::Init {
             match bound.init(&mut store).await {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => return Err(self.init_failed(reason)),
-                Err(err) => return Err(self.classify(&store, err)),
+                Err(err) => return Err(self.classify(&store, err, budget)),
             }
         }
         Ok(Warm { store, bound })
     }
 
-    /// Instantiates once and calls `plugin.init`: the first step of every canary.
-    pub(crate) async fn canary_init(&self, clock: ClockSource) -> Result<(), PluginError> {
-        let run = async {
-            let warm = self.instantiate(clock, true).await?;
-            self.put_back(Isolation::Shared, warm);
-            Ok(())
-        };
-        match tokio::time::timeout(self.limits.call_timeout, run).await {
+    /// Makes an initialised instance to reuse, within `init_timeout`.
+    async fn make_reusable(&self, clock: ClockSource) -> Result<Warm, PluginError> {
+        match tokio::time::timeout(self.limits.init_timeout, self.instantiate(clock, Budget::Init)).await {
             Ok(result) => result,
-            Err(_) => Err(self.timeout()),
+            Err(_) => Err(self.timeout(Budget::Init)),
         }
+    }
+
+    /// Instantiates once and calls `plugin.init`: the first step of every canary. The
+    /// instance then waits in the pool for the first call.
+    pub(crate) async fn canary_init(&self, clock: ClockSource) -> Result<(), PluginError> {
+        let warm = self.make_reusable(clock).await?;
+        self.put_back(Isolation::Shared, warm);
+        Ok(())
     }
 
     /// The pool key of a call with `isolation`: `warm` instances serve anyone.
@@ -396,7 +422,7 @@ impl Version {
         if admission.is_trial() {
             tracing::info!(plugin = %self.info.label, "quarantine over: trying the plugin with one call");
         }
-        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
+        let mut deadline = tokio::time::Instant::now() + self.limits.call_timeout;
         let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => {
@@ -408,22 +434,32 @@ impl Version {
                 });
             }
         };
+        let instance = match self.take_warm(isolation) {
+            Some(warm) => Ok(Some(warm)),
+            None if self.limits.instances == InstancePolicy::Fresh => Ok(None),
+            None => {
+                let made = self.make_reusable(clock).await;
+                // The call's own time starts now that it has an instance.
+                deadline = tokio::time::Instant::now() + self.limits.call_timeout;
+                made.map(Some)
+            }
+        };
         let run = async {
-            let mut instance = match self.take_warm(isolation) {
+            let mut instance = match instance? {
                 Some(warm) => warm,
-                None => self.instantiate(clock, self.limits.instances != InstancePolicy::Fresh).await?,
+                None => self.instantiate(clock, Budget::Call).await?,
             };
             instance.store.data_mut().begin_call(clock);
-            self.arm(&mut instance.store);
+            self.arm(&mut instance.store, Budget::Call);
             let Warm { store, bound } = &mut instance;
             match body(bound, store).await {
                 Ok(value) => Ok((value, instance)),
-                Err(err) => Err(self.classify(&instance.store, err)),
+                Err(err) => Err(self.classify(&instance.store, err, Budget::Call)),
             }
         };
         let outcome = match tokio::time::timeout_at(deadline, run).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(self.timeout()),
+            Err(_) => Err(self.timeout(Budget::Call)),
         };
         drop(permit);
         match outcome {
@@ -464,11 +500,13 @@ impl Version {
         }
     }
 
-    fn timeout(&self) -> PluginError {
+    fn timeout(&self, budget: Budget) -> PluginError {
+        let (key, limit) = self.limit(budget);
         PluginError::Timeout {
             plugin: self.info.label.clone(),
             sha256: self.info.sha256_short().to_owned(),
-            limit: self.limits.call_timeout,
+            key,
+            limit,
         }
     }
 
@@ -490,7 +528,7 @@ impl Version {
     }
 
     /// Turns a failed call into the error that names the limit the plugin hit.
-    fn classify(&self, store: &Store<CallState>, err: wasmtime::Error) -> PluginError {
+    fn classify(&self, store: &Store<CallState>, err: wasmtime::Error, budget: Budget) -> PluginError {
         let plugin = self.info.label.clone();
         let sha256 = self.info.sha256_short().to_owned();
         // The memory check comes first: a guest whose allocation failed may trap in many
@@ -504,7 +542,10 @@ impl Version {
             None => message,
         };
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginError::Timeout { plugin, sha256, limit: self.limits.call_timeout },
+            Some(Trap::Interrupt) => {
+                let (key, limit) = self.limit(budget);
+                PluginError::Timeout { plugin, sha256, key, limit }
+            }
             Some(Trap::StackOverflow) => {
                 PluginError::StackOverflow { plugin, sha256, limit_bytes: self.engine.max_wasm_stack as u64 }
             }

@@ -130,9 +130,10 @@ pub enum PluginError {
     /// The plugin trapped (a Rust plugin's panic ends up here, with its message).
     #[error("plugin {plugin} (sha256 {sha256}) trapped: {message}")]
     Trap { plugin: String, sha256: String, message: String },
-    /// The call ran past `call_timeout`.
-    #[error("plugin {plugin} (sha256 {sha256}) exceeded its call timeout of {}", humantime::format_duration(*.limit))]
-    Timeout { plugin: String, sha256: String, limit: Duration },
+    /// The call ran past `call_timeout`, or making a reusable instance (instantiation
+    /// and `plugin.init`) ran past `init_timeout`: `key` says which.
+    #[error("plugin {plugin} (sha256 {sha256}) exceeded its {key} of {}", humantime::format_duration(*.limit))]
+    Timeout { plugin: String, sha256: String, key: &'static str, limit: Duration },
     /// The plugin tried to grow its memory past `max_memory_mb`.
     #[error("plugin {plugin} (sha256 {sha256}) exceeded its memory limit of {} MiB", .limit_bytes / (1024 * 1024))]
     Memory { plugin: String, sha256: String, limit_bytes: u64 },

@@ -208,6 +208,7 @@ impl Loader<'_> {
         })?;
         let limits = Limits {
             call_timeout: slot.call_timeout,
+            init_timeout: slot.init_timeout,
             max_memory_bytes: slot.max_memory_bytes(),
             fuel: slot.fuel,
             instances: slot.instance_policy(spec.kind),

@@ -1,16 +1,20 @@
 //! The authorizer's config and decisions as plain functions, testable natively.
 //!
 //! Every credential lives in the config as a SHA-256 hash only, so a leaked config file
-//! does not leak credentials; presented secrets are hashed and compared against every
-//! entry in constant time.
+//! does not leak credentials; presented secrets are hashed and looked up by hash
+//! ([`secrets`] says why that is safe and what stays constant-time).
 
-use std::collections::BTreeMap;
+// An explicit path: the bench compiles this file from elsewhere (`#[path]`).
+#[path = "policy/secrets.rs"]
+mod secrets;
+
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use burrow_plugin_sdk::{AgentIdentity, Credential, Principal};
+use secrets::{Hash, Secrets, SecretsBuilder};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 fn yes() -> bool {
     true
@@ -132,14 +136,6 @@ enum Access {
     Token,
 }
 
-type Hash = [u8; 32];
-
-/// A secret's hash and the index of whom it identifies.
-struct Secret {
-    sha256: Hash,
-    owner: usize,
-}
-
 struct Agent {
     identity: AgentIdentity,
 }
@@ -173,10 +169,11 @@ impl Rule {
 /// The parsed, validated config.
 pub struct Policy {
     agents: Vec<Agent>,
-    agent_tokens: Vec<Secret>,
+    agent_tokens: Secrets,
     users: Vec<User>,
-    user_tokens: Vec<Secret>,
-    ssh_keys: Vec<(String, usize)>,
+    user_tokens: Secrets,
+    /// Fingerprint → owner.
+    ssh_keys: HashMap<String, usize>,
     session_cookie: Option<String>,
     ssh_password_tokens: bool,
     default_access: DefaultAccess,
@@ -190,6 +187,7 @@ impl fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("agents", &self.agents.len())
             .field("users", &self.users.len())
+            .field("user_tokens", &self.user_tokens.len())
             .field("ssh_keys", &self.ssh_keys.len())
             .field("session_cookie", &self.session_cookie)
             .field("default_access", &self.default_access)
@@ -242,35 +240,8 @@ fn sha256(secret: &str) -> Hash {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Owner of the secret whose hash equals `hash`, visiting every entry with no early exit
-/// and no data-dependent branch, so timing reveals nothing about which (or whether any)
-/// entry matched.
-fn find_constant_time(secrets: &[Secret], hash: &Hash) -> Option<usize> {
-    let mut found = subtle::Choice::from(0);
-    let mut owner = 0u64;
-    for secret in secrets {
-        let matches = secret.sha256.ct_eq(hash);
-        found |= matches;
-        owner = u64::conditional_select(&owner, &(secret.owner as u64), matches);
-    }
-    bool::from(found).then_some(owner as usize)
-}
-
 fn valid_kind(kind: &str) -> bool {
     !kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-/// Adds a secret unless the same owner already has it; the same hash for two owners
-/// would make a credential ambiguous.
-fn add_secret(secrets: &mut Vec<Secret>, field: &str, sha256: Hash, owner: usize) -> Result<(), String> {
-    match secrets.iter().find(|s| s.sha256 == sha256) {
-        Some(s) if s.owner == owner => Ok(()),
-        Some(_) => Err(format!("{field}: the same token hash is configured for two different identities")),
-        None => {
-            secrets.push(Secret { sha256, owner });
-            Ok(())
-        }
-    }
 }
 
 impl Policy {
@@ -282,7 +253,7 @@ impl Policy {
             .map_err(|err| err.to_string())?;
 
         let mut agents = Vec::with_capacity(raw.agents.len());
-        let mut agent_tokens = Vec::with_capacity(raw.agents.len());
+        let mut agent_tokens = SecretsBuilder::with_capacity(raw.agents.len());
         for (i, agent) in raw.agents.into_iter().enumerate() {
             if agent.id.is_empty() {
                 return Err(format!("agents[{i}].id: must not be empty"));
@@ -299,7 +270,7 @@ impl Policy {
                 ));
             }
             let field = format!("agents[{i}].token_sha256");
-            add_secret(&mut agent_tokens, &field, parse_hash(&field, &agent.token_sha256)?, i)?;
+            agent_tokens.add(&field, parse_hash(&field, &agent.token_sha256)?, i)?;
             agents.push(Agent {
                 identity: AgentIdentity {
                     workload_id: agent.workload_id.unwrap_or_else(|| agent.id.clone()),
@@ -312,12 +283,14 @@ impl Policy {
         }
 
         let mut users: Vec<User> = Vec::with_capacity(raw.users.len());
-        let mut user_tokens = Vec::new();
+        // Name → index into `users`, so long user lists load in linear time.
+        let mut user_index: HashMap<String, usize> = HashMap::with_capacity(raw.users.len());
+        let mut user_tokens = SecretsBuilder::with_capacity(raw.users.len());
         for (i, user) in raw.users.into_iter().enumerate() {
             if user.name.is_empty() {
                 return Err(format!("users[{i}].name: must not be empty"));
             }
-            if users.iter().any(|u| u.name == user.name) {
+            if user_index.insert(user.name.clone(), users.len()).is_some() {
                 return Err(format!("users[{i}].name: {:?} is listed twice", user.name));
             }
             if let Some(j) = user.groups.iter().position(String::is_empty) {
@@ -325,7 +298,7 @@ impl Policy {
             }
             if let Some(hex_text) = &user.token_sha256 {
                 let field = format!("users[{i}].token_sha256");
-                add_secret(&mut user_tokens, &field, parse_hash(&field, hex_text)?, i)?;
+                user_tokens.add(&field, parse_hash(&field, hex_text)?, i)?;
             }
             users.push(User { name: user.name, groups: user.groups });
         }
@@ -380,7 +353,7 @@ impl Policy {
             for (j, user) in rule.users.into_iter().enumerate() {
                 let name = match user {
                     RuleUser::Name(name) => {
-                        if !users.iter().any(|u| u.name == name) {
+                        if !user_index.contains_key(&name) {
                             return Err(format!("workloads[{i}].users[{j}]: no user {name:?} in `users`"));
                         }
                         name
@@ -389,20 +362,16 @@ impl Policy {
                         if inline.name.is_empty() {
                             return Err(format!("workloads[{i}].users[{j}].name: must not be empty"));
                         }
-                        let owner = match users.iter().position(|u| u.name == inline.name) {
-                            Some(owner) => owner,
+                        let owner = match user_index.get(&inline.name) {
+                            Some(owner) => *owner,
                             None => {
                                 users.push(User { name: inline.name.clone(), groups: Vec::new() });
+                                user_index.insert(inline.name.clone(), users.len() - 1);
                                 users.len() - 1
                             }
                         };
                         let field = format!("workloads[{i}].users[{j}].token_sha256");
-                        add_secret(
-                            &mut user_tokens,
-                            &field,
-                            parse_hash(&field, &inline.token_sha256)?,
-                            owner,
-                        )?;
+                        user_tokens.add(&field, parse_hash(&field, &inline.token_sha256)?, owner)?;
                         inline.name
                     }
                 };
@@ -418,9 +387,9 @@ impl Policy {
             });
         }
 
-        let mut ssh_keys: Vec<(String, usize)> = Vec::with_capacity(raw.ssh_keys.len());
+        let mut ssh_keys: HashMap<String, usize> = HashMap::with_capacity(raw.ssh_keys.len());
         for (i, key) in raw.ssh_keys.into_iter().enumerate() {
-            let Some(owner) = users.iter().position(|u| u.name == key.user) else {
+            let Some(&owner) = user_index.get(&key.user) else {
                 return Err(format!("ssh_keys[{i}].user: no user {:?} in `users`", key.user));
             };
             let fingerprint = key.fingerprint.trim().to_string();
@@ -429,10 +398,9 @@ impl Policy {
                     "ssh_keys[{i}].fingerprint: expected \"SHA256:<base64>\" as `ssh-keygen -l` prints it"
                 ));
             }
-            if ssh_keys.iter().any(|(f, _)| *f == fingerprint) {
+            if ssh_keys.insert(fingerprint, owner).is_some() {
                 return Err(format!("ssh_keys[{i}].fingerprint: listed twice"));
             }
-            ssh_keys.push((fingerprint, owner));
         }
 
         if raw.session_cookie.as_deref().is_some_and(|name| name.trim().is_empty()) {
@@ -441,9 +409,9 @@ impl Policy {
 
         Ok(Policy {
             agents,
-            agent_tokens,
+            agent_tokens: agent_tokens.build(),
             users,
-            user_tokens,
+            user_tokens: user_tokens.build(),
             ssh_keys,
             session_cookie: raw.session_cookie,
             ssh_password_tokens: raw.ssh_password_tokens,
@@ -458,7 +426,7 @@ impl Policy {
         if token.is_empty() {
             return AgentVerdict::Rejected(UNKNOWN_AGENT);
         }
-        let Some(i) = find_constant_time(&self.agent_tokens, &sha256(token)) else {
+        let Some(i) = self.agent_tokens.owner(&sha256(token)) else {
             return AgentVerdict::Rejected(UNKNOWN_AGENT);
         };
         let identity = &self.agents[i].identity;
@@ -472,23 +440,21 @@ impl Policy {
         let (owner, method, unknown) = match credential {
             Credential::None => return UserVerdict::Anonymous,
             Credential::Bearer(token) if token.is_empty() => return UserVerdict::Anonymous,
-            Credential::Bearer(token) => {
-                (find_constant_time(&self.user_tokens, &sha256(token)), "bearer", UNKNOWN_TOKEN)
-            }
+            Credential::Bearer(token) => (self.user_tokens.owner(&sha256(token)), "bearer", UNKNOWN_TOKEN),
             Credential::Cookie { name, value } => {
                 // Only the configured session cookie is ours; others belong to the workload.
                 if self.session_cookie.as_deref() != Some(name.as_str()) || value.is_empty() {
                     return UserVerdict::Anonymous;
                 }
-                (find_constant_time(&self.user_tokens, &sha256(value)), "cookie", UNKNOWN_SESSION)
+                (self.user_tokens.owner(&sha256(value)), "cookie", UNKNOWN_SESSION)
             }
             Credential::SshPublicKey { fingerprint, .. } => {
                 // Fingerprints are public: an ordinary comparison reveals nothing.
-                let owner = self.ssh_keys.iter().find(|(f, _)| f == fingerprint).map(|(_, owner)| *owner);
+                let owner = self.ssh_keys.get(fingerprint.as_str()).copied();
                 (owner, "ssh-key", UNKNOWN_SSH_KEY)
             }
             Credential::SshPassword { password, .. } if self.ssh_password_tokens && !password.is_empty() => {
-                (find_constant_time(&self.user_tokens, &sha256(password)), "ssh-password", UNKNOWN_TOKEN)
+                (self.user_tokens.owner(&sha256(password)), "ssh-password", UNKNOWN_TOKEN)
             }
             Credential::SshPassword { .. } => (None, "ssh-password", NO_PASSWORDS),
         };

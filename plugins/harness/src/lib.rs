@@ -92,6 +92,12 @@ impl HarnessBuilder {
         self
     }
 
+    /// Time to make a reusable instance: instantiation and `plugin.init` (default 2 s).
+    pub fn init_timeout(mut self, timeout: Duration) -> Self {
+        self.slot.init_timeout = timeout;
+        self
+    }
+
     /// Memory per instance in MiB (default 64).
     pub fn max_memory_mb(mut self, mb: u32) -> Self {
         self.slot.max_memory_mb = mb;

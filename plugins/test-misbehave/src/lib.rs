@@ -24,6 +24,8 @@
 //!   non-empty token is accepted. Any hex is taken (a wrong length matches nothing), so
 //!   tests that never connect an agent may write a dummy value.
 //! - `reason`: the `deny-all` reason (default `denied by test-misbehave v2`).
+//! - `init_ms`: `init` first keeps a CPU busy this long by the host's clock (a plugin
+//!   parsing a large config; a huge value never finishes), for the host's `init_timeout`.
 
 use std::hint::black_box;
 
@@ -45,6 +47,8 @@ struct Config {
     agent_token_sha256: Option<String>,
     #[serde(default = "default_reason")]
     reason: String,
+    #[serde(default)]
+    init_ms: u64,
 }
 
 fn default_agent_id() -> String {
@@ -130,6 +134,11 @@ impl Misbehave {
 impl Authorizer for Misbehave {
     fn init(host: &impl Host) -> Result<Self, String> {
         let config: Config = host.config().map_err(|err| format!("test-misbehave: {err}"))?;
+        // Busy, not asleep: guest work the epoch deadline can interrupt.
+        let until = host.now().saturating_add(config.init_ms);
+        while config.init_ms > 0 && host.now() < until {
+            black_box(());
+        }
         if config.mode == Mode::TrapAtInit {
             return Err("test-misbehave: mode trap-at-init refuses to initialise".into());
         }
