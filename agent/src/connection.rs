@@ -183,8 +183,9 @@ pub(crate) async fn run(
 }
 
 /// A connection was welcomed: keep it if its replica is distinct, or if this is the
-/// last of [`MAX_DUPLICATE_DIALS`] consecutive duplicates (then it is flagged and
-/// [`diversify`] tries to move it later). Otherwise close it and pause briefly. The
+/// last of [`MAX_DUPLICATE_DIALS`] consecutive duplicates, or if the last such search
+/// found no more replicas than the agent holds now (then it is flagged and [`diversify`]
+/// tries to move it later). Otherwise close it and pause briefly. The
 /// `bool` says whether the kept connection is a duplicate.
 fn settle(
     slot: &Slot,
@@ -199,6 +200,18 @@ fn settle(
         Claim::Distinct => {
             *duplicates = 0;
             Ok((est, false))
+        }
+        Claim::KeptDuplicate { with } if !keep => {
+            // Said at info once, when the search found no other replica.
+            debug!(
+                host = %url,
+                host_replica_id = %replica,
+                other_slot = with,
+                retry_in = ?config.diversify_interval,
+                "the last search found no other host replica; keeping a second connection to this one at once"
+            );
+            *duplicates = 0;
+            Ok((est, true))
         }
         Claim::KeptDuplicate { with } => {
             info!(

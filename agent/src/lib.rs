@@ -41,7 +41,11 @@
 //! of this agent holds is closed at once (it has no tunnels yet) and re-dialed on the
 //! next URL after 100-500 ms (so a load balancer sees a new TCP connection to place).
 //! The third duplicate in a row is kept: there may be fewer replicas than k, and serving
-//! beats nothing. Every `diversify_interval` (60 s ±20%) such a connection dials up to
+//! beats nothing. The agent remembers that finding: after a reconnect (a host restart
+//! drops every connection at once), a duplicate is kept at once while it holds as many
+//! distinct replicas as that search saw, instead of dialing twice more for replicas it
+//! has just seen do not exist (with one replica and k = 2 that halves the handshakes a
+//! restarted host must take); seeing more replicas forgets it. Every `diversify_interval` (60 s ±20%) such a connection dials up to
 //! three times more; it moves only once a new connection has landed on a free replica,
 //! and then drains like on `GoAway` (no new parked tunnels, active ones finish), so the
 //! agent never gives up a live connection for nothing. With fewer replicas than k this

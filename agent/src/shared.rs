@@ -89,11 +89,33 @@ struct Held {
 #[derive(Debug)]
 pub(crate) struct Replicas {
     held: Vec<Option<Held>>,
+    /// The last search for a distinct replica ended in keeping a duplicate while this
+    /// many distinct replicas were held: the host has no more, as far as the agent
+    /// knows. A duplicate landing while at least as many are held again is kept at once
+    /// (after a host restart every slot reconnects at the same time; re-dialing in search
+    /// of replicas the agent has just seen do not exist only multiplies the handshakes a
+    /// restarted host must take). Forgotten when more distinct replicas show up.
+    known_replicas: Option<usize>,
 }
 
 impl Replicas {
     pub(crate) fn new(slots: usize) -> Self {
-        Self { held: vec![None; slots] }
+        Self { held: vec![None; slots], known_replicas: None }
+    }
+
+    /// Distinct replicas the slots hold (hosts that report no id not counted).
+    fn distinct_held(&self) -> usize {
+        let mut ids: Vec<&str> =
+            self.held.iter().flatten().map(|h| h.replica.as_str()).filter(|r| !r.is_empty()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// Whether a duplicate now would be kept without searching: the last search found
+    /// no more distinct replicas than are held right now.
+    fn search_is_futile(&self) -> bool {
+        self.known_replicas.is_some_and(|known| self.distinct_held() >= known)
     }
 
     /// Another slot on `replica`. An empty id (a host that does not report its replica)
@@ -109,15 +131,22 @@ impl Replicas {
             .map(|(i, _)| i)
     }
 
-    /// Record `slot` on `replica` unless another slot holds it and `keep_duplicate` is false.
+    /// Record `slot` on `replica` unless another slot holds it and neither
+    /// `keep_duplicate` nor the last search's finding (see `known_replicas`) says to keep it.
     pub(crate) fn claim(&mut self, slot: usize, replica: &str, keep_duplicate: bool) -> Claim {
         let claim = match self.holder(slot, replica) {
             None => Claim::Distinct,
-            Some(with) if keep_duplicate => Claim::KeptDuplicate { with },
+            Some(with) if keep_duplicate || self.search_is_futile() => Claim::KeptDuplicate { with },
             Some(with) => return Claim::Duplicate { with },
         };
         let duplicate = matches!(claim, Claim::KeptDuplicate { .. });
         self.held[slot] = Some(Held { replica: replica.to_owned(), duplicate });
+        let held = self.distinct_held();
+        if duplicate {
+            self.known_replicas = Some(self.known_replicas.map_or(held, |known| known.max(held)));
+        } else if self.known_replicas.is_some_and(|known| held > known) {
+            self.known_replicas = None;
+        }
         claim
     }
 
@@ -128,6 +157,8 @@ impl Replicas {
             return None;
         }
         self.held[slot] = Some(Held { replica: replica.to_owned(), duplicate: false });
+        // A search found a replica the last one did not: the host has more than known.
+        self.known_replicas = None;
         Some(self.unflag_unshared())
     }
 
@@ -612,8 +643,57 @@ mod tests {
         assert!(r.is_duplicate(1));
         assert_eq!(r.release(0), vec![1]);
         assert!(!r.is_duplicate(1));
-        // Slot 0 comes back on the same replica: slot 1 holds it now.
-        assert_eq!(r.claim(0, "a", false), Claim::Duplicate { with: 1 });
+        // Slot 0 comes back on the same replica, which slot 1 holds now: the search that
+        // kept slot 1 found only "a", so slot 0 is kept at once instead of re-dialing.
+        assert_eq!(r.claim(0, "a", false), Claim::KeptDuplicate { with: 1 });
         assert_eq!(r.release(2), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn after_a_search_found_one_replica_a_duplicate_on_it_is_kept_without_searching_again() {
+        let mut r = Replicas::new(2);
+        assert_eq!(r.claim(0, "a", false), Claim::Distinct);
+        assert_eq!(r.claim(1, "a", false), Claim::Duplicate { with: 0 });
+        assert_eq!(r.claim(1, "a", true), Claim::KeptDuplicate { with: 0 });
+        // The host restarts under a new id: both slots lose their sessions and come back.
+        r.release(0);
+        r.release(1);
+        assert_eq!(r.claim(1, "a2", false), Claim::Distinct);
+        assert!(r.search_is_futile());
+        assert_eq!(r.claim(0, "a2", false), Claim::KeptDuplicate { with: 1 });
+        assert!(r.is_duplicate(0));
+    }
+
+    #[test]
+    fn a_duplicate_is_still_refused_while_fewer_replicas_are_held_than_the_search_found() {
+        // Three slots, two replicas: the search kept slot 2 on "a" with "a" and "b" held.
+        let mut r = Replicas::new(3);
+        r.claim(0, "a", false);
+        r.claim(1, "b", false);
+        assert_eq!(r.claim(2, "a", true), Claim::KeptDuplicate { with: 0 });
+        r.release(0);
+        r.release(1);
+        r.release(2);
+        assert_eq!(r.claim(0, "a", false), Claim::Distinct);
+        // Only "a" is held: "b" may well be back, so a duplicate on "a" re-dials.
+        assert_eq!(r.claim(1, "a", false), Claim::Duplicate { with: 0 });
+        assert_eq!(r.claim(1, "b", false), Claim::Distinct);
+        assert_eq!(r.claim(2, "b", false), Claim::KeptDuplicate { with: 1 });
+    }
+
+    #[test]
+    fn more_replicas_than_the_search_found_make_the_agent_search_again() {
+        let mut r = Replicas::new(3);
+        r.claim(0, "a", false);
+        assert_eq!(r.claim(1, "a", true), Claim::KeptDuplicate { with: 0 });
+        assert!(r.search_is_futile());
+        // Slot 2 lands on a second replica: the host has more than the search found.
+        assert_eq!(r.claim(2, "b", false), Claim::Distinct);
+        assert!(!r.search_is_futile());
+        // And a diversify round that finds a new replica forgets the finding too.
+        r.claim(2, "a", true);
+        assert!(r.search_is_futile());
+        assert_eq!(r.replace(1, "c"), Some(vec![]));
+        assert!(!r.search_is_futile());
     }
 }

@@ -270,6 +270,39 @@ async fn losing_a_replica_leaves_the_other_connection_serving() {
     agent.shutdown().await;
 }
 
+/// A host restart drops every connection at once. The agent's earlier search found no
+/// second replica, so when both connections land on the restarted host the duplicate is
+/// kept at once: one dial per connection, not three for the second.
+#[tokio::test]
+async fn after_the_only_replica_restarts_each_connection_comes_back_with_one_dial() {
+    let echo = echo_service().await;
+    let mut old = Host::start_with(HostOptions::replica("r1")).await;
+    let backends = Arc::new(Mutex::new(vec![old.addr]));
+    let lb = round_robin_proxy(backends.clone()).await;
+    let mut config = cluster_config(&[format!("grpc://{lb}")], echo, 2);
+    config.backoff = fast_backoff();
+    let agent = burrow_agent::spawn(config);
+    let status = wait_status(&agent, "both connections on r1, one a kept duplicate", |s| {
+        all_connected(s) && s.connections.iter().any(|c| c.duplicate)
+    })
+    .await;
+    // The first search: one dial for the distinct slot, three for the duplicate.
+    assert_eq!(status.connect_attempts, 4, "{status:?}");
+
+    // The restarted host: a new process with a new replica id behind the same address.
+    let new = Host::start_with(HostOptions::replica("r1-restarted")).await;
+    *backends.lock().unwrap() = vec![new.addr];
+    old.kill();
+    let after = wait_status(&agent, "both connections back on the restarted host", |s| {
+        all_connected(s) && s.connected_replicas() == ["r1-restarted"]
+    })
+    .await;
+    assert_eq!(after.connect_attempts - status.connect_attempts, 2, "one dial per connection: {after:?}");
+    assert_eq!(new.attempts.lock().unwrap().len(), 2);
+    assert_eq!(after.connections.iter().filter(|c| c.duplicate).count(), 1, "{after:?}");
+    agent.shutdown().await;
+}
+
 #[tokio::test]
 async fn rate_limited_attempt_waits_for_retry_after() {
     let echo = echo_service().await;
