@@ -276,7 +276,7 @@ impl TestHost {
             },
             requests,
         ));
-        TestHost {
+        let mut host = TestHost {
             agent_addr,
             ingress_addr,
             admin_addr,
@@ -287,6 +287,43 @@ impl TestHost {
             config,
             stop: Some(stop),
             task,
+        };
+        host.wait_started().await;
+        host
+    }
+
+    /// Waits until the host serves its admin port, which it does once everything that
+    /// can fail at start-up (config checks, plugin loading, keys, Redis clients) is done.
+    /// A host that stops instead fails the test here, with its error, rather than later
+    /// as a timeout or a refused connection somewhere else.
+    async fn wait_started(&mut self) {
+        // The admin listener is bound already, so the probe's request waits in its
+        // backlog until the host serves it, or fails when the host drops the listener.
+        let mut probe = tokio::spawn(clients::get(self.admin_addr, "localhost", "/healthz"));
+        let host_result = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::select! {
+                biased;
+                result = &mut self.task => Some(result),
+                answered = &mut probe => match answered {
+                    Ok(_) => None,
+                    // The probe failed: the listener went away, so the host stopped.
+                    Err(_) => Some(
+                        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+                            .await
+                            .expect("the admin port closed but the host is still running"),
+                    ),
+                },
+            }
+        })
+        .await
+        .expect("the host did not serve its admin port within 60 s of starting");
+        probe.abort();
+        if let Some(result) = host_result {
+            match result {
+                Ok(Ok(())) => panic!("the host stopped while starting, without an error"),
+                Ok(Err(e)) => panic!("the host failed to start: {e}"),
+                Err(e) => panic!("the host's task failed while starting: {e}"),
+            }
         }
     }
 

@@ -78,3 +78,25 @@ async fn well_behaved_external_plugin_allows() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(&body[..], b"hello from ok");
 }
+
+/// The harness's promise: a host that cannot start (here the built-in authorizer refuses
+/// its config at load) fails `TestHost::start` at once with the host's own error, not a
+/// test later with a timeout or a refused connection.
+#[tokio::test]
+async fn a_test_host_that_cannot_load_its_authorizer_fails_at_start_with_the_load_error() {
+    let parts = ConfigParts {
+        authorizer: "source = \"builtin:authorizer-static\"\nconfig = { default_access = \"sometimes\" }"
+            .into(),
+        ..Default::default()
+    };
+    let config = parts.build();
+    let started = tokio::spawn(async move { TestHost::start(config).await });
+    let panic = started.await.err().expect("the start must fail").into_panic();
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(message.contains("the host failed to start"), "{message}");
+    assert!(message.contains("default_access"), "the host's error names the key: {message}");
+}

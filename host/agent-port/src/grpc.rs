@@ -1,22 +1,25 @@
 //! The `AgentTunnel` gRPC service: agent handshake (`Control`) and parked tunnels (`Tunnel`).
 
+mod wire;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_host_workloads::{AgentRefusal, Lifecycle, TOKEN_PREFIX};
 use burrow_proto::pb::{self, agent_control, host_control, AgentControl, HostControl};
-use burrow_proto::{
-    FINAL_METADATA, PROTOCOL_MINOR, PROTOCOL_VERSION, RETRY_AFTER_METADATA, SESSION_METADATA,
-};
+use burrow_proto::{PROTOCOL_MINOR, PROTOCOL_VERSION, RETRY_AFTER_METADATA, SESSION_METADATA};
 use futures_util::Stream;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use self::wire::{
+    bearer_token, final_status, go_away, go_away_with, handshake_metadata, jittered, new_session_id,
+    refusal_status, sha256, tunnel_refusal,
+};
 use super::io::AgentConnInfo;
 use crate::ratelimit::ConnectRateLimiter;
 use burrow_host_core::context::HostContext;
@@ -47,20 +50,6 @@ pub(crate) struct TunnelService {
     pub streams: crate::limits::AgentStreams,
 }
 
-/// The retry-after hint on a refused `Tunnel`: room comes back when a user claims a
-/// parked tunnel or an active one ends, which a few seconds usually see; the agent
-/// waits this long before opening the refused tunnel again.
-const TUNNEL_RETRY_AFTER_MS: u64 = 5_000;
-
-/// RESOURCE_EXHAUSTED for a `Tunnel` over a per-agent cap, with the retry-after hint.
-fn tunnel_refusal(message: String) -> Status {
-    let mut status = Status::resource_exhausted(message);
-    status
-        .metadata_mut()
-        .insert(RETRY_AFTER_METADATA, tonic::metadata::MetadataValue::from(TUNNEL_RETRY_AFTER_MS));
-    status
-}
-
 /// After a workload ends, how long its agent gets to act on the GoAway before the host
 /// cuts the connection, and with it every stream still open through it (well inside the
 /// one second in which a terminated workload's users must be cut off).
@@ -69,87 +58,7 @@ const ENDED_GRACE: Duration = Duration::from_millis(300);
 /// Longest long poll for work.
 const MAX_WORK_WAIT: Duration = Duration::from_secs(60);
 
-/// A refusal the agent must not retry: the status carries `burrow-final`.
-fn final_status(code: tonic::Code, final_code: &'static str, message: impl Into<String>) -> Status {
-    let mut status = Status::new(code, message.into());
-    status.metadata_mut().insert(FINAL_METADATA, tonic::metadata::MetadataValue::from_static(final_code));
-    status
-}
-
-fn refusal_status(refusal: AgentRefusal) -> Status {
-    match refusal {
-        AgentRefusal::Final { final_code, message } => {
-            let code = match final_code {
-                burrow_proto::FINAL_TOKEN_EXPIRED | burrow_proto::FINAL_TOKEN_REVOKED => {
-                    tonic::Code::Unauthenticated
-                }
-                _ => tonic::Code::FailedPrecondition,
-            };
-            final_status(code, final_code, message)
-        }
-        AgentRefusal::Unavailable(message) => Status::unavailable(message),
-    }
-}
-
-/// `age` ±10%, so agents that connected together (after a deploy) leave at different times.
-fn jittered(age: Duration) -> Duration {
-    age.mul_f64(rand::random_range(0.9..1.1))
-}
-
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
-fn bearer_token(metadata: &MetadataMap) -> Result<String, Status> {
-    let value = metadata.get("authorization").ok_or_else(|| {
-        Status::unauthenticated("missing authorization metadata (expected: Bearer <agent token>)")
-    })?;
-    let value = value.to_str().map_err(|_| Status::unauthenticated("authorization metadata is not ASCII"))?;
-    match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
-            Ok(token.trim().to_owned())
-        }
-        _ => Err(Status::unauthenticated("authorization metadata must be: Bearer <agent token>")),
-    }
-}
-
-fn go_away(reason: &str) -> HostControl {
-    go_away_with(pb::GoAwayCode::Reconnect, reason)
-}
-
-fn go_away_with(code: pb::GoAwayCode, reason: &str) -> HostControl {
-    HostControl {
-        msg: Some(host_control::Msg::GoAway(pb::GoAway {
-            reason: reason.into(),
-            reconnect_after_ms: 0,
-            code: code as i32,
-        })),
-    }
-}
-
-fn sha256(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-fn new_session_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
-}
-
-/// What the agent sent besides its token: ASCII metadata, lowercased keys, without
-/// credentials or transport headers.
-fn handshake_metadata(metadata: &MetadataMap) -> Vec<(String, String)> {
-    const SKIP: &[&str] =
-        &["authorization", "te", "content-type", "user-agent", "grpc-accept-encoding", "grpc-timeout"];
-    metadata
-        .iter()
-        .filter_map(|kv| match kv {
-            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_owned()))
-            }
-            tonic::metadata::KeyAndValueRef::Binary(..) => None,
-        })
-        .filter(|(k, _)| !SKIP.contains(&k.as_str()) && !k.starts_with(':'))
-        .take(32)
-        .collect()
-}
 
 /// After `grace`, cuts the session's tunnels wherever they run ([`Session::cut`]) and the
 /// TCP connection its control stream came on.
@@ -721,32 +630,5 @@ impl pb::agent_tunnel_server::AgentTunnel for TunnelService {
             }
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn md(value: &str) -> MetadataMap {
-        let mut m = MetadataMap::new();
-        m.insert("authorization", value.parse().unwrap());
-        m
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token(&md("Bearer abc")).unwrap(), "abc");
-        assert_eq!(bearer_token(&md("bearer  abc ")).unwrap(), "abc");
-        assert_eq!(bearer_token(&md("Basic abc")).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(bearer_token(&md("Bearer ")).unwrap_err().code(), tonic::Code::Unauthenticated);
-        assert_eq!(bearer_token(&MetadataMap::new()).unwrap_err().code(), tonic::Code::Unauthenticated);
-    }
-
-    #[test]
-    fn session_ids_are_unique_and_long() {
-        let a = new_session_id();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, new_session_id());
     }
 }

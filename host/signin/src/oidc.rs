@@ -47,9 +47,10 @@ impl ExtraClaims {
     }
 }
 
-type TokenResponseWithClaims = StandardTokenResponse<
+/// A token response whose ID token carries the additional claims `C`.
+pub type TokenResponseWith<C> = StandardTokenResponse<
     IdTokenFields<
-        ExtraClaims,
+        C,
         EmptyExtraTokenFields,
         CoreGenderClaim,
         CoreJweContentEncryptionAlgorithm,
@@ -58,17 +59,18 @@ type TokenResponseWithClaims = StandardTokenResponse<
     CoreTokenType,
 >;
 
-/// The client with endpoints as discovery sets them (authorization set; token and
-/// userinfo maybe).
-type Client = openidconnect::Client<
-    ExtraClaims,
+/// `openidconnect`'s core client with ID tokens carrying the additional claims `C`, and
+/// endpoints as discovery sets them (authorization set; token and userinfo maybe). The
+/// tests' relying party uses it too.
+pub type DiscoveredClient<C> = openidconnect::Client<
+    C,
     CoreAuthDisplay,
     CoreGenderClaim,
     CoreJweContentEncryptionAlgorithm,
     CoreJsonWebKey,
     CoreAuthPrompt,
     StandardErrorResponse<CoreErrorResponseType>,
-    TokenResponseWithClaims,
+    TokenResponseWith<C>,
     CoreTokenIntrospectionResponse,
     CoreRevocableToken,
     CoreRevocationErrorResponse,
@@ -79,6 +81,8 @@ type Client = openidconnect::Client<
     EndpointMaybeSet,
     EndpointMaybeSet,
 >;
+
+type Client = DiscoveredClient<ExtraClaims>;
 
 /// Why a sign-in failed at the provider's end.
 #[derive(Debug, thiserror::Error)]

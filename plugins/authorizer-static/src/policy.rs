@@ -246,11 +246,17 @@ fn valid_kind(kind: &str) -> bool {
 
 impl Policy {
     pub fn from_json(json: &str) -> Result<Policy, String> {
-        // Through a JSON value, so errors name the field without the position in the
-        // JSON the host made of the config (admins wrote TOML: that position is noise).
-        let raw: RawConfig = serde_json::from_str::<serde_json::Value>(json)
-            .and_then(serde_json::from_value)
-            .map_err(|err| err.to_string())?;
+        // Through a JSON value, so errors name the field (its path, `agents[3].id`) and not
+        // the position in the JSON the host made of the config: admins wrote TOML, so
+        // that position is noise.
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|err| err.to_string())?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            match path.as_str() {
+                "." => err.into_inner().to_string(),
+                _ => format!("{path}: {}", err.into_inner()),
+            }
+        })?;
 
         let mut agents = Vec::with_capacity(raw.agents.len());
         let mut agent_tokens = SecretsBuilder::with_capacity(raw.agents.len());

@@ -191,7 +191,10 @@ fn bad_config_names_the_field() {
     assert!(config_error(json!({"agents": [{"id": "a", "token_sha256": "xyz"}]}))
         .starts_with("agents[0].token_sha256"));
     assert!(config_error(json!({"agents": [], "extra": 1})).contains("unknown field"));
-    assert!(config_error(json!({"default_access": "maybe"})).contains("unknown variant"));
+    let err = config_error(json!({"default_access": "maybe"}));
+    assert!(err.starts_with("default_access: unknown variant `maybe`"), "{err}");
+    let err = config_error(json!({"agents": [{"id": "a", "token_sha256": h}, {"id": 7}]}));
+    assert!(err.starts_with("agents[1].id: invalid type"), "{err}");
     assert!(config_error(json!({"agents": [{"id": "a", "token_sha256": h, "workload_kind": "CI"}]}))
         .starts_with("agents[0].workload_kind"));
     assert!(config_error(
