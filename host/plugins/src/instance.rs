@@ -12,6 +12,9 @@
 //! to a [`PluginError`] naming the plugin, its version (sha256) and the limit hit; a
 //! warm instance that failed is discarded, never reused.
 
+mod errors;
+
+use errors::is_guest_failure;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use burrow_plugin_contract::validate;
 use tokio::sync::Semaphore;
 use wasmtime::component::InstancePre;
-use wasmtime::{Store, Trap};
+use wasmtime::Store;
 
 use super::bindings::{authorizer, router, types as wit, workload, workload_plain};
 use super::breaker::SharedBreaker;
@@ -491,75 +494,6 @@ impl Version {
             }
         }
     }
-
-    fn unavailable(&self, reason: String) -> PluginError {
-        PluginError::Unavailable {
-            plugin: self.info.label.clone(),
-            sha256: self.info.sha256_short().to_owned(),
-            reason,
-        }
-    }
-
-    fn timeout(&self, budget: Budget) -> PluginError {
-        let (key, limit) = self.limit(budget);
-        PluginError::Timeout {
-            plugin: self.info.label.clone(),
-            sha256: self.info.sha256_short().to_owned(),
-            key,
-            limit,
-        }
-    }
-
-    fn init_failed(&self, reason: String) -> PluginError {
-        PluginError::Init {
-            plugin: self.info.label.clone(),
-            sha256: self.info.sha256_short().to_owned(),
-            reason,
-        }
-    }
-
-    /// An answer the contract forbids.
-    pub(crate) fn invalid(&self, reason: String) -> PluginError {
-        PluginError::InvalidResult {
-            plugin: self.info.label.clone(),
-            sha256: self.info.sha256_short().to_owned(),
-            reason,
-        }
-    }
-
-    /// Turns a failed call into the error that names the limit the plugin hit.
-    fn classify(&self, store: &Store<CallState>, err: wasmtime::Error, budget: Budget) -> PluginError {
-        let plugin = self.info.label.clone();
-        let sha256 = self.info.sha256_short().to_owned();
-        // The memory check comes first: a guest whose allocation failed may trap in many
-        // ways (abort, unreachable, out of bounds) but the cause is the limit.
-        if store.data().limiter.hit {
-            return PluginError::Memory { plugin, sha256, limit_bytes: self.limits.max_memory_bytes };
-        }
-        let printed = store.data().stderr.summary();
-        let with_stderr = |message: String| match &printed {
-            Some(printed) => format!("{message}; plugin stderr: {printed}"),
-            None => message,
-        };
-        match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => {
-                let (key, limit) = self.limit(budget);
-                PluginError::Timeout { plugin, sha256, key, limit }
-            }
-            Some(Trap::StackOverflow) => {
-                PluginError::StackOverflow { plugin, sha256, limit_bytes: self.engine.max_wasm_stack as u64 }
-            }
-            Some(Trap::OutOfFuel) => {
-                PluginError::Fuel { plugin, sha256, limit: self.limits.fuel.unwrap_or(0) }
-            }
-            Some(trap) => PluginError::Trap { plugin, sha256, message: with_stderr(trap.to_string()) },
-            None => PluginError::Trap { plugin, sha256, message: with_stderr(format!("{err:#}")) },
-        }
-    }
-}
-
-fn is_guest_failure(store: &Store<CallState>, err: &wasmtime::Error) -> bool {
-    store.data().limiter.hit || err.downcast_ref::<Trap>().is_some()
 }
 
 /// The outcome labels of `burrow_plugin_decisions_total`.
